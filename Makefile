@@ -1,0 +1,50 @@
+# The README's two commands: `make demo` (main job end to end on the embedded dataset) and `make test`.
+# Both install everything first: system tools (ffmpeg, espeak-ng), a venv, the package and its deps.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+# torch / torchaudio / torchvision releases known to work together
+TORCH_PINS ?= torch==2.11.0 torchaudio==2.11.0 torchvision==0.26.0
+# the read-only pretrained weights, when this checkout sits beside ../shared (CI, developers)
+ifneq ($(wildcard $(SHARED)/weights),)
+export AVEMO_WEIGHTS_DIR ?= $(abspath $(SHARED)/weights)
+export AVEMO_SHARED ?= $(abspath $(SHARED))
+endif
+
+.PHONY: setup system-deps demo test bench lint clean
+
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v espeak-ng >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng >/dev/null \
+	  || { echo "setup failed: could not apt-get install ffmpeg espeak-ng" >&2; exit 1; }; \
+	else echo "setup failed: please install ffmpeg (with ffprobe) and espeak-ng" >&2; exit 1; fi
+	@command -v ffprobe >/dev/null || { echo "setup failed: ffprobe not found after install" >&2; exit 1; }
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e '.[dev]' $(TORCH_PINS)
+	$(BIN)/python -c "import torch, torchaudio, torchvision, webdataset, distributed, ffmpeg, retinaface" \
+	  || { echo "setup failed: the venv cannot import its dependencies" >&2; exit 1; }
+	touch $@
+
+demo: setup
+	$(BIN)/avemo demo --out demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/build_shards.py
+
+lint: setup
+	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu
+
+clean:
+	rm -rf demo .pytest_cache

@@ -1,0 +1,153 @@
+"""The seed's model done properly: MobileFaceNet per face frame + CNN on log-mel, an LSTM over time per
+modality with masks (padding and frames without a face), modality-aware fusion, 7 logits.
+
+Shapes: faces (B, T, 3, 112, 112) uint8, face_mask (B, T) bool, mel (B, n_mels, F) float, mel_mask (B, F)
+bool -> logits (B, 7). Static shapes throughout (no packing, no boolean indexing) so the same module
+trains, compiles, and exports to ONNX / TorchScript.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.mobilefacenet import MobileFaceNet
+from shards.labels import EMOTIONS
+
+FACE_MEAN = (0.485, 0.456, 0.406)   # MobileFaceNet was trained on ImageNet-normalised RGB
+FACE_STD = (0.229, 0.224, 0.225)
+AUDIO_STRIDE = 8                    # time downsampling of the audio CNN
+
+
+@dataclass
+class ModelConfig:
+    face_weights: str = ""                        # MobileFaceNet init: a file, or "auto" = $AVEMO_WEIGHTS_DIR/cache
+    face_trainable: Literal["all", "none"] = "all"  # "none": frozen encoder in eval mode (fast CPU runs)
+    n_mels: int = 64
+    audio_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    hidden: int = 128
+    fusion_dim: int = 128
+    dropout: float = 0.3
+    modality_dropout: float = 0.2                 # per sample, drop one present modality in training
+    num_classes: int = len(EMOTIONS)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # x (B, T, C), mask (B, T) bool -> (B, C); all-masked rows give 0
+    w = mask.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        layers, inp = [], 1
+        for ch in cfg.audio_channels:
+            layers += [nn.Conv2d(inp, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            inp = ch
+        self.cnn = nn.Sequential(*layers)
+        self.stride = 2 ** len(cfg.audio_channels)
+        self.lstm = nn.LSTM(inp, cfg.hidden, batch_first=True)
+        self.register_buffer("mel_mean", torch.zeros(cfg.n_mels))
+        self.register_buffer("mel_std", torch.ones(cfg.n_mels))
+
+    def forward(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
+        x = (mel - self.mel_mean[:, None]) / self.mel_std[:, None]
+        x = x * mel_mask.unsqueeze(1).to(x.dtype)                   # (B, n_mels, F), padding = 0
+        x = self.cnn(x.unsqueeze(1)).mean(2).transpose(1, 2)        # (B, F/8, C)
+        mask = F.max_pool1d(mel_mask.unsqueeze(1).to(x.dtype), self.stride, self.stride, ceil_mode=False)
+        mask = mask.squeeze(1)[:, : x.shape[1]] > 0                  # (B, F/8)
+        out, _ = self.lstm(x)                                        # (B, F/8, hidden)
+        return _masked_mean(out, mask)
+
+
+class FaceEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cnn = MobileFaceNet()
+        self.trainable = cfg.face_trainable == "all"
+        if not self.trainable:
+            self.cnn.requires_grad_(False)
+        self.lstm = nn.LSTM(MobileFaceNet.embedding_dim + 1, cfg.hidden, batch_first=True)
+        self.register_buffer("mean", torch.tensor(FACE_MEAN).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(FACE_STD).view(1, 3, 1, 1) * 255)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.trainable:
+            self.cnn.eval()  # a frozen encoder keeps its BatchNorm statistics
+        return self
+
+    def forward(self, faces: torch.Tensor, face_mask: torch.Tensor) -> torch.Tensor:
+        b, t = faces.shape[:2]
+        x = (faces.flatten(0, 1).float() - self.mean) / self.std     # (B*T, 3, 112, 112)
+        emb = self.cnn(x).view(b, t, -1)                             # (B, T, 128)
+        m = face_mask.to(emb.dtype).unsqueeze(-1)
+        out, _ = self.lstm(torch.cat([emb * m, m], dim=-1))          # (B, T, hidden)
+        return _masked_mean(out, face_mask)
+
+
+class AVEmotionNet(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.face = FaceEncoder(cfg)
+        self.audio = AudioEncoder(cfg)
+        self.head = nn.Sequential(nn.Linear(2 * cfg.hidden + 2, cfg.fusion_dim), nn.ReLU(inplace=True),
+                                  nn.Dropout(cfg.dropout), nn.Linear(cfg.fusion_dim, cfg.num_classes))
+
+    def _modality_dropout(self, face_mask, mel_mask):
+        has_face, has_audio = face_mask.any(1), mel_mask.any(1)
+        both = has_face & has_audio
+        r = torch.rand(face_mask.shape[0], device=face_mask.device)
+        p = self.cfg.modality_dropout
+        drop_face = both & (r < p)
+        drop_audio = both & (r >= p) & (r < 2 * p)
+        return face_mask & ~drop_face[:, None], mel_mask & ~drop_audio[:, None]
+
+    def forward(self, faces, face_mask, mel, mel_mask):
+        if self.training and self.cfg.modality_dropout > 0:
+            face_mask, mel_mask = self._modality_dropout(face_mask, mel_mask)
+        has_face = face_mask.any(1, keepdim=True).float()           # (B, 1)
+        has_audio = mel_mask.any(1, keepdim=True).float()
+        f = self.face(faces, face_mask) * has_face                   # (B, hidden)
+        a = self.audio(mel, mel_mask) * has_audio
+        return self.head(torch.cat([f, a, has_face, has_audio], dim=1))  # (B, 7)
+
+
+def build_model(cfg: ModelConfig, log=print) -> AVEmotionNet:
+    model = AVEmotionNet(cfg)
+    if cfg.face_weights:
+        from pipeline.weights import WeightsError, load_state_dict, resolve_weights
+        try:
+            path = resolve_weights("mobilefacenet", "" if cfg.face_weights == "auto" else cfg.face_weights)
+        except WeightsError as exc:
+            if cfg.face_weights != "auto":
+                raise
+            log(f"note: MobileFaceNet starts from random weights ({exc})")
+        else:
+            model.face.cnn.load_state_dict(load_state_dict(Path(path)), strict=True)
+            log(f"MobileFaceNet initialised from {path}")
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_clip(model: nn.Module, frames: int = 16, mel_frames: int = 400) -> int:
+    """Forward FLOPs for one clip (torch's FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    was_training = model.training
+    model.eval()
+    args = (torch.zeros(1, frames, 3, 112, 112, dtype=torch.uint8), torch.ones(1, frames, dtype=torch.bool),
+            torch.zeros(1, model.cfg.n_mels, mel_frames), torch.ones(1, mel_frames, dtype=torch.bool))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(*args)
+    model.train(was_training)
+    return int(counter.get_total_flops())

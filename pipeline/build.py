@@ -1,0 +1,186 @@
+"""build-shards: MELD CSVs + videos -> OUT/{split}-{NNNNNN}.tar + OUT/manifest.parquet, resumably.
+
+Stages, composed here and nowhere else:
+    labels (CSV -> rows) -> plan (rows -> shard specs) -> skip finished shards
+    -> Dask: probe_shard (any worker) -> build_shard (GPU workers when dask.gpu_resource)
+    -> manifest (all part parquets + label rejections) -> summary
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from distributed import as_completed
+from tqdm import tqdm
+
+from pipeline.cluster import open_client
+from pipeline.config import BuildConfig
+from pipeline.labels import read_label_csv
+from pipeline.layout import find_csv, find_video_dir, video_path
+from pipeline.shard_task import ShardSpec, build_shard, fingerprint, probe_shard
+from shards.atomic import clean_temporaries
+from shards.manifest import MANIFEST_NAME, make_table, write_table
+
+JPEG_BYTES_PER_FACE = 6_000   # for shard size planning only
+SAMPLE_OVERHEAD = 4_000
+
+
+@dataclass
+class BuildSummary:
+    rows: int = 0
+    ok: int = 0
+    rejected: dict = field(default_factory=dict)
+    shards_built: int = 0
+    shards_skipped: int = 0
+    shards_failed: int = 0
+    elapsed_s: float = 0.0
+    clips_per_s: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"rows: {self.rows}  accepted: {self.ok}  rejected: {sum(self.rejected.values())}",
+               f"shards: {self.shards_built} built, {self.shards_skipped} already done, {self.shards_failed} failed",
+               f"elapsed: {self.elapsed_s:.1f} s  throughput: {self.clips_per_s:.2f} clips/s"]
+        out += [f"  rejected {reason}: {n}" for reason, n in sorted(self.rejected.items())]
+        return out
+
+
+def load_rows(cfg: BuildConfig, split: str) -> list[dict]:
+    root = Path(cfg.root)
+    rows = read_label_csv(find_csv(root, split), split)
+    if cfg.limit:
+        rows = rows[: cfg.limit]
+    video_dir = find_video_dir(root, split)
+    for row in rows:
+        if row["status"] == "ok":
+            path = video_path(video_dir, row["dialogue_id"], row["utterance_id"])
+            row["source"] = str(path.resolve()) if path is not None else ""
+    return rows
+
+
+def _estimated_bytes(row: dict, cfg: BuildConfig) -> float:
+    duration = max(0.0, (row.get("end_s") or 0) - (row.get("start_s") or 0))
+    frames = min(cfg.decode.max_frames, math.ceil(duration * cfg.decode.fps) + 1)
+    mel = min(duration, cfg.decode.max_audio_s) * cfg.decode.sample_rate / cfg.audio.hop_length
+    return frames * JPEG_BYTES_PER_FACE + mel * cfg.audio.n_mels * 2 + SAMPLE_OVERHEAD
+
+
+def plan_shards(rows: list[dict], split: str, cfg: BuildConfig) -> list[ShardSpec]:
+    """Deterministic: the same rows and config always give the same shard names and contents."""
+    groups: list[list[dict]] = [[]]
+    size = 0.0
+    limit = cfg.shards.max_mb * 1e6
+    for row in (r for r in rows if r["status"] == "ok"):
+        est = _estimated_bytes(row, cfg)
+        if groups[-1] and (len(groups[-1]) >= cfg.shards.max_clips or size + est > limit):
+            groups.append([])
+            size = 0.0
+        groups[-1].append(row)
+        size += est
+    config = asdict(cfg)
+    return [ShardSpec(name=f"{split}-{i:06d}", split=split, out_dir=str(Path(cfg.out).resolve()), rows=g,
+                      config=config, fingerprint=fingerprint(g, cfg))
+            for i, g in enumerate(groups) if g]
+
+
+def is_done(spec: ShardSpec) -> bool:
+    part = Path(spec.out_dir) / "parts" / f"{spec.name}.parquet"
+    if not part.is_file():
+        return False
+    try:
+        meta = pq.read_schema(part).metadata or {}
+        table = pq.read_table(part, columns=["status"])
+    except (OSError, pa.ArrowInvalid):
+        return False
+    if meta.get(b"fingerprint", b"").decode() != spec.fingerprint:
+        return False
+    has_ok = "ok" in table["status"].to_pylist()
+    return (not has_ok) or (Path(spec.out_dir) / spec.tar_name).is_file()
+
+
+def _failed_rows(spec: ShardSpec, exc: BaseException) -> list[dict]:
+    detail = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+    return [{k: row.get(k) for k in ("key", "split", "dialogue_id", "utterance_id", "label", "emotion",
+                                      "sentiment", "csv_line", "source")}
+            | {"status": "rejected", "reason": "task_failed", "detail": detail} for row in spec.rows]
+
+
+def _remove_stale(out: Path, split: str, keep: set[str]) -> None:
+    for path in list(out.glob(f"{split}-*.tar")) + list((out / "parts").glob(f"{split}-*.parquet")):
+        if path.stem not in keep:
+            path.unlink()
+
+
+def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    (out / "parts").mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / "parts"):
+        clean_temporaries(folder)
+
+    label_rows: dict[str, list[dict]] = {s: load_rows(cfg, s) for s in cfg.splits}  # CSV errors stop here
+    specs = [spec for s in cfg.splits for spec in plan_shards(label_rows[s], s, cfg)]
+    for split in cfg.splits:
+        rejected = [r for r in label_rows[split] if r["status"] != "ok"]
+        write_table(out / "parts" / f"{split}-labels.parquet", make_table(rejected))
+        _remove_stale(out, split, {s.name for s in specs if s.split == split} | {f"{split}-labels"})
+
+    todo = [s for s in specs if not is_done(s)]
+    summary = BuildSummary(shards_skipped=len(specs) - len(todo))
+    n_clips = sum(len(s.rows) for s in todo)
+    log(f"build-shards: {sum(len(r) for r in label_rows.values())} rows, {len(specs)} shards "
+        f"({summary.shards_skipped} already done), {n_clips} clips to process -> {out}")
+    failed_rows: list[dict] = []
+    if todo:
+        resources = {"GPU": 1} if cfg.dask.gpu_resource else None
+        with open_client(cfg, log=log) as client:
+            futures = {}
+            for spec in todo:
+                probed = client.submit(probe_shard, spec, key=f"probe-{spec.name}-{spec.fingerprint}",
+                                       retries=cfg.dask.retries, pure=False)
+                built = client.submit(build_shard, spec, probed, key=f"shard-{spec.name}-{spec.fingerprint}",
+                                      retries=cfg.dask.retries, resources=resources, pure=False)
+                futures[built] = spec
+            with tqdm(total=n_clips, unit="clip", desc="build-shards", dynamic_ncols=True) as bar:
+                for future in as_completed(futures):
+                    spec = futures[future]
+                    try:
+                        future.result()
+                        summary.shards_built += 1
+                    except Exception as exc:  # after its retries: record every clip, keep going
+                        summary.shards_failed += 1
+                        failed_rows += _failed_rows(spec, exc)
+                        log(f"shard {spec.name} failed after {cfg.dask.retries} retries: {exc}")
+                    bar.update(len(spec.rows))
+
+    manifest = assemble_manifest(out, specs, cfg.splits, failed_rows)
+    statuses = manifest.column("status").to_pylist()
+    summary.rows = len(statuses)
+    summary.ok = statuses.count("ok")
+    summary.rejected = dict(Counter(r for r, s in zip(manifest.column("reason").to_pylist(), statuses)
+                                    if s != "ok"))
+    summary.elapsed_s = time.perf_counter() - t0
+    summary.clips_per_s = n_clips / summary.elapsed_s if n_clips else 0.0
+    return summary
+
+
+def assemble_manifest(out: Path, specs: list[ShardSpec], splits, failed_rows: list[dict]) -> pa.Table:
+    """Manifest = every part parquet in OUT (all splits ever built there) + rows of failed tasks."""
+    tables = []
+    planned = {s.name for s in specs}
+    for part in sorted((out / "parts").glob("*.parquet")):
+        if part.stem.split("-")[0] in splits and part.stem not in planned and not part.stem.endswith("-labels"):
+            continue
+        tables.append(pq.read_table(part).replace_schema_metadata(None))
+    if failed_rows:
+        tables.append(make_table(failed_rows))
+    table = pa.concat_tables(tables) if tables else make_table([])
+    order = {"train": 0, "dev": 1, "test": 2}
+    rows = sorted(table.to_pylist(), key=lambda r: (order.get(r["split"], 9), r["csv_line"] or 0))
+    table = make_table(rows)
+    write_table(out / MANIFEST_NAME, table)
+    return table

@@ -1,0 +1,32 @@
+"""The Dask side: a LocalCluster by default, any existing scheduler with `--scheduler`, same code."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+from distributed import Client, LocalCluster
+
+from pipeline.config import BuildConfig
+
+
+@contextlib.contextmanager
+def open_client(cfg: BuildConfig, log=print) -> Iterator[Client]:
+    if cfg.scheduler:
+        client = Client(cfg.scheduler, timeout="30s")
+        cluster = None
+    else:
+        workers = cfg.dask.workers or os.cpu_count() or 1
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               memory_limit=cfg.dask.memory_limit, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
+        client = Client(cluster)
+    try:
+        n = len(client.scheduler_info().get("workers", {}))
+        log(f"dask: {n} worker(s) at {client.scheduler.address}; dashboard: {client.dashboard_link}")
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

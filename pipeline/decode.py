@@ -1,0 +1,125 @@
+"""Decode a clip ONCE with one ffmpeg process: sampled RGB frames on stdout, 16 kHz mono audio on a pipe.
+
+The command is built with ffmpeg-python and run as an argument list (never a shell string). ffmpeg
+autorotates by rotation metadata; the probe's display size (rotation and pixel aspect applied) fixes the
+output size, so raw frames parse exactly.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from dataclasses import dataclass
+
+import ffmpeg
+import numpy as np
+
+from pipeline.config import DecodeConfig
+from pipeline.probe import ProbeResult
+
+
+class DecodeError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    fps: float          # effective sampling rate: min(cfg.fps, max_frames / duration)
+    max_frames: int
+    width: int          # size of the frames handed to the detector
+    height: int
+    audio: bool
+    sample_rate: int
+    max_audio_s: float
+    threads: int
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.width * self.height * 3
+
+
+def _even(x: float) -> int:
+    return max(2, int(round(x / 2.0)) * 2)
+
+
+def plan_decode(probe: ProbeResult, cfg: DecodeConfig) -> DecodePlan:
+    duration = max(probe.duration_s, 1e-3)
+    scale = min(1.0, cfg.detect_size / max(probe.width, probe.height))
+    return DecodePlan(
+        fps=min(cfg.fps, cfg.max_frames / duration), max_frames=cfg.max_frames,
+        width=_even(probe.width * scale), height=_even(probe.height * scale),
+        audio=probe.has_audio, sample_rate=cfg.sample_rate, max_audio_s=cfg.max_audio_s,
+        threads=cfg.ffmpeg_threads,
+    )
+
+
+def ffmpeg_command(source: str, plan: DecodePlan, audio_fd: int | None) -> list[str]:
+    stream = ffmpeg.input(source, threads=plan.threads)
+    video = (stream["v:0"]
+             .filter("fps", fps=f"{plan.fps:.6f}")
+             .filter("scale", plan.width, plan.height, flags="bilinear"))
+    outputs = [ffmpeg.output(video, "pipe:1", format="rawvideo", pix_fmt="rgb24",
+                             **{"frames:v": plan.max_frames})]
+    if audio_fd is not None:
+        # pad a late-starting audio track with silence so sample 0 is at t=0, aligned with the frames
+        audio = stream["a:0"].filter("aresample", **{"async": 1, "first_pts": 0})
+        outputs.append(ffmpeg.output(audio, f"pipe:{audio_fd}", format="f32le", ac=1,
+                                     ar=plan.sample_rate, t=f"{plan.max_audio_s:.3f}"))
+    args = ffmpeg.merge_outputs(*outputs).get_args()
+    return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *args]
+
+
+@dataclass
+class Decoded:
+    frames: np.ndarray          # (T, H, W, 3) uint8
+    times: np.ndarray           # (T,) float32 seconds of each sampled frame
+    audio: np.ndarray | None    # (N,) float32 in [-1, 1] at plan.sample_rate; None without an audio stream
+
+
+def _read_all(fd: int, sink: list) -> None:
+    with os.fdopen(fd, "rb") as fh:
+        sink.append(fh.read())
+
+
+def decode_clip(source: str, plan: DecodePlan, timeout_s: float = 300.0) -> Decoded:
+    """Run ffmpeg once; raises DecodeError with ffmpeg's last error line."""
+    audio_r = audio_w = None
+    if plan.audio:
+        audio_r, audio_w = os.pipe()
+    cmd = ffmpeg_command(source, plan, audio_w)
+    audio_chunks: list[bytes] = []
+    reader = None
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                pass_fds=(audio_w,) if audio_w is not None else ())
+    except OSError as exc:
+        for fd in (audio_r, audio_w):
+            if fd is not None:
+                os.close(fd)
+        raise DecodeError(f"cannot start ffmpeg: {exc}") from None
+    if audio_w is not None:
+        os.close(audio_w)
+        reader = threading.Thread(target=_read_all, args=(audio_r, audio_chunks), daemon=True)
+        reader.start()
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise DecodeError(f"ffmpeg timed out after {timeout_s:.0f} s") from None
+    finally:
+        if reader is not None:
+            reader.join(timeout=10)
+    message = err.decode("utf-8", "replace").strip().splitlines()
+    if proc.returncode != 0:
+        raise DecodeError(message[-1][:300] if message else f"ffmpeg exited with {proc.returncode}")
+    n = len(out) // plan.frame_bytes
+    if n == 0:
+        raise DecodeError("no video frame could be decoded" + (f": {message[-1][:200]}" if message else ""))
+    frames = np.frombuffer(bytearray(out), dtype=np.uint8, count=n * plan.frame_bytes).reshape(n, plan.height, plan.width, 3)
+    audio = None
+    if plan.audio:
+        raw = b"".join(audio_chunks)
+        audio = np.frombuffer(raw[: len(raw) // 4 * 4], dtype=np.float32).copy()
+    times = (np.arange(n, dtype=np.float32) / np.float32(plan.fps)).astype(np.float32)
+    return Decoded(frames=frames, times=times, audio=audio)

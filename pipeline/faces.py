@@ -1,0 +1,210 @@
+"""Batched face detection over the frames of many clips, speaker-face selection, and 112x112 crops.
+
+Detection runs on batches of `face.batch_frames` frames drawn from several clips (GPU when present,
+AMP fp16 there), decodes anchors for the whole batch and runs one torchvision batched NMS. Per clip, the
+speaker's face is the highest-weight IoU track (score x size), gaps filled from the next tracks; crops are
+aligned by the 5 landmarks (ArcFace template) or cut from the box with a margin, all in one grid_sample.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import batched_nms, box_iou
+
+from pipeline.config import FaceConfig
+from pipeline.retinaface import BACKENDS
+from pipeline.weights import load_state_dict, resolve_weights
+
+# ArcFace 112x112 five-point template: eye, eye, nose, mouth corner, mouth corner (image left first)
+ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
+
+LOAD_COUNT = {"detector": 0}  # how many times this process built a detector (tests check reuse)
+
+
+@dataclass
+class FrameDets:
+    boxes: np.ndarray      # (n, 4) xyxy pixels of the detector frame
+    scores: np.ndarray     # (n,)
+    landmarks: np.ndarray  # (n, 5, 2)
+
+
+@dataclass
+class FaceTrack:
+    mask: np.ndarray       # (T,) uint8
+    boxes: np.ndarray      # (T, 5) float32: x1, y1, x2, y2 normalised to [0, 1], score
+    crops: np.ndarray      # (mask.sum(), S, S, 3) uint8
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("face.device=cuda but no CUDA device is visible")
+    return torch.device(device)
+
+
+class FaceDetector:
+    def __init__(self, cfg: FaceConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        model = BACKENDS[cfg.backend]()
+        state = load_state_dict(resolve_weights(cfg.backend, cfg.weights))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"{cfg.backend} weights do not fit the network: missing {list(missing)[:3]}, "
+                               f"unexpected {list(unexpected)[:3]}")
+        self.model = model.eval().to(self.device)
+        LOAD_COUNT["detector"] += 1
+
+    def _stack(self, frames: list[np.ndarray]) -> torch.Tensor:
+        h = max(f.shape[0] for f in frames)
+        w = max(f.shape[1] for f in frames)
+        batch = torch.empty((len(frames), h, w, 3), dtype=torch.uint8)
+        batch[:] = torch.tensor([123, 117, 104], dtype=torch.uint8)  # mean colour: padding reads as 0
+        for i, f in enumerate(frames):
+            batch[i, : f.shape[0], : f.shape[1]] = torch.from_numpy(f)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, H, W)
+
+    @torch.inference_mode()
+    def detect(self, frames: list[np.ndarray]) -> list[FrameDets]:
+        out: list[FrameDets] = []
+        for start in range(0, len(frames), self.cfg.batch_frames):
+            out.extend(self._detect_batch(frames[start: start + self.cfg.batch_frames]))
+        return out
+
+    def _detect_batch(self, frames: list[np.ndarray]) -> list[FrameDets]:
+        batch = self._stack(frames)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            boxes, scores, landmarks = self.model(batch)        # (B, A, 4), (B, A), (B, A, 5, 2)
+        boxes, scores, landmarks = boxes.float(), scores.float(), landmarks.float()
+        frame_idx, anchor_idx = torch.nonzero(scores >= self.cfg.score_threshold, as_tuple=True)
+        b, s, lm = boxes[frame_idx, anchor_idx], scores[frame_idx, anchor_idx], landmarks[frame_idx, anchor_idx]
+        sizes = torch.tensor([[f.shape[1], f.shape[0]] for f in frames], device=b.device, dtype=b.dtype)
+        wh = sizes[frame_idx]
+        b = torch.stack([b[:, 0].clamp(min=0), b[:, 1].clamp(min=0),
+                         torch.minimum(b[:, 2], wh[:, 0]), torch.minimum(b[:, 3], wh[:, 1])], dim=1)
+        big = ((b[:, 2] - b[:, 0]) >= self.cfg.min_face_px) & ((b[:, 3] - b[:, 1]) >= self.cfg.min_face_px)
+        b, s, lm, frame_idx = b[big], s[big], lm[big], frame_idx[big]
+        keep = batched_nms(b, s, frame_idx, self.cfg.nms_iou)   # one NMS call for the whole batch
+        b, s, lm, frame_idx = (t[keep].cpu().numpy() for t in (b, s, lm, frame_idx))
+        dets = []
+        for i in range(len(frames)):
+            sel = frame_idx == i
+            dets.append(FrameDets(b[sel], s[sel], lm[sel]))
+        return dets
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_detector(cfg_key: tuple) -> FaceDetector:
+    return FaceDetector(FaceConfig(**dict(cfg_key)))
+
+
+def get_detector(cfg: FaceConfig) -> FaceDetector:
+    """One detector per (config, process): a Dask worker keeps it for its lifetime."""
+    return _cached_detector(tuple(sorted(vars(cfg).items())))
+
+
+def _tracks(dets: list[FrameDets], iou_thr: float) -> list[list[tuple[int, int]]]:
+    """Greedy IoU linking; a track is a list of (frame, detection index)."""
+    tracks: list[list[tuple[int, int]]] = []
+    last_boxes: list[np.ndarray] = []
+    for t, frame in enumerate(dets):
+        if len(frame.scores) == 0:
+            continue
+        used: set[int] = set()
+        if tracks:
+            iou = box_iou(torch.from_numpy(frame.boxes), torch.from_numpy(np.stack(last_boxes))).numpy()
+            for d, k in sorted(np.ndindex(*iou.shape), key=lambda p: -iou[p]):
+                if iou[d, k] < iou_thr:
+                    break
+                if d in used or tracks[k][-1][0] == t:
+                    continue
+                tracks[k].append((t, d))
+                last_boxes[k] = frame.boxes[d]
+                used.add(d)
+        for d in range(len(frame.scores)):
+            if d not in used:
+                tracks.append([(t, d)])
+                last_boxes.append(frame.boxes[d])
+    return tracks
+
+
+def select_speaker(dets: list[FrameDets], iou_thr: float) -> list[int | None]:
+    """Per frame, the index of the speaker's detection (or None)."""
+    def weight(track):
+        total = 0.0
+        for t, d in track:
+            x1, y1, x2, y2 = dets[t].boxes[d]
+            total += float(dets[t].scores[d]) * float(np.sqrt(max(x2 - x1, 0) * max(y2 - y1, 0)))
+        return total
+    choice: list[int | None] = [None] * len(dets)
+    for track in sorted(_tracks(dets, iou_thr), key=weight, reverse=True):
+        for t, d in track:
+            if choice[t] is None:
+                choice[t] = d
+    return choice
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity M (2x3) with M @ [dst, 1] ~= src (crop pixel -> frame pixel)."""
+    u, v = dst[:, 0], dst[:, 1]
+    ones, zeros = np.ones_like(u), np.zeros_like(u)
+    a = np.concatenate([np.stack([u, -v, ones, zeros], 1), np.stack([v, u, zeros, ones], 1)])
+    rhs = np.concatenate([src[:, 0], src[:, 1]])
+    (p, q, tx, ty), *_ = np.linalg.lstsq(a, rhs, rcond=None)
+    return np.array([[p, -q, tx], [q, p, ty]], dtype=np.float64)
+
+
+def crop_transform(box: np.ndarray, landmarks: np.ndarray, cfg: FaceConfig) -> np.ndarray:
+    size = cfg.crop_size
+    if cfg.crop == "align":
+        return _similarity(landmarks.astype(np.float64), ARCFACE_TEMPLATE.astype(np.float64) * size / 112.0)
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * (1 + 2 * cfg.margin)
+    scale = side / size
+    left, top = (x1 + x2) / 2 - side / 2, (y1 + y2) / 2 - side / 2
+    return np.array([[scale, 0, left + 0.5 * scale - 0.5], [0, scale, top + 0.5 * scale - 0.5]])
+
+
+def _theta(m: np.ndarray, size: int, width: int, height: int) -> np.ndarray:
+    # crop-pixel -> frame-pixel affine M, rewritten for affine_grid's normalised coords (align_corners=False)
+    rows = []
+    for r, extent in ((m[0], width), (m[1], height)):
+        rows.append([r[0] * size / extent, r[1] * size / extent,
+                     (r[0] * (size - 1) + r[1] * (size - 1) + 2 * r[2] + 1) / extent - 1])
+    return np.array(rows, dtype=np.float32)
+
+
+def crop_faces(frames: np.ndarray, matrices: list[np.ndarray], frame_ids: list[int], size: int) -> np.ndarray:
+    """frames (T, H, W, 3) uint8 -> (n, size, size, 3) uint8 crops, one grid_sample for all."""
+    if not frame_ids:
+        return np.zeros((0, size, size, 3), dtype=np.uint8)
+    h, w = frames.shape[1:3]
+    src = torch.from_numpy(frames[frame_ids]).permute(0, 3, 1, 2).float()           # (n, 3, H, W)
+    theta = torch.from_numpy(np.stack([_theta(m, size, w, h) for m in matrices]))     # (n, 2, 3)
+    grid = F.affine_grid(theta, [len(frame_ids), 3, size, size], align_corners=False)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def speaker_faces(frames: np.ndarray, dets: list[FrameDets], cfg: FaceConfig) -> FaceTrack:
+    t_count, h, w = frames.shape[:3]
+    choice = select_speaker(dets, cfg.track_iou)
+    mask = np.array([c is not None for c in choice], dtype=np.uint8)
+    boxes = np.zeros((t_count, 5), dtype=np.float32)
+    matrices, ids = [], []
+    for t, d in enumerate(choice):
+        if d is None:
+            continue
+        x1, y1, x2, y2 = dets[t].boxes[d]
+        boxes[t] = (x1 / w, y1 / h, x2 / w, y2 / h, dets[t].scores[d])
+        matrices.append(crop_transform(dets[t].boxes[d], dets[t].landmarks[d], cfg))
+        ids.append(t)
+    return FaceTrack(mask=mask, boxes=boxes, crops=crop_faces(frames, matrices, ids, cfg.crop_size))

@@ -1,0 +1,124 @@
+"""ffprobe a clip and decide, with a reason code, whether it can be used."""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import ffmpeg
+
+from pipeline.config import AudioConfig, ProbeConfig
+
+
+@dataclass
+class ProbeResult:
+    ok: bool
+    reason: str = ""
+    detail: str = ""
+    duration_s: float = 0.0
+    width: int = 0                   # display size: rotation and pixel aspect applied
+    height: int = 0
+    has_audio: bool = False
+    video_codec: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ffmpeg_source(path: str | Path) -> str:
+    """Local files go through the `file:` protocol so a name can never be read as an option or URL."""
+    text = str(path)
+    if "://" in text or text.startswith(("pipe:", "file:")) or text.startswith("/dev/"):
+        return text
+    return "file:" + str(Path(text).resolve())
+
+
+def _rotation(stream: dict) -> int:
+    for side in stream.get("side_data_list", []) or []:
+        if "rotation" in side:
+            try:
+                return int(round(float(side["rotation"])))
+            except (TypeError, ValueError):
+                pass
+    try:
+        return int(stream.get("tags", {}).get("rotate", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def display_size(stream: dict) -> tuple[int, int]:
+    w, h = int(stream.get("width") or 0), int(stream.get("height") or 0)
+    sar = stream.get("sample_aspect_ratio", "1:1")
+    try:
+        num, den = (int(x) for x in sar.split(":"))
+        if num > 0 and den > 0 and num != den:
+            w = int(round(w * num / den))
+    except (ValueError, AttributeError):
+        pass
+    if abs(_rotation(stream)) % 180 == 90:
+        w, h = h, w
+    return w, h
+
+
+def _duration(info: dict, video: dict) -> float:
+    for value in (info.get("format", {}).get("duration"), video.get("duration")):
+        try:
+            if value is not None and float(value) > 0:
+                return float(value)
+        except (TypeError, ValueError):
+            pass
+    return 0.0
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no message"
+
+
+def run_ffprobe(source: str, timeout_s: float) -> dict:
+    # ffmpeg.probe() has no timeout; same argument list, with one (a list, never a shell string)
+    args = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", source]
+    proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False)
+    if proc.returncode != 0:
+        raise ffmpeg.Error("ffprobe", proc.stdout, proc.stderr)
+    return json.loads(proc.stdout.decode("utf-8", "replace"))
+
+
+def probe_clip(path: Path | None, cfg: ProbeConfig, audio: AudioConfig) -> ProbeResult:
+    if path is None or not Path(path).is_file():
+        return ProbeResult(False, "missing_file", f"no file {path}")
+    size = Path(path).stat().st_size
+    if size == 0:
+        return ProbeResult(False, "empty_file", f"{path} has 0 bytes")
+    try:
+        info = run_ffprobe(ffmpeg_source(path), cfg.timeout_s)
+    except ffmpeg.Error as exc:
+        return ProbeResult(False, "unreadable_container", _first_line(exc.stderr.decode("utf-8", "replace")))
+    except subprocess.TimeoutExpired:
+        return ProbeResult(False, "unreadable_container", f"ffprobe timed out after {cfg.timeout_s:.0f} s")
+    except json.JSONDecodeError:
+        return ProbeResult(False, "unreadable_container", "ffprobe printed no JSON")
+    streams = info.get("streams", [])
+    video = next((s for s in streams if s.get("codec_type") == "video"
+                  and not s.get("disposition", {}).get("attached_pic")), None)
+    has_audio = any(s.get("codec_type") == "audio" for s in streams)
+    if video is None:
+        return ProbeResult(False, "no_video_stream", f"streams: {[s.get('codec_type') for s in streams]}")
+    width, height = display_size(video)
+    duration = _duration(info, video)
+    result = ProbeResult(True, duration_s=duration, width=width, height=height, has_audio=has_audio,
+                         video_codec=str(video.get("codec_name", "")))
+    if width <= 0 or height <= 0:
+        return ProbeResult(False, "unreadable_container", f"video stream has size {width}x{height}")
+    if duration <= 0:
+        result.ok, result.reason, result.detail = False, "zero_duration", "duration is 0 or unknown"
+    elif duration < cfg.min_duration_s:
+        result.ok, result.reason = False, "too_short"
+        result.detail = f"{duration:.3f} s < probe.min_duration_s={cfg.min_duration_s}"
+    elif duration > cfg.max_duration_s:
+        result.ok, result.reason = False, "too_long"
+        result.detail = f"{duration:.1f} s > probe.max_duration_s={cfg.max_duration_s}"
+    elif not has_audio and audio.missing == "reject":
+        result.ok, result.reason, result.detail = False, "no_audio_stream", "no audio stream in the file"
+    return result

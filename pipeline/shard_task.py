@@ -1,0 +1,196 @@
+"""One Dask task = one output shard: probe its clips, decode each ONCE, detect faces in cross-clip
+batches, compute log-mels, write `{split}-{NNNNNN}.tar` atomically, then its part parquet (the
+done-marker). Every clip ends as a manifest row, ok or rejected with a reason; one bad clip never
+fails its shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from avemo.config import config_from_dict
+from pipeline.audio import log_mel
+from pipeline.config import BuildConfig
+from pipeline.decode import DecodeError, Decoded, decode_clip, plan_decode
+from pipeline.faces import get_detector, speaker_faces
+from pipeline.probe import ProbeResult, ffmpeg_source, probe_clip
+from shards.atomic import atomic_open
+from shards.format import encode_sample
+from shards.manifest import make_table, sha256_file, write_table
+
+TAR_MTIME = 0.0  # fixed member mtimes: the same inputs give byte-identical shards
+META_FIELDS = ("split", "dialogue_id", "utterance_id", "label", "emotion", "sentiment", "sentiment_id",
+               "speaker", "utterance", "season", "episode", "start_s", "end_s", "csv_file", "csv_line")
+
+
+@dataclass
+class ShardSpec:
+    name: str                 # e.g. "train-000003"
+    split: str
+    out_dir: str
+    rows: list[dict]          # label rows (status ok) with "source": absolute video path or ""
+    config: dict              # BuildConfig as a dict (plain data: travels to any Dask worker)
+    fingerprint: str = field(default="")
+
+    @property
+    def tar_name(self) -> str:
+        return f"{self.name}.tar"
+
+
+def fingerprint(rows: list[dict], cfg: BuildConfig) -> str:
+    """Hash of everything that changes the shard's bytes (not of scheduling knobs)."""
+    face = {k: v for k, v in vars(cfg.face).items() if k not in ("device", "batch_frames")}
+    decode = {k: v for k, v in vars(cfg.decode).items() if k not in ("ffmpeg_threads", "timeout_s")}
+    payload = {"rows": [(r["key"], r.get("source", ""), r["label"]) for r in rows], "face": face,
+               "decode": decode, "audio": vars(cfg.audio), "probe": vars(cfg.probe)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def probe_shard(spec: ShardSpec) -> list[dict]:
+    """ffprobe every clip of a shard (runs on any worker, CPU only)."""
+    cfg = config_from_dict(BuildConfig, spec.config)
+    with ThreadPoolExecutor(cfg.dask.decode_threads) as pool:
+        results = pool.map(lambda r: probe_clip(Path(r["source"]) if r.get("source") else None,
+                                                cfg.probe, cfg.audio), spec.rows)
+        return [r.to_dict() for r in results]
+
+
+def _decode_one(row: dict, probe: ProbeResult, cfg: BuildConfig) -> Decoded | str:
+    try:
+        return decode_clip(ffmpeg_source(row["source"]), plan_decode(probe, cfg.decode), cfg.decode.timeout_s)
+    except DecodeError as exc:
+        return str(exc)
+
+
+def _manifest_row(spec: ShardSpec, row: dict, **values) -> dict:
+    out = {k: row.get(k) for k in ("key", "split", "dialogue_id", "utterance_id", "label", "emotion",
+                                  "sentiment", "csv_line")}
+    out.update(source=row.get("source", ""), duration_s=values.pop("duration_s", None))
+    out.update(values)
+    return out
+
+
+class _ShardWriter:
+    """Finishes clips in order: faces -> crops, mel, encode, append to the tar."""
+
+    def __init__(self, spec: ShardSpec, cfg: BuildConfig, tar: wds.TarWriter):
+        self.spec, self.cfg, self.tar = spec, cfg, tar
+        self.rows: list[dict] = []
+
+    def reject(self, row: dict, reason: str, detail: str, duration: float | None = None) -> None:
+        self.rows.append(_manifest_row(self.spec, row, status="rejected", reason=reason,
+                                       detail=" ".join(detail.split())[:300], duration_s=duration))
+
+    def finish(self, row: dict, probe: ProbeResult, decoded: Decoded, dets: list) -> None:
+        cfg = self.cfg
+        try:
+            track = speaker_faces(decoded.frames, dets, cfg.face)
+            if track.mask.sum() == 0 and cfg.face.missing == "reject":
+                return self.reject(row, "no_face", "no face in any sampled frame", probe.duration_s)
+            mel = None if decoded.audio is None else log_mel(decoded.audio, cfg.decode.sample_rate, cfg.audio)
+            meta = {k: row.get(k) for k in META_FIELDS}
+            meta.update(source=Path(row["source"]).name, duration_s=round(probe.duration_s, 3),
+                        frame_times=[round(float(t), 3) for t in decoded.times],
+                        frame_size=[int(decoded.frames.shape[2]), int(decoded.frames.shape[1])],
+                        sample_rate=cfg.decode.sample_rate, hop_length=cfg.audio.hop_length,
+                        n_mels=cfg.audio.n_mels, detector=cfg.face.backend, crop=cfg.face.crop)
+            sample = encode_sample(row["key"], meta, track.mask, track.boxes, track.crops, mel,
+                                   cfg.face.jpeg_quality)
+        except Exception as exc:  # one clip's failure is recorded, never fatal to the shard
+            return self.reject(row, "processing_error", f"{type(exc).__name__}: {exc}", probe.duration_s)
+        self.tar.write(sample)
+        self.rows.append(_manifest_row(
+            self.spec, row, status="ok", shard=self.spec.tar_name, duration_s=probe.duration_s,
+            n_frames=int(track.mask.shape[0]), n_faces=int(track.mask.sum()), has_audio=mel is not None,
+            sample_bytes=sum(len(v) for k, v in sample.items() if not k.startswith("__"))))
+
+
+def _run_clips(spec: ShardSpec, cfg: BuildConfig, probes: list[ProbeResult], detector, writer) -> None:
+    """Decode clips on a thread pool (bounded read-ahead) while the detector eats full cross-clip
+    batches; clips are finished strictly in CSV order, so the shard's bytes are deterministic."""
+    queue: deque = deque()   # [row, probe, decoded | None, dets, reject (reason, detail) | None]
+    frames: list = []        # frames of queued clips not yet detected, in order
+    owners: list = []        # the queue entry of each of those frames
+
+    def drain() -> None:
+        while queue and (queue[0][4] is not None or len(queue[0][3]) == len(queue[0][2].frames)):
+            row, probe, decoded, dets, reject = queue.popleft()
+            if reject is not None:
+                writer.reject(row, *reject, probe.duration_s or None)
+            else:
+                writer.finish(row, probe, decoded, dets)
+
+    def detect(all_frames: bool) -> None:
+        size = cfg.face.batch_frames
+        while frames and (all_frames or len(frames) >= size):
+            batch, frames[:] = frames[:size], frames[size:]
+            who, owners[:] = owners[:size], owners[size:]
+            for entry, det in zip(who, detector.detect(batch)):
+                entry[3].append(det)
+            drain()
+
+    with ThreadPoolExecutor(cfg.dask.decode_threads) as pool:
+        jobs: deque = deque()
+        todo = iter(zip(spec.rows, probes))
+
+        def submit_next() -> None:
+            for row, probe in todo:
+                jobs.append((row, probe, pool.submit(_decode_one, row, probe, cfg) if probe.ok else None))
+                if probe.ok:
+                    return
+
+        for _ in range(2 * cfg.dask.decode_threads):  # bounded read-ahead of decoded clips
+            submit_next()
+        while jobs:
+            row, probe, job = jobs.popleft()
+            submit_next()
+            decoded = job.result() if job is not None else None
+            if job is None:
+                queue.append([row, probe, None, [], (probe.reason, probe.detail)])
+            elif isinstance(decoded, str):
+                queue.append([row, probe, None, [], ("decode_error", decoded)])
+            else:
+                entry = [row, probe, decoded, [], None]
+                queue.append(entry)
+                frames.extend(decoded.frames)
+                owners.extend([entry] * len(decoded.frames))
+            detect(all_frames=False)
+            drain()
+        detect(all_frames=True)
+        drain()
+
+
+def build_shard(spec: ShardSpec, probes: list[dict]) -> list[dict]:
+    """Write one shard and its part parquet; return its manifest rows."""
+    cfg = config_from_dict(BuildConfig, spec.config)
+    torch.set_num_threads(max(1, cfg.dask.torch_threads))
+    out_dir = Path(spec.out_dir)
+    detector = get_detector(cfg.face)
+    probes_ = [ProbeResult(**p) for p in probes]
+
+    tar_path = out_dir / spec.tar_name
+    with atomic_open(tar_path) as fh:
+        tar = wds.TarWriter(fh, encoder=False, mtime=TAR_MTIME)
+        writer = _ShardWriter(spec, cfg, tar)
+        _run_clips(spec, cfg, probes_, detector, writer)
+        tar.close()
+        n_ok = sum(r["status"] == "ok" for r in writer.rows)
+    if n_ok == 0:
+        tar_path.unlink(missing_ok=True)
+    digest = sha256_file(tar_path) if n_ok else ""
+    for r in writer.rows:
+        if r["status"] == "ok":
+            r["shard_sha256"] = digest
+    parts = out_dir / "parts"
+    parts.mkdir(exist_ok=True)
+    table = make_table(writer.rows).replace_schema_metadata({"fingerprint": spec.fingerprint})
+    write_table(parts / f"{spec.name}.parquet", table)
+    return writer.rows

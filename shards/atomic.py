@@ -1,0 +1,54 @@
+"""Crash-safe file writes: write a hidden temporary beside the target, fsync, rename, fsync the folder.
+
+A reader (or a rerun after SIGKILL) sees either the old file or the complete new one, never a torn one.
+Temporaries are named `.{name}.tmp-*` so `clean_temporaries` can remove leftovers of a killed run.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+TMP_MARK = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path) as fh:
+        fh.write(data)
+
+
+def clean_temporaries(folder: str | Path) -> list[Path]:
+    """Remove `.*.tmp-*` leftovers of killed writers; returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{TMP_MARK}*"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed

@@ -1,0 +1,155 @@
+"""The shard sample format: what the pipeline writes and the ONLY way training reads it back.
+
+One sample = one clip = these tar members (webdataset groups them by the key before the first dot):
+
+    {key}.json          UTF-8 JSON record: labels, speaker, text, timings, source, versions, sizes
+    {key}.mel.npy       float16 (n_mels, F) log-mel; absent when the clip has no audio stream
+    {key}.facemask.npy  uint8 (T,) 1 where sampled frame t has the speaker's face
+    {key}.boxes.npy     float32 (T, 5) x1, y1, x2, y2 in [0, 1] of the frame, detector score; 0 when no face
+    {key}.faces.jpg     JPEG strip (S, S * n_faces, 3) of the aligned crops of the frames with a face,
+                        left to right in time; absent when no frame has a face
+
+Nothing is ever unpickled: .npy is read with allow_pickle=False and dtype/shape checks, JSON is data,
+JPEG goes through PIL. Any other member name or extension is refused.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from shards.labels import LABEL_MAP_VERSION
+
+FORMAT_VERSION = 1
+FACE_SIZE = 112
+
+KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
+# extension -> (dtype, ndim) for arrays; None for non-array members
+MEMBERS: dict[str, tuple[str, int] | None] = {
+    "json": None,
+    "faces.jpg": None,
+    "mel.npy": ("float16", 2),
+    "facemask.npy": ("uint8", 1),
+    "boxes.npy": ("float32", 2),
+}
+MAX_MEMBER_BYTES = 64 << 20
+
+
+class UnsafeSampleError(ValueError):
+    """A shard member that is not part of the known format (name, extension, dtype or shape)."""
+
+
+@dataclass
+class Sample:
+    key: str
+    meta: dict[str, Any]
+    mel: np.ndarray | None        # (n_mels, F) float16
+    facemask: np.ndarray          # (T,) uint8
+    boxes: np.ndarray             # (T, 5) float32
+    faces: np.ndarray | None      # (n_faces, S, S, 3) uint8
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_sample(key: str, meta: dict, facemask: np.ndarray, boxes: np.ndarray,
+                  faces: np.ndarray | None, mel: np.ndarray | None, jpeg_quality: int = 90) -> dict:
+    """Return the webdataset dict (all values bytes) for one clip."""
+    if not KEY_RE.match(key):
+        raise UnsafeSampleError(f"invalid sample key {key!r}")
+    facemask = np.asarray(facemask, dtype=np.uint8)
+    n_faces = int(facemask.sum())
+    record = dict(meta, key=key, format_version=FORMAT_VERSION, label_map_version=LABEL_MAP_VERSION,
+                  n_frames=int(facemask.shape[0]), n_faces=n_faces, has_audio=mel is not None)
+    out = {
+        "__key__": key,
+        "json": json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8"),
+        "facemask.npy": _npy_bytes(facemask),
+        "boxes.npy": _npy_bytes(np.asarray(boxes, dtype=np.float32).reshape(-1, 5)),
+    }
+    if mel is not None:
+        out["mel.npy"] = _npy_bytes(np.asarray(mel, dtype=np.float16))
+    if n_faces:
+        if faces is None or faces.shape[0] != n_faces:
+            raise ValueError(f"{key}: {n_faces} face frames in the mask but "
+                             f"{0 if faces is None else faces.shape[0]} crops")
+        strip = np.concatenate(list(faces), axis=1)  # (S, S * n_faces, 3)
+        buf = io.BytesIO()
+        Image.fromarray(strip).save(buf, format="JPEG", quality=jpeg_quality)
+        out["faces.jpg"] = buf.getvalue()
+    return out
+
+
+def _load_npy(data: bytes, name: str) -> np.ndarray:
+    dtype, ndim = MEMBERS[name]  # type: ignore[misc]
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        raise UnsafeSampleError(f"member .{name} is not a plain numpy array: {exc}") from None
+    if array.dtype != np.dtype(dtype) or array.ndim != ndim:
+        raise UnsafeSampleError(f"member .{name} has dtype {array.dtype} / ndim {array.ndim}, "
+                                f"expected {dtype} / {ndim}")
+    return array
+
+
+def split_strip(strip: np.ndarray, n_faces: int) -> np.ndarray:
+    """(S, S * n, 3) -> (n, S, S, 3)."""
+    size = strip.shape[0]
+    if strip.ndim != 3 or strip.shape[1] != size * n_faces or strip.shape[2] != 3:
+        raise UnsafeSampleError(f"face strip has shape {strip.shape}, expected ({size}, {size * n_faces}, 3)")
+    return strip.reshape(size, n_faces, size, 3).transpose(1, 0, 2, 3)
+
+
+def decode_sample(raw: dict, decode_faces: bool = True) -> Sample:
+    """Turn one webdataset sample dict (bytes values) into a Sample, refusing anything unknown."""
+    key = raw.get("__key__")
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        raise UnsafeSampleError(f"invalid sample key {key!r} in {raw.get('__url__', '?')}")
+    for name, value in raw.items():
+        if name.startswith("__"):
+            continue
+        if name not in MEMBERS:
+            raise UnsafeSampleError(f"{key}: unknown member extension .{name}")
+        if not isinstance(value, (bytes, bytearray)) or len(value) > MAX_MEMBER_BYTES:
+            raise UnsafeSampleError(f"{key}: member .{name} is not bytes or is too large")
+    for required in ("json", "facemask.npy", "boxes.npy"):
+        if required not in raw:
+            raise UnsafeSampleError(f"{key}: missing member .{required}")
+    try:
+        meta = json.loads(raw["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnsafeSampleError(f"{key}: bad JSON record: {exc}") from None
+    if not isinstance(meta, dict):
+        raise UnsafeSampleError(f"{key}: JSON record is not an object")
+    if meta.get("label_map_version") != LABEL_MAP_VERSION:
+        raise UnsafeSampleError(f"{key}: label map {meta.get('label_map_version')!r} does not match "
+                                f"this code's {LABEL_MAP_VERSION!r}; rebuild the shards")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UnsafeSampleError(f"{key}: shard format {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    facemask = _load_npy(raw["facemask.npy"], "facemask.npy")
+    boxes = _load_npy(raw["boxes.npy"], "boxes.npy")
+    if boxes.shape != (facemask.shape[0], 5):
+        raise UnsafeSampleError(f"{key}: boxes shape {boxes.shape} does not match {facemask.shape[0]} frames")
+    mel = _load_npy(raw["mel.npy"], "mel.npy") if "mel.npy" in raw else None
+    n_faces = int(facemask.astype(bool).sum())
+    faces = None
+    if n_faces and "faces.jpg" not in raw:
+        raise UnsafeSampleError(f"{key}: {n_faces} face frames but no .faces.jpg")
+    if decode_faces and n_faces:
+        try:
+            with Image.open(io.BytesIO(raw["faces.jpg"])) as img:
+                if img.format != "JPEG":
+                    raise UnsafeSampleError(f"{key}: .faces.jpg is {img.format}, not JPEG")
+                strip = np.array(img.convert("RGB"))  # a writable copy
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise UnsafeSampleError(f"{key}: unreadable .faces.jpg: {exc}") from None
+        faces = split_strip(strip, n_faces)
+    return Sample(key=key, meta=meta, mel=mel, facemask=facemask, boxes=boxes, faces=faces)

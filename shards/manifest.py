@@ -1,0 +1,123 @@
+"""The manifest: one parquet row per input CSV row, the contract between build-shards and its readers.
+
+`status` is `ok` (the clip is in `shard`) or `rejected` (`reason` is a code from REASONS, `detail` says
+why in one line). `shard_sha256` lets readers verify a shard once before streaming it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Iterable, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards.atomic import atomic_write_bytes
+
+MANIFEST_NAME = "manifest.parquet"
+
+# reason code -> what it means (README and docs/reliability.md list these)
+REASONS: dict[str, str] = {
+    "unknown_label": "Emotion or Sentiment is not in the label map",
+    "bad_id": "Dialogue_ID or Utterance_ID is not a non-negative integer",
+    "duplicate_key": "another row has the same (split, Dialogue_ID, Utterance_ID)",
+    "bad_time": "StartTime/EndTime cannot be parsed",
+    "missing_file": "no video file for this row",
+    "empty_file": "the video file has 0 bytes",
+    "unreadable_container": "ffprobe cannot read the container",
+    "no_video_stream": "the file has no video stream",
+    "no_audio_stream": "the file has no audio stream (policy audio.missing=reject)",
+    "zero_duration": "the file's duration is 0 or unknown",
+    "too_short": "shorter than probe.min_duration_s",
+    "too_long": "longer than probe.max_duration_s",
+    "decode_error": "ffmpeg failed to decode the sampled frames or the audio",
+    "no_face": "no face in any sampled frame (policy face.missing=reject)",
+    "processing_error": "an unexpected error while processing this clip (message in detail)",
+    "task_failed": "the shard task failed after its retries",
+}
+
+SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("split", pa.string()),
+    ("dialogue_id", pa.int64()),
+    ("utterance_id", pa.int64()),
+    ("label", pa.int8()),            # emotion id in shards.labels.EMOTIONS, -1 when unknown
+    ("emotion", pa.string()),
+    ("sentiment", pa.string()),
+    ("status", pa.string()),
+    ("reason", pa.string()),
+    ("detail", pa.string()),
+    ("shard", pa.string()),
+    ("source", pa.string()),
+    ("csv_line", pa.int64()),
+    ("duration_s", pa.float32()),
+    ("n_frames", pa.int32()),
+    ("n_faces", pa.int32()),
+    ("has_audio", pa.bool_()),
+    ("sample_bytes", pa.int64()),
+    ("shard_sha256", pa.string()),
+])
+
+DEFAULTS = {"dialogue_id": None, "utterance_id": None, "label": -1, "emotion": "", "sentiment": "",
+            "reason": "", "detail": "", "shard": "", "source": "", "csv_line": None, "duration_s": None,
+            "n_frames": 0, "n_faces": 0, "has_audio": False, "sample_bytes": 0, "shard_sha256": ""}
+
+
+def make_table(rows: Iterable[dict]) -> pa.Table:
+    rows = [{name: row.get(name, DEFAULTS.get(name)) for name in SCHEMA.names} for row in rows]
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def write_table(path: str | Path, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_manifest(shard_dir: str | Path) -> pa.Table:
+    path = Path(shard_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {shard_dir}: run `avemo build-shards` first")
+    return pq.read_table(path)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class CorruptShardError(RuntimeError):
+    pass
+
+
+def shards_for_split(table: pa.Table, split: str) -> dict[str, str]:
+    """{shard file name: sha256} of the ok rows of one split, in name order."""
+    rows = table.filter(pa.compute.and_(pa.compute.equal(table["split"], split),
+                                        pa.compute.equal(table["status"], "ok")))
+    pairs = set(zip(rows["shard"].to_pylist(), rows["shard_sha256"].to_pylist()))
+    return dict(sorted(pairs))
+
+
+def verify_shards(shard_dir: str | Path, expected: dict[str, str],
+                  policy: Literal["stop", "skip"] = "stop", log=print) -> list[str]:
+    """Hash each shard once; return the good shard names. A bad one stops or is skipped (and named)."""
+    good = []
+    for name, sha in expected.items():
+        path = Path(shard_dir) / name
+        problem = None
+        if not path.is_file():
+            problem = "is missing"
+        elif sha256_file(path) != sha:
+            problem = "does not match its checksum in the manifest (corrupt or modified)"
+        if problem is None:
+            good.append(name)
+            continue
+        message = f"shard {path} {problem}"
+        if policy == "stop":
+            raise CorruptShardError(message + " (set data.corrupt_shards=skip to train without it)")
+        log(f"warning: {message}; skipping it")
+    return good

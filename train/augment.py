@@ -1,0 +1,52 @@
+"""Per-clip augmentation on tensors, in the DataLoader workers (train split only).
+
+faces (T, 3, 112, 112) uint8: one flip / colour jitter / small affine per clip, so time stays coherent.
+mel (n_mels, F) float32 log-power: random gain, then SpecAugment frequency and time masks.
+Draws come from torch's global RNG, which DataLoader seeds per worker from the main process's RNG, so a
+run resumed from a checkpoint (which restores that RNG) draws the same augmentations.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torchaudio.functional as AF
+import torchvision.transforms.v2.functional as TF
+
+from train.config import AugmentConfig
+
+
+def _uniform(lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand(()))
+
+
+def augment_faces(faces: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    if float(torch.rand(())) < cfg.flip_p:
+        faces = faces.flip(-1)
+    faces = TF.adjust_brightness(faces, _uniform(1 - cfg.brightness, 1 + cfg.brightness))
+    faces = TF.adjust_contrast(faces, _uniform(1 - cfg.contrast, 1 + cfg.contrast))
+    faces = TF.adjust_saturation(faces, _uniform(1 - cfg.saturation, 1 + cfg.saturation))
+    size = faces.shape[-1]
+    shift = [round(_uniform(-cfg.translate, cfg.translate) * size) for _ in range(2)]
+    return TF.affine(faces, angle=_uniform(-cfg.rotate_deg, cfg.rotate_deg), translate=shift,
+                     scale=_uniform(1 - cfg.scale, 1 + cfg.scale), shear=[0.0, 0.0])
+
+
+def augment_mel(mel: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    if mel.shape[-1] == 0:
+        return mel
+    mel = mel + _uniform(-cfg.gain_db, cfg.gain_db) / 10.0 * math.log(10.0)
+    fill = float(mel.mean())
+    for _ in range(cfg.freq_masks):
+        mel = AF.mask_along_axis(mel.unsqueeze(0), cfg.freq_mask_width, fill, axis=1).squeeze(0)
+    for _ in range(cfg.time_masks):
+        width = min(cfg.time_mask_width, mel.shape[-1] // 4)
+        if width > 0:
+            mel = AF.mask_along_axis(mel.unsqueeze(0), width, fill, axis=2).squeeze(0)
+    return mel
+
+
+def augment_sample(sample: dict, cfg: AugmentConfig) -> dict:
+    if not cfg.enabled:
+        return sample
+    return dict(sample, faces=augment_faces(sample["faces"], cfg), mel=augment_mel(sample["mel"], cfg))

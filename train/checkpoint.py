@@ -1,0 +1,60 @@
+"""Checkpoints: plain tensors, numbers and strings only, written atomically, read with weights_only=True."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from avemo.config import config_from_dict
+from model.net import AVEmotionNet, ModelConfig
+from shards.atomic import atomic_open
+from shards.labels import EMOTIONS, LABEL_MAP_VERSION
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, **payload) -> None:
+    payload.setdefault("label_map_version", LABEL_MAP_VERSION)
+    payload.setdefault("labels", list(EMOTIONS))
+    with atomic_open(path) as fh:
+        torch.save(payload, fh)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path} safely: {str(exc).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path} is not an avemo checkpoint")
+    if ckpt.get("label_map_version") != LABEL_MAP_VERSION:
+        raise CheckpointError(f"{path} uses label map {ckpt.get('label_map_version')!r}, "
+                              f"this code uses {LABEL_MAP_VERSION!r}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> AVEmotionNet:
+    model_cfg = dict(ckpt["config"]["model"], face_weights="")  # weights come from the checkpoint
+    model = AVEmotionNet(config_from_dict(ModelConfig, model_cfg))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()

@@ -1,0 +1,155 @@
+"""Streaming WebDataset loaders over verified shards, written as one visible list of stages:
+
+    shard list -> detshuffle(epoch) -> split_by_node -> split_by_worker -> tar -> shuffle buffer
+    -> safe decode -> augment -> batch with padding and masks
+
+Epoch arithmetic is explicit: each rank takes `steps = train samples // (batch x ranks)` batches per
+epoch from an endless, per-epoch-seeded stream, so all ranks step together and resume is exact.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from shards.format import FACE_SIZE, UnsafeSampleError, decode_sample
+from shards.manifest import read_manifest, shards_for_split, verify_shards
+from train.augment import augment_sample
+from train.config import AugmentConfig, DataConfig
+
+log = logging.getLogger("avemo.data")
+MEL_PAD_MULTIPLE = 64  # pad mel length to a multiple of this: few distinct shapes for torch.compile
+
+
+@dataclass
+class SplitShards:
+    urls: list[str]
+    n_samples: int
+    label_counts: list[int]   # per emotion id, ok rows of the split
+
+
+def split_shards(shard_dir: str | Path, split: str, policy: str = "stop", log_fn=print) -> SplitShards:
+    """The verified shards of one split (each hashed once against the manifest)."""
+    table = read_manifest(shard_dir)
+    expected = shards_for_split(table, split)
+    if not expected:
+        raise FileNotFoundError(f"no ok samples for split '{split}' in {shard_dir}/manifest.parquet")
+    good = set(verify_shards(shard_dir, expected, policy=policy, log=log_fn))
+    rows = [r for r in table.select(["split", "status", "shard", "label"]).to_pylist()
+            if r["split"] == split and r["status"] == "ok" and r["shard"] in good]
+    counts = [0] * 7
+    for r in rows:
+        counts[r["label"]] += 1
+    return SplitShards([str(Path(shard_dir) / name) for name in sorted(good)], len(rows), counts)
+
+
+def skip_bad_sample(exn: Exception) -> bool:
+    """webdataset handler: a sample that fails safe decoding is reported and skipped."""
+    log.warning("skipping a sample: %s", exn)
+    return True
+
+
+def to_tensors(raw: dict, max_frames: int, max_mel: int, random_crop: bool) -> dict:
+    s = decode_sample(raw)
+    t = s.facemask.shape[0]
+    idx = np.arange(t) if t <= max_frames else np.linspace(0, t - 1, max_frames).round().astype(int)
+    faces = torch.zeros((max_frames, 3, FACE_SIZE, FACE_SIZE), dtype=torch.uint8)
+    mask = torch.zeros(max_frames, dtype=torch.bool)
+    if s.faces is not None:
+        crop_of_frame = np.cumsum(s.facemask.astype(bool)) - 1          # frame -> index in the strip
+        for slot, frame in enumerate(idx):
+            if s.facemask[frame]:
+                faces[slot] = torch.from_numpy(s.faces[crop_of_frame[frame]]).permute(2, 0, 1)
+                mask[slot] = True
+    if s.mel is None:
+        mel = torch.zeros((s.meta.get("n_mels", 64), 0), dtype=torch.float32)
+    else:
+        mel = torch.from_numpy(s.mel.astype(np.float32))
+        if mel.shape[1] > max_mel:
+            start = int(torch.randint(0, mel.shape[1] - max_mel + 1, ())) if random_crop else 0
+            mel = mel[:, start: start + max_mel]
+    return {"key": s.key, "label": int(s.meta["label"]), "faces": faces, "face_mask": mask, "mel": mel}
+
+
+def collate(samples: list[dict]) -> dict:
+    n_mels = samples[0]["mel"].shape[0]
+    longest = max(s["mel"].shape[1] for s in samples)
+    width = max(MEL_PAD_MULTIPLE, math.ceil(longest / MEL_PAD_MULTIPLE) * MEL_PAD_MULTIPLE)
+    mel = torch.zeros((len(samples), n_mels, width))
+    mel_mask = torch.zeros((len(samples), width), dtype=torch.bool)
+    for i, s in enumerate(samples):
+        n = s["mel"].shape[1]
+        mel[i, :, :n] = s["mel"]
+        mel_mask[i, :n] = True
+    return {
+        "key": [s["key"] for s in samples],
+        "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+        "faces": torch.stack([s["faces"] for s in samples]),          # (B, T, 3, 112, 112) uint8
+        "face_mask": torch.stack([s["face_mask"] for s in samples]),  # (B, T) bool
+        "mel": mel,                                                   # (B, n_mels, F) float32
+        "mel_mask": mel_mask,                                         # (B, F) bool
+    }
+
+
+def _seeded_shuffle(bufsize: int, seed: int, epoch: int):
+    """Sample shuffle buffer seeded by (seed, epoch, rank, worker): reproducible, different per worker."""
+    def stage(src):
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rng = random.Random(hash((seed, epoch, rank, worker)) & 0xFFFFFFFF)
+        return wds.shuffle(bufsize, min(bufsize, 100), rng=rng)(src)
+    return stage
+
+
+def effective_workers(n_shards: int, world: int, wanted: int) -> int:
+    if n_shards < world:
+        raise ValueError(f"{n_shards} shard(s) cannot feed {world} ranks: every rank needs at least one shard "
+                         f"(rebuild with a smaller shards.max_clips, or use fewer ranks)")
+    return min(wanted, n_shards // world)
+
+
+def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch: int, seed: int,
+                 world: int = 1) -> tuple[wds.WebLoader, int]:
+    workers = effective_workers(len(split.urls), world, data.workers)
+    steps = max(1, split.n_samples // (data.batch_size * world))
+    per_worker = math.ceil(steps / max(1, workers))
+    dataset = wds.DataPipeline(
+        wds.SimpleShardList(split.urls),
+        wds.detshuffle(bufsize=len(split.urls), initial=len(split.urls), seed=seed * 1000 + epoch * 10),
+        wds.split_by_node,
+        wds.split_by_worker,
+        wds.tarfile_to_samples(handler=skip_bad_sample),
+        _seeded_shuffle(data.shuffle_buffer, seed, epoch),
+        wds.map(functools.partial(to_tensors, max_frames=data.max_frames, max_mel=data.max_mel_frames,
+                                  random_crop=True), handler=skip_bad_sample),
+        wds.map(functools.partial(augment_sample, cfg=aug)),
+        wds.batched(data.batch_size, collation_fn=collate, partial=False),
+    ).with_epoch(per_worker)
+    loader = wds.WebLoader(dataset, batch_size=None, num_workers=workers,
+                           pin_memory=data.pin_memory and torch.cuda.is_available())
+    return loader.with_epoch(steps), steps
+
+
+def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int = 16,
+                max_mel: int = 1000) -> wds.WebLoader:
+    """Every sample of the split exactly once, in shard order (rank 0 only)."""
+    dataset = wds.DataPipeline(
+        wds.SimpleShardList(urls),
+        wds.split_by_worker,
+        wds.tarfile_to_samples(handler=skip_bad_sample),
+        wds.map(functools.partial(to_tensors, max_frames=max_frames, max_mel=max_mel, random_crop=False),
+                handler=skip_bad_sample),
+        wds.batched(batch_size, collation_fn=collate, partial=True),
+    )
+    return wds.WebLoader(dataset, batch_size=None, num_workers=min(workers, len(urls)),
+                         pin_memory=torch.cuda.is_available())
+
+
+__all__ = ["SplitShards", "split_shards", "train_loader", "eval_loader", "collate", "to_tensors",
+           "UnsafeSampleError"]

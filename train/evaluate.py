@@ -1,0 +1,134 @@
+"""`avemo evaluate`: a checkpoint on one split of the shards -> metrics.json, predictions.parquet,
+confusion.png, and a face-only / audio-only / both ablation (the other modality masked out)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from avemo.config import load_config
+from shards.atomic import atomic_write_bytes
+from shards.labels import EMOTIONS
+from shards.manifest import CorruptShardError, write_table
+from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.config import EvalConfig
+from train.data import eval_loader, split_shards
+from train.metrics import classification_metrics
+
+MODES = {"both": (True, True), "face_only": (True, False), "audio_only": (False, True)}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def predict(model, loader, device, modes=("both",)) -> dict:
+    """{mode: (keys, labels, probs (N, 7))} for each modality mode, in one pass over the data."""
+    model.eval()
+    out = {m: ([], [], []) for m in modes}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for batch in loader:
+        batch = to_device(batch, device)
+        for mode in modes:
+            use_face, use_audio = MODES[mode]
+            face_mask = batch["face_mask"] & use_face
+            mel_mask = batch["mel_mask"] & use_audio
+            with autocast:
+                logits = model(batch["faces"], face_mask, batch["mel"], mel_mask)
+            keys, labels, probs = out[mode]
+            keys += batch["key"]
+            labels.append(batch["label"].cpu())
+            probs.append(torch.softmax(logits.float(), -1).cpu())
+    return {m: (k, torch.cat(l).numpy() if l else np.zeros(0, int), torch.cat(p).numpy() if p else np.zeros((0, 7)))
+            for m, (k, l, p) in out.items()}
+
+
+def confusion_png(cm: list[list[int]], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cm = np.asarray(cm, dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=120)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
+    ax.set_yticks(range(len(EMOTIONS)), EMOTIONS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(len(EMOTIONS)):
+        for j in range(len(EMOTIONS)):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="row-normalised")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run_evaluate(cfg: EvalConfig, log=print) -> dict:
+    device = resolve_device(cfg.device)
+    ckpt = load_checkpoint(cfg.checkpoint)
+    model = model_from_checkpoint(ckpt).to(device)
+    data = ckpt["config"]["data"]
+    split = split_shards(cfg.shards, cfg.split, cfg.corrupt_shards, log_fn=log)
+    loader = eval_loader(split.urls, cfg.batch_size, cfg.workers, data["max_frames"], data["max_mel_frames"])
+    modes = tuple(MODES) if cfg.ablation else ("both",)
+    results = predict(model, loader, device, modes)
+    keys, labels, probs = results["both"]
+    preds = probs.argmax(1)
+    metrics = classification_metrics(labels, preds)
+    metrics.update(split=cfg.split, checkpoint=str(cfg.checkpoint), epoch=ckpt.get("epoch"))
+    if cfg.ablation:
+        metrics["ablation"] = {}
+        for mode, (_, mode_labels, mode_probs) in results.items():
+            m = classification_metrics(mode_labels, mode_probs.argmax(1))
+            metrics["ablation"][mode] = {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = {"key": keys, "label": labels.astype(np.int8), "pred": preds.astype(np.int8)}
+    columns.update({f"p_{name}": probs[:, i].astype(np.float32) for i, name in enumerate(EMOTIONS)})
+    write_table(out / "predictions.parquet", pa.table(columns))
+    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
+    confusion_png(metrics["confusion"], out / "confusion.png",
+                  f"{cfg.split}: weighted F1 {metrics['weighted_f1']:.3f}, acc {metrics['accuracy']:.3f}")
+    return metrics
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="avemo evaluate",
+                                     description="Score a checkpoint on one split of the shards.")
+    parser.add_argument("--shards", required=True, help="folder written by build-shards")
+    parser.add_argument("--checkpoint", required=True, help="a .pt written by `avemo train` (best.pt or last.pt)")
+    parser.add_argument("--split", default="test", help="train, dev or test (default: test)")
+    parser.add_argument("--out", required=True, help="folder for metrics.json, predictions.parquet, confusion.png")
+    parser.add_argument("--config", default=None, help="YAML file; its `evaluate:` section is used")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    ns = parser.parse_args(argv)
+    cfg = load_config(EvalConfig, "evaluate", ns.config, ns.overrides,
+                      {"shards": ns.shards, "checkpoint": ns.checkpoint, "split": ns.split, "out": ns.out})
+    try:
+        metrics = run_evaluate(cfg)
+    except (FileNotFoundError, CorruptShardError, ValueError) as exc:
+        print(f"avemo evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{cfg.split}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} "
+          f"weighted_f1={metrics['weighted_f1']:.4f} macro_f1={metrics['macro_f1']:.4f}")
+    for mode, m in metrics.get("ablation", {}).items():
+        print(f"  {mode:<10} weighted_f1={m['weighted_f1']:.4f} accuracy={m['accuracy']:.4f}")
+    print(f"wrote {cfg.out}/metrics.json, predictions.parquet, confusion.png")
+    return 0

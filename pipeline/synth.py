@@ -45,8 +45,8 @@ class SynthSpec:
     width: int = 640
     height: int = 360
     fps: int = 15
-    no_face_every: int = 0     # every Nth clip has no face (0 = never)
-    no_audio_every: int = 0    # every Nth clip has no audio stream (0 = never)
+    no_face_frac: float = 0.0   # fraction of clips without a face (drawn independently of the label)
+    no_audio_frac: float = 0.0  # fraction of clips without an audio stream
 
 
 def face_photo() -> Image.Image:
@@ -147,6 +147,7 @@ def make_mini_meld(root: str | Path, spec: SynthSpec, workers: int = 2) -> Path:
     root = Path(root)
     rows_by_split, jobs = {}, []
     n = 0
+    pick = np.random.default_rng(spec.seed + 7)
     for split, per_class in spec.per_class.items():
         video_dir = root / VIDEO_DIRS[split][0]
         video_dir.mkdir(parents=True, exist_ok=True)
@@ -155,8 +156,8 @@ def make_mini_meld(root: str | Path, spec: SynthSpec, workers: int = 2) -> Path:
             emotion = EMOTIONS[i % len(EMOTIONS)]
             dia, utt = i // 4, i % 4
             n += 1
-            face = not (spec.no_face_every and n % spec.no_face_every == 0)
-            audio = not (spec.no_audio_every and n % spec.no_audio_every == 1 % spec.no_audio_every)
+            face = bool(pick.random() >= spec.no_face_frac)
+            audio = bool(pick.random() >= spec.no_audio_frac)
             jobs.append((video_dir / f"dia{dia}_utt{utt}.mp4", emotion, spec, spec.seed * 100_003 + n, face, audio))
             rows.append((dia, utt, emotion))
         rows_by_split[split] = rows

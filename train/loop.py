@@ -203,7 +203,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             loss_sum += loss.item() * n
             correct += int((logits.argmax(1) == batch["label"]).sum())
             if state["step"] % cfg.log_every == 0:
-                logger.log(state["step"], loss=float(loss), lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
+                logger.log(state["step"], loss=loss.item(), lr=scheduler.get_last_lr()[0], grad_norm=grad_norm.item())
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         elapsed = time.perf_counter() - t0
         state["epoch"] = epoch + 1

@@ -1,0 +1,81 @@
+"""Shared fixtures: the read-only ../shared material, a generated mini-MELD tree, shards built from it once.
+
+Every test is offline and CPU-only. `../shared` (or $AVEMO_SHARED) must exist: it holds the real weights,
+label CSVs and face videos the tests run on.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("AVEMO_SHARED", REPO.parent / "shared")).resolve()
+
+
+def pytest_configure(config):
+    if not (SHARED / "weights").is_dir():
+        raise pytest.UsageError(f"the tests need the shared material at {SHARED} (set AVEMO_SHARED)")
+    # weights for in-process code, subprocesses and Dask workers alike
+    os.environ["AVEMO_WEIGHTS_DIR"] = str(SHARED / "weights")
+    os.environ.setdefault("AVEMO_CACHE", str(REPO / ".pytest_cache" / "avemo"))
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def media(shared) -> Path:
+    return shared / "media"
+
+
+def add_real_clips(root: Path, media: Path, split: str, clips: dict[str, str]) -> None:
+    """Append rows for real videos (file name in ../shared/media -> emotion) to a mini-MELD split."""
+    from pipeline.layout import CSV_NAMES, VIDEO_DIRS
+    from pipeline.synth import SENTIMENT_OF
+    csv_path = root / CSV_NAMES[split]
+    lines = csv_path.read_text(encoding="utf-8").splitlines()
+    video_dir = root / VIDEO_DIRS[split][0]
+    for i, (name, emotion) in enumerate(clips.items()):
+        dia = 900 + i
+        shutil.copyfile(media / name, video_dir / f"dia{dia}_utt0.mp4")
+        lines.append(f'{len(lines)},"A real clip, {name}",Someone,{emotion},{SENTIMENT_OF[emotion]},{dia},0,1,1,'
+                     f'"0:00:01,000","00:00:03,500"')
+    csv_path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+
+
+REAL_CLIPS = {"single_face.mp4": "joy", "WolfgangLanger_Pexels.mp4": "sadness", "no_face.mp4": "neutral",
+              "fer_test.mp4": "surprise", "face_noface.mov": "fear"}
+
+
+@pytest.fixture(scope="session")
+def mini_meld(tmp_path_factory, media) -> Path:
+    """A small MELD-layout tree: generated clips (real photo faces, espeak speech) + the real videos."""
+    from pipeline.synth import SynthSpec, make_mini_meld
+    root = tmp_path_factory.mktemp("mini_meld")
+    make_mini_meld(root, SynthSpec(per_class={"train": 3, "dev": 1, "test": 1}, seed=1,
+                                   no_face_frac=0.1, no_audio_frac=0.1))
+    add_real_clips(root, media, "train", REAL_CLIPS)
+    return root
+
+
+def build_config(root: Path, out: Path, *overrides: str):
+    from avemo.config import load_config
+    from pipeline.config import BuildConfig
+    return load_config(BuildConfig, "build", None,
+                       ["dask.workers=2", "shards.max_clips=8", "decode.max_frames=8", *overrides],
+                       {"root": str(root), "out": str(out)})
+
+
+@pytest.fixture(scope="session")
+def built_shards(tmp_path_factory, mini_meld) -> Path:
+    """Shards of the mini-MELD tree, built once by the real Dask pipeline (LocalCluster, 2 workers)."""
+    from pipeline.build import run_build
+    out = tmp_path_factory.mktemp("shards")
+    summary = run_build(build_config(mini_meld, out))
+    assert summary.shards_failed == 0
+    return out

@@ -1,0 +1,73 @@
+"""The shard sample format: round trip, and refusal of anything outside it."""
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+
+from shards.format import UnsafeSampleError, decode_sample, encode_sample
+from shards.labels import LABEL_MAP_VERSION
+
+
+def _sample(n_frames=4, faces_at=(0, 2), mel=True):
+    mask = np.zeros(n_frames, np.uint8)
+    mask[list(faces_at)] = 1
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 200, 112)
+    crops = np.stack([np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], np.full((112, 112), 40.0 * i)), -1)
+                      for i in range(len(faces_at))]).astype(np.uint8) if faces_at else None  # smooth, distinct
+    boxes = np.zeros((n_frames, 5), np.float32)
+    boxes[list(faces_at)] = [0.1, 0.2, 0.5, 0.7, 0.99]
+    m = rng.normal(size=(64, 50)).astype(np.float16) if mel else None
+    return encode_sample("dia3_utt1", {"label": 3, "emotion": "joy"}, mask, boxes, crops, m), crops, m
+
+
+def test_round_trip():
+    raw, crops, mel = _sample()
+    s = decode_sample(raw)
+    assert s.key == "dia3_utt1" and s.meta["label"] == 3 and s.meta["label_map_version"] == LABEL_MAP_VERSION
+    assert s.meta["n_faces"] == 2 and s.meta["has_audio"] is True
+    assert s.faces.shape == (2, 112, 112, 3)
+    assert np.abs(s.faces.astype(int) - crops.astype(int)).mean() < 3  # JPEG: lossy but close, order kept
+    np.testing.assert_array_equal(s.mel, mel)
+    np.testing.assert_array_equal(s.facemask, [1, 0, 1, 0])
+
+
+def test_no_face_no_audio():
+    raw, _, _ = _sample(faces_at=(), mel=False)
+    assert "faces.jpg" not in raw and "mel.npy" not in raw
+    s = decode_sample(raw)
+    assert s.faces is None and s.mel is None and s.meta["has_audio"] is False
+
+
+def test_unknown_extension_is_refused():
+    raw, _, _ = _sample()
+    raw["pyd"] = pickle.dumps({"x": 1})
+    with pytest.raises(UnsafeSampleError, match="unknown member"):
+        decode_sample(raw)
+
+
+def test_pickled_npy_is_refused():
+    raw, _, _ = _sample()
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    raw["boxes.npy"] = buf.getvalue()
+    with pytest.raises(UnsafeSampleError, match="not a plain numpy array"):
+        decode_sample(raw)
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "a/b", "", ".hidden"])
+def test_bad_keys_are_refused(key):
+    raw, _, _ = _sample()
+    raw["__key__"] = key
+    with pytest.raises(UnsafeSampleError, match="invalid sample key"):
+        decode_sample(raw)
+
+
+def test_other_label_map_is_refused():
+    raw, _, _ = _sample()
+    raw["json"] = raw["json"].replace(LABEL_MAP_VERSION.encode(), b"someone-elses-map")
+    with pytest.raises(UnsafeSampleError, match="label map"):
+        decode_sample(raw)

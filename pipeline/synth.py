@@ -47,6 +47,7 @@ class SynthSpec:
     fps: int = 15
     no_face_frac: float = 0.0   # fraction of clips without a face (drawn independently of the label)
     no_audio_frac: float = 0.0  # fraction of clips without an audio stream
+    min_duration_s: float = 1.2  # shorter speech is padded with silence (MELD clips average ~3 s)
 
 
 def face_photo() -> Image.Image:
@@ -112,7 +113,7 @@ def _frames(photo: Image.Image, n: int, spec: SynthSpec, rng: np.random.Generato
 def _write_clip(path: Path, emotion: str, spec: SynthSpec, seed: int, face: bool, audio: bool) -> float:
     rng = np.random.default_rng(seed)
     wave_data, rate = _speech(emotion, rng)
-    duration = max(1.2, len(wave_data) / rate + 0.3)
+    duration = max(spec.min_duration_s, len(wave_data) / rate + 0.3)
     n = int(duration * spec.fps)
     with tempfile.TemporaryDirectory() as tmp:
         wav_path = Path(tmp) / "a.wav"

@@ -233,9 +233,12 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="avemo train", description="Train the audio-visual model from shards.",
-                                     epilog="multi-GPU / multi-node: torchrun --nproc_per_node=N -m avemo.cli train ...")
+                                     epilog="multi-GPU / multi-node: torchrun --nproc_per_node=N -m avemo.cli train "
+                                            "--shards S --run-dir R ... (see docs/scale.md)")
     parser.add_argument("--shards", required=True, help="folder written by build-shards")
-    parser.add_argument("--run", required=True, help="output folder for checkpoints, metrics and TensorBoard")
+    # --run-dir: the spelling to use under torchrun, whose argparse finds `--run` ambiguous (--run-path)
+    parser.add_argument("--run", "--run-dir", dest="run", required=True,
+                        help="output folder for checkpoints, metrics and TensorBoard")
     parser.add_argument("--config", default=None, help="YAML file; its `train:` section is used (e.g. configs/meld.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=3e-4 data.batch_size=64")

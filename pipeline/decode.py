@@ -7,6 +7,7 @@ output size, so raw frames parse exactly.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -53,18 +54,22 @@ def plan_decode(probe: ProbeResult, cfg: DecodeConfig) -> DecodePlan:
     )
 
 
-def ffmpeg_command(source: str, plan: DecodePlan, audio_fd: int | None) -> list[str]:
-    stream = ffmpeg.input(source, threads=plan.threads)
+def ffmpeg_command(source: str, plan: DecodePlan, audio_fd: int | None,
+                   input_options: dict | None = None) -> list[str]:
+    """input_options: extra input flags, e.g. {"f": "lavfi"} or {"re": None} (pipeline/stream.py).
+    plan.max_frames <= 0 / plan.max_audio_s <= 0 mean no limit (a stream decoded to its end)."""
+    stream = ffmpeg.input(source, threads=plan.threads, **(input_options or {}))
     video = (stream["v:0"]
              .filter("fps", fps=f"{plan.fps:.6f}")
              .filter("scale", plan.width, plan.height, flags="bilinear"))
-    outputs = [ffmpeg.output(video, "pipe:1", format="rawvideo", pix_fmt="rgb24",
-                             **{"frames:v": plan.max_frames})]
+    limit = {"frames:v": plan.max_frames} if plan.max_frames > 0 else {}
+    outputs = [ffmpeg.output(video, "pipe:1", format="rawvideo", pix_fmt="rgb24", **limit)]
     if audio_fd is not None:
         # pad a late-starting audio track with silence so sample 0 is at t=0, aligned with the frames
         audio = stream["a:0"].filter("aresample", **{"async": 1, "first_pts": 0})
+        limit = {"t": f"{plan.max_audio_s:.3f}"} if plan.max_audio_s > 0 else {}
         outputs.append(ffmpeg.output(audio, f"pipe:{audio_fd}", format="f32le", ac=1,
-                                     ar=plan.sample_rate, t=f"{plan.max_audio_s:.3f}"))
+                                     ar=plan.sample_rate, **limit))
     args = ffmpeg.merge_outputs(*outputs).get_args()
     return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *args]
 
@@ -74,6 +79,15 @@ class Decoded:
     frames: np.ndarray          # (T, H, W, 3) uint8
     times: np.ndarray           # (T,) float32 seconds of each sampled frame
     audio: np.ndarray | None    # (N,) float32 in [-1, 1] at plan.sample_rate; None without an audio stream
+
+
+_ADDRESS = re.compile(r" @ 0x[0-9a-f]+")  # "[h264 @ 0x55d0...]": a pointer, different on every run
+
+
+def _summary(lines: list[str]) -> str:
+    """ffmpeg's last error line is often generic ("Error marking filters..."); the first names the cause."""
+    text = lines[-1] if len(lines) == 1 or lines[0] == lines[-1] else f"{lines[-1]} (first error: {lines[0]})"
+    return text[:300]
 
 
 def _read_all(fd: int, sink: list) -> None:
@@ -110,9 +124,9 @@ def decode_clip(source: str, plan: DecodePlan, timeout_s: float = 300.0) -> Deco
     finally:
         if reader is not None:
             reader.join(timeout=10)
-    message = err.decode("utf-8", "replace").strip().splitlines()
+    message = [_ADDRESS.sub("", line) for line in err.decode("utf-8", "replace").strip().splitlines()]
     if proc.returncode != 0:
-        raise DecodeError(message[-1][:300] if message else f"ffmpeg exited with {proc.returncode}")
+        raise DecodeError(_summary(message) if message else f"ffmpeg exited with {proc.returncode}")
     n = len(out) // plan.frame_bytes
     if n == 0:
         raise DecodeError("no video frame could be decoded" + (f": {message[-1][:200]}" if message else ""))

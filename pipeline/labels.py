@@ -6,7 +6,6 @@ MELD.Raw.tar.gz (U+0092 etc. standing for cp1252 punctuation), and mojibake from
 from __future__ import annotations
 
 import csv
-import io
 import re
 import unicodedata
 from pathlib import Path
@@ -17,6 +16,7 @@ REQUIRED_COLUMNS = ("Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID
                     "StartTime", "EndTime")
 OPTIONAL_COLUMNS = ("Season", "Episode", "Sr No.")
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # not str.splitlines: legacy text holds U+0085 etc.
 _TIME_RE = re.compile(r"^\s*(\d{1,2}):(\d{1,2}):(\d{1,2})[,.](\d{1,3})\s*$")
 _TYPOGRAPHIC = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'",
                               "\u201c": '"', "\u201d": '"', "\u201e": '"',
@@ -71,6 +71,24 @@ def decode_csv_bytes(data: bytes) -> str:
         return data.decode("cp1252", errors="replace")
 
 
+def _csv_lines(text: str):
+    """(line number, fields or csv.Error) per physical line. MELD rows never span lines, so parsing line by
+    line keeps a stray quote from swallowing the rows after it, and one bad line from stopping the file."""
+    for number, line in enumerate(_LINE_BREAK.split(text), 1):
+        try:
+            yield number, next(csv.reader([line]), [])
+        except csv.Error as exc:
+            yield number, exc
+
+
+def _malformed(values: list[str] | csv.Error, n_columns: int) -> str:
+    if isinstance(values, csv.Error):
+        return f"unparseable CSV line: {' '.join(str(values).split())[:200]}"
+    if len(values) != n_columns:
+        return f"{len(values)} fields where the header has {n_columns} (a stray quote or comma?)"
+    return ""
+
+
 def _int_field(value: str) -> int | None:
     value = (value or "").strip()
     return int(value) if value.isdigit() else None
@@ -79,21 +97,23 @@ def _int_field(value: str) -> int | None:
 def read_label_csv(path: str | Path, split: str) -> list[dict]:
     """Every non-blank data row of one split's CSV, as a row dict with status ok/rejected."""
     path = Path(path)
-    text = decode_csv_bytes(path.read_bytes())
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [h.strip().lstrip("\ufeff") for h in next(reader)]
-    except StopIteration:
-        raise LabelFileError(f"{path}: empty CSV (no header)") from None
+    lines = _csv_lines(decode_csv_bytes(path.read_bytes()))
+    _, first = next(lines, (1, []))
+    if isinstance(first, csv.Error):
+        raise LabelFileError(f"{path}: unreadable header: {first}")
+    header = [h.strip().lstrip("\ufeff") for h in first]
+    if not header:
+        raise LabelFileError(f"{path}: empty CSV (no header)")
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise LabelFileError(f"{path}: missing required column '{missing[0]}'")
     col = {name: header.index(name) for name in header}
     rows, seen = [], set()
-    for values in reader:
-        line = reader.line_num
-        if not values or all(not v.strip() for v in values):
+    for line, values in lines:
+        if not isinstance(values, csv.Error) and all(not v.strip() for v in values):
             continue
+        malformed = _malformed(values, len(header))
+        values = [] if isinstance(values, csv.Error) else values
         values = values + [""] * (len(header) - len(values))
         get = lambda name: values[col[name]] if name in col else ""  # noqa: E731
         dia, utt = _int_field(get("Dialogue_ID")), _int_field(get("Utterance_ID"))
@@ -111,7 +131,9 @@ def read_label_csv(path: str | Path, split: str) -> list[dict]:
             "start_s": start, "end_s": end, "csv_line": line, "csv_file": path.name,
             "status": "ok", "reason": "", "detail": "",
         }
-        if dia is None or utt is None:
+        if malformed:
+            row.update(key=f"line{line}", status="rejected", reason="bad_row", detail=malformed)
+        elif dia is None or utt is None:
             row.update(status="rejected", reason="bad_id",
                        detail=f"Dialogue_ID={get('Dialogue_ID')!r} Utterance_ID={get('Utterance_ID')!r}")
         elif emotion_id(emotion) is None or sentiment_id(sentiment) is None:
@@ -122,7 +144,7 @@ def read_label_csv(path: str | Path, split: str) -> list[dict]:
         elif start is None or end is None:
             row.update(status="rejected", reason="bad_time",
                        detail=f"StartTime={get('StartTime')!r} EndTime={get('EndTime')!r}")
-        if dia is not None and utt is not None:
+        if dia is not None and utt is not None and not malformed:
             seen.add((split, dia, utt))
         rows.append(row)
     return rows

@@ -19,6 +19,7 @@ MANIFEST_NAME = "manifest.parquet"
 
 # reason code -> what it means (README and docs/reliability.md list these)
 REASONS: dict[str, str] = {
+    "bad_row": "the CSV line does not split into the header's columns (stray quote or comma) or cannot be parsed",
     "unknown_label": "Emotion or Sentiment is not in the label map",
     "bad_id": "Dialogue_ID or Utterance_ID is not a non-negative integer",
     "duplicate_key": "another row has the same (split, Dialogue_ID, Utterance_ID)",

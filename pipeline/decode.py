@@ -7,7 +7,6 @@ output size, so raw frames parse exactly.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import ffmpeg
 import numpy as np
 
 from pipeline.config import DecodeConfig
-from pipeline.probe import ProbeResult
+from pipeline.probe import ProbeResult, ffmpeg_message
 
 
 class DecodeError(RuntimeError):
@@ -81,15 +80,6 @@ class Decoded:
     audio: np.ndarray | None    # (N,) float32 in [-1, 1] at plan.sample_rate; None without an audio stream
 
 
-_ADDRESS = re.compile(r" @ 0x[0-9a-f]+")  # "[h264 @ 0x55d0...]": a pointer, different on every run
-
-
-def _summary(lines: list[str]) -> str:
-    """ffmpeg's last error line is often generic ("Error marking filters..."); the first names the cause."""
-    text = lines[-1] if len(lines) == 1 or lines[0] == lines[-1] else f"{lines[-1]} (first error: {lines[0]})"
-    return text[:300]
-
-
 def _read_all(fd: int, sink: list) -> None:
     with os.fdopen(fd, "rb") as fh:
         sink.append(fh.read())
@@ -124,12 +114,12 @@ def decode_clip(source: str, plan: DecodePlan, timeout_s: float = 300.0) -> Deco
     finally:
         if reader is not None:
             reader.join(timeout=10)
-    message = [_ADDRESS.sub("", line) for line in err.decode("utf-8", "replace").strip().splitlines()]
+    message = err.decode("utf-8", "replace").strip().splitlines()
     if proc.returncode != 0:
-        raise DecodeError(_summary(message) if message else f"ffmpeg exited with {proc.returncode}")
+        raise DecodeError(ffmpeg_message(message) if message else f"ffmpeg exited with {proc.returncode}")
     n = len(out) // plan.frame_bytes
     if n == 0:
-        raise DecodeError("no video frame could be decoded" + (f": {message[-1][:200]}" if message else ""))
+        raise DecodeError("no video frame could be decoded" + (f": {ffmpeg_message(message)}" if message else ""))
     frames = np.frombuffer(bytearray(out), dtype=np.uint8, count=n * plan.frame_bytes).reshape(n, plan.height, plan.width, 3)
     audio = None
     if plan.audio:

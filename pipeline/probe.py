@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,9 +72,17 @@ def _duration(info: dict, video: dict) -> float:
     return 0.0
 
 
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no message"
+_ADDRESS = re.compile(r" @ 0x[0-9a-f]+")  # "[h264 @ 0x55d0...]": a pointer, different on every run
+
+
+def ffmpeg_message(lines: list[str]) -> str:
+    """One line from ffmpeg's stderr: the last error, plus the first when it differs (the last is often
+    generic, e.g. "Invalid data found", while the first names the cause, e.g. "moov atom not found")."""
+    lines = [_ADDRESS.sub("", line).strip() for line in lines if line.strip()]
+    if not lines:
+        return "no message"
+    text = lines[-1] if lines[0] == lines[-1] else f"{lines[-1]} (first error: {lines[0]})"
+    return text[:300]
 
 
 def run_ffprobe(source: str, timeout_s: float) -> dict:
@@ -94,7 +103,8 @@ def probe_clip(path: Path | None, cfg: ProbeConfig, audio: AudioConfig) -> Probe
     try:
         info = run_ffprobe(ffmpeg_source(path), cfg.timeout_s)
     except ffmpeg.Error as exc:
-        return ProbeResult(False, "unreadable_container", _first_line(exc.stderr.decode("utf-8", "replace")))
+        message = ffmpeg_message(exc.stderr.decode("utf-8", "replace").splitlines())
+        return ProbeResult(False, "unreadable_container", message)
     except subprocess.TimeoutExpired:
         return ProbeResult(False, "unreadable_container", f"ffprobe timed out after {cfg.timeout_s:.0f} s")
     except json.JSONDecodeError:

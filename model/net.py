@@ -84,11 +84,17 @@ class FaceEncoder(nn.Module):
         return self
 
     def forward(self, faces: torch.Tensor, face_mask: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.embed(faces), face_mask)
+
+    def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, 112, 112) uint8 -> (B, T, 128): per frame, so a stream embeds each face once."""
         b, t = faces.shape[:2]
         x = (faces.flatten(0, 1).float() - self.mean) / self.std     # (B*T, 3, 112, 112)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            emb = self.cnn(x).view(b, t, -1)                         # (B, T, 128)
+            return self.cnn(x).view(b, t, -1)                        # (B, T, 128)
+
+    def pool(self, emb: torch.Tensor, face_mask: torch.Tensor) -> torch.Tensor:
         m = face_mask.to(emb.dtype).unsqueeze(-1)
         out, _ = self.lstm(torch.cat([emb * m, m], dim=-1))          # (B, T, hidden)
         return _masked_mean(out, face_mask)
@@ -118,6 +124,19 @@ class AVEmotionNet(nn.Module):
         has_face = face_mask.any(1, keepdim=True).float()           # (B, 1)
         has_audio = mel_mask.any(1, keepdim=True).float()
         f = self.face(faces, face_mask) * has_face                   # (B, hidden)
+        a = self.audio(mel, mel_mask) * has_audio
+        return self.head(torch.cat([f, a, has_face, has_audio], dim=1))  # (B, 7)
+
+    # Inference path (eval mode; forward above is unchanged): forward(faces, ...) ==
+    # forward_from_embeddings(embed_faces(faces), ...), where rows of frames without a face are ignored,
+    # so a stream can embed only the new face crops and cache the rest (avemo predict).
+    def embed_faces(self, faces: torch.Tensor) -> torch.Tensor:
+        return self.face.embed(faces)                                # (B, T, 128)
+
+    def forward_from_embeddings(self, emb, face_mask, mel, mel_mask):
+        has_face = face_mask.any(1, keepdim=True).float()           # (B, 1)
+        has_audio = mel_mask.any(1, keepdim=True).float()
+        f = self.face.pool(emb, face_mask) * has_face                # (B, hidden)
         a = self.audio(mel, mel_mask) * has_audio
         return self.head(torch.cat([f, a, has_face, has_audio], dim=1))  # (B, 7)
 

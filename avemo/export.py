@@ -1,0 +1,119 @@
+"""`avemo export`: a checkpoint -> ONNX (onnxruntime, any language) or TorchScript (C++ / mobile).
+
+The graph is AVEmotionNet.forward in eval mode, with a second output: the per-frame face embeddings
+(B, T, 128) that the logits are computed from. `avemo predict model.onnx` cuts the graph there so a
+stream embeds each face once (pipeline: avemo/runtime.py); other users can ignore it.
+
+    inputs:  faces (B, T, 3, 112, 112) uint8, face_mask (B, T) bool, mel (B, n_mels, F) float32, mel_mask (B, F) bool
+    outputs: logits (B, 7) float32, face_embeddings (B, T, 128) float32      (B, T and F are dynamic)
+
+Both files carry the checkpoint's configs and labels as JSON: ONNX metadata_props["avemo"], TorchScript
+extra file "avemo.json".
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from model.net import AVEmotionNet
+from shards.atomic import atomic_write_bytes
+
+INPUTS = ["faces", "face_mask", "mel", "mel_mask"]
+OUTPUTS = ["logits", "face_embeddings"]
+DYNAMIC_AXES = {"faces": {0: "batch", 1: "frames"}, "face_mask": {0: "batch", 1: "frames"},
+                "mel": {0: "batch", 2: "mel_frames"}, "mel_mask": {0: "batch", 1: "mel_frames"},
+                "logits": {0: "batch"}, "face_embeddings": {0: "batch", 1: "frames"}}
+OPSET = 17
+META_KEY = "avemo"
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+class ExportNet(nn.Module):
+    """forward(faces, face_mask, mel, mel_mask) -> (logits, face_embeddings); logits == AVEmotionNet.forward."""
+
+    def __init__(self, net: AVEmotionNet):
+        super().__init__()
+        self.net = net.eval()
+
+    def forward(self, faces, face_mask, mel, mel_mask):
+        emb = self.net.embed_faces(faces)                                  # (B, T, 128)
+        return self.net.forward_from_embeddings(emb, face_mask, mel, mel_mask), emb
+
+
+def model_meta(ckpt: dict, source: str = "") -> dict:
+    """What a runtime needs besides the weights: labels, input sizes, the configs the model was made with."""
+    cfg = ckpt["config"]
+    return {"labels": list(ckpt["labels"]), "label_map_version": ckpt["label_map_version"],
+            "max_frames": cfg["data"]["max_frames"], "max_mel_frames": cfg["data"]["max_mel_frames"],
+            "n_mels": cfg["model"]["n_mels"], "build": ckpt.get("build"), "train": cfg,
+            "epoch": ckpt.get("epoch"), "checkpoint": source}
+
+
+def example_inputs(n_mels: int, batch: int = 1, frames: int = 8, mel_frames: int = 256) -> tuple:
+    g = torch.Generator().manual_seed(0)
+    faces = torch.randint(0, 256, (batch, frames, 3, 112, 112), dtype=torch.uint8, generator=g)
+    face_mask = torch.ones(batch, frames, dtype=torch.bool)
+    mel = torch.randn(batch, n_mels, mel_frames, generator=g)
+    mel_mask = torch.ones(batch, mel_frames, dtype=torch.bool)
+    return faces, face_mask, mel, mel_mask
+
+
+def to_onnx_bytes(net: AVEmotionNet, meta: dict) -> bytes:
+    import onnx
+    buf = io.BytesIO()
+    with warnings.catch_warnings():   # the TorchScript-based exporter warns that LSTM batch sizes are traced
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ExportNet(net), example_inputs(net.cfg.n_mels), buf, dynamo=False, opset_version=OPSET,
+                          input_names=INPUTS, output_names=OUTPUTS, dynamic_axes=DYNAMIC_AXES)
+    proto = onnx.load_from_string(buf.getvalue())
+    onnx.checker.check_model(proto)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+    return proto.SerializeToString()
+
+
+def to_torchscript_bytes(net: AVEmotionNet, meta: dict) -> bytes:
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # torch 2.11 marks TorchScript deprecated; it still runs in C++ / mobile
+        traced = torch.jit.trace(ExportNet(net), example_inputs(net.cfg.n_mels), check_trace=False)
+        torch.jit.save(traced, buf, _extra_files={f"{META_KEY}.json": json.dumps(meta)})
+    return buf.getvalue()
+
+
+WRITERS = {"onnx": to_onnx_bytes, "torchscript": to_torchscript_bytes}
+
+
+def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+    from train.checkpoint import load_checkpoint, model_from_checkpoint
+    ckpt = load_checkpoint(checkpoint)
+    net = model_from_checkpoint(ckpt)
+    out = Path(out) if out else Path(checkpoint).with_suffix(FORMATS[fmt])
+    atomic_write_bytes(out, WRITERS[fmt](net, model_meta(ckpt, str(checkpoint))))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="avemo export", description="Export a checkpoint to ONNX or TorchScript.",
+        epilog="then: avemo predict clip.mp4 --checkpoint model.onnx   (onnxruntime, the fastest CPU path)")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by avemo train (best.pt)")
+    parser.add_argument("--format", choices=list(FORMATS), default="onnx")
+    parser.add_argument("--out", default=None, help="output file (default: next to the checkpoint, "
+                        + ", ".join(f"{k}: *{v}" for k, v in FORMATS.items()) + ")")
+    ns = parser.parse_args(argv)
+    from train.checkpoint import CheckpointError
+    try:
+        path = export(ns.checkpoint, ns.format, ns.out)
+    except (FileNotFoundError, CheckpointError) as exc:
+        print(f"avemo export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {ns.format})")
+    return 0

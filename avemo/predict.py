@@ -1,0 +1,282 @@
+"""`avemo predict`: emotion over sliding windows of video files, folders or live streams.
+
+Per input, ONE ffmpeg process decodes frames + audio incrementally (pipeline/stream.py, the command of
+build-shards); per window the frames go through the same detector and speaker-face crops
+(pipeline.faces) and the audio through the same log-mel (pipeline.audio) as build-shards, then the model.
+Detections and face embeddings are cached per frame, so overlapping windows never redo them.
+One JSON line per window:
+
+    {"source", "start", "end", "label", "probs": {emotion: p}, "face": fraction of frames with a face,
+     "modalities": ["face", "audio"], "frames": model frames}        (+ "ms": {...} with --timings)
+
+Windows whose data a live source dropped (processing slower than real time) come out as one line per run
+of them, {"source", "start", "end", "dropped_windows": n, "reason"}, and are counted on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from avemo.config import ConfigError, load_config, read_yaml_section
+from pipeline.config import AudioConfig, DecodeConfig, FaceConfig
+
+OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
+EPILOG = """\
+inputs: video files, folders (every video in them), pipe:0 (stdin: a streaming container such as
+mpegts or matroska, or an mp4 with its moov atom first), lavfi:GRAPH (ffmpeg generators), URLs
+(rtsp://, http://, ...) and capture devices (/dev/video0).
+
+examples:
+  avemo predict clip.mp4 --checkpoint runs/a/best.pt --plot clip.png
+  avemo predict clips/ --checkpoint model.onnx --out predictions.jsonl
+  ffmpeg -i cam.mp4 -c copy -f mpegts - | avemo predict pipe:0 --checkpoint model.onnx
+  avemo predict /dev/video0 --checkpoint model.onnx --window 2 --hop 0.5
+
+Decode, face and audio settings are build-shards' (the checkpoint's build config when it has one,
+then the `build:` section of --config), so the model sees inputs made as in training.
+"""
+
+
+@dataclass
+class PredictConfig:
+    window_s: float = 2.0
+    hop_s: float = 0.5
+    buffer_s: float = 10.0            # decoded media held at most (bounded memory; live sources drop beyond)
+    threads: int = 1                  # intra-op threads of the detector and the model
+    runtime: Literal["auto", "torch", "onnx"] = "auto"   # auto: onnxruntime for .onnx, PyTorch for .pt
+    realtime: bool = False            # read inputs at their native rate, as a live source (ffmpeg -re)
+    timings: bool = False             # add per-stage milliseconds to each line
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    face: FaceConfig = field(default_factory=FaceConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+
+    def __post_init__(self):
+        if self.window_s <= 0 or self.hop_s <= 0:
+            raise ConfigError("window and hop must be > 0 seconds")
+        if self.buffer_s < self.window_s + self.hop_s:
+            raise ConfigError(f"buffer_s={self.buffer_s} must hold a window plus a hop "
+                              f"(>= {self.window_s + self.hop_s})")
+        if self.threads < 1:
+            raise ConfigError("threads must be >= 1")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_predict_config(meta: dict, path: str | None, flags: dict, overrides: list[str]) -> PredictConfig:
+    """defaults < checkpoint's build config < --config `build:` < --config `predict:` < flags < key=value."""
+    media_keys = ("decode", "face", "audio")
+    base: dict = {k: v for k, v in (meta.get("build") or {}).items() if k in media_keys}
+    if path is not None:
+        base = _merge(base, {k: v for k, v in read_yaml_section(path, "build").items() if k in media_keys})
+        base = _merge(base, read_yaml_section(path, "predict"))
+    cfg = load_config(PredictConfig, "predict", None, overrides, _merge(base, flags))
+    if "n_mels" in meta and cfg.audio.n_mels != meta["n_mels"]:
+        raise ConfigError(f"audio.n_mels={cfg.audio.n_mels} but the model was trained on {meta['n_mels']} mel bins")
+    return cfg
+
+
+class WindowPredictor:
+    """One input's windows -> records; caches detections per frame and embeddings per face crop."""
+
+    def __init__(self, runner, cfg: PredictConfig, source: str, sample_rate: int):
+        from pipeline.faces import get_detector
+        self.runner, self.cfg, self.source, self.rate = runner, cfg, source, sample_rate
+        self.labels = runner.meta["labels"]
+        self.max_frames, self.max_mel = runner.meta["max_frames"], runner.meta["max_mel_frames"]
+        self.detector = get_detector(cfg.face)
+        self.dets: dict[int, object] = {}                 # frame id -> FrameDets
+        self.embs: dict[tuple[int, bytes], np.ndarray] = {}  # (frame id, speaker box) -> (128,)
+
+    def _detect(self, ids: np.ndarray, frames: np.ndarray) -> list:
+        new = [i for i, fid in enumerate(ids) if int(fid) not in self.dets]
+        if new:
+            for i, det in zip(new, self.detector.detect([frames[i] for i in new])):
+                self.dets[int(ids[i])] = det
+        first = int(ids[0]) if len(ids) else 0
+        for fid in [f for f in self.dets if f < first]:     # frames before this window never come back
+            del self.dets[fid]
+        return [self.dets[int(fid)] for fid in ids]
+
+    def _embeddings(self, ids: np.ndarray, track) -> np.ndarray:
+        """(T, 128): cached per (frame, speaker box), the CNN runs on the new face crops only."""
+        emb = np.zeros((len(ids), 128), dtype=np.float32)
+        face_rows = np.flatnonzero(track.mask)
+        keys = [(int(ids[t]), track.boxes[t].tobytes()) for t in face_rows]
+        new = [j for j, key in enumerate(keys) if key not in self.embs]
+        if new:
+            for j, e in zip(new, self.runner.embed(track.crops[new])):
+                self.embs[keys[j]] = e
+        for t, key in zip(face_rows, keys):
+            emb[t] = self.embs[key]
+        first = int(ids[0]) if len(ids) else 0
+        self.embs = {k: v for k, v in self.embs.items() if k[0] >= first}
+        return emb
+
+    def __call__(self, window) -> dict:
+        from pipeline.audio import log_mel
+        from pipeline.faces import speaker_faces
+        from train.data import collate
+        ms: dict[str, float] = {"wait": window.wait_s * 1e3}
+        tick = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal tick
+            now = time.perf_counter()
+            ms[name] = (now - tick) * 1e3
+            tick = now
+
+        ids, frames = window.frame_ids, window.frames
+        if len(ids) > self.max_frames:   # as in training (train.data.to_tensors): frames spread over the window
+            keep = np.linspace(0, len(ids) - 1, self.max_frames).round().astype(int)
+            ids, frames = ids[keep], frames[keep]
+        dets = self._detect(ids, frames)
+        lap("detect")
+        if len(ids):
+            track = speaker_faces(frames, dets, self.cfg.face)
+            mask = track.mask.astype(bool)
+        else:                                # no frame in this window (e.g. the video ended before the audio)
+            track, mask = None, np.zeros(0, dtype=bool)
+        lap("crop")
+        if window.audio is not None and len(window.audio):
+            mel = torch.from_numpy(log_mel(window.audio, self.rate, self.cfg.audio).astype(np.float32))
+            mel = mel[:, : self.max_mel]                      # (n_mels, F), cropped from the start as in eval
+        else:
+            mel = torch.zeros((self.cfg.audio.n_mels, 0))
+        lap("mel")
+        emb = self._embeddings(ids, track) if track is not None else np.zeros((0, 128), dtype=np.float32)
+        lap("embed")
+        t = max(1, len(ids))   # the model needs one time step; an all-False mask means "no face"
+        batch = collate([{"key": "", "label": -1, "faces": torch.zeros((t, 3, 1, 1), dtype=torch.uint8),
+                          "face_mask": torch.from_numpy(np.pad(mask, (0, t - len(mask)))), "mel": mel}])
+        emb = np.pad(emb, ((0, t - len(emb)), (0, 0)))[None]    # (1, T, 128)
+        logits = self.runner.logits(emb, batch["face_mask"].numpy(), batch["mel"].numpy(),
+                                    batch["mel_mask"].numpy())[0].astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        lap("model")
+        modalities = (["face"] if mask.any() else []) + (["audio"] if mel.shape[1] else [])
+        record = {"source": self.source, "start": round(window.start, 3), "end": round(window.end, 3),
+                  "label": self.labels[int(probs.argmax())],
+                  "probs": {name: round(float(p), 5) for name, p in zip(self.labels, probs)},
+                  "face": round(float(mask.mean()) if len(mask) else 0.0, 3), "modalities": modalities,
+                  "frames": int(len(ids))}
+        if self.cfg.timings:
+            record["ms"] = {k: round(v, 2) for k, v in ms.items()}
+        return record
+
+
+def predict_input(inp, runner, cfg: PredictConfig, emit) -> dict:
+    """Run one input; `emit(record)` each line. Returns a summary; raises InputError / DecodeError."""
+    from pipeline.stream import InputError, StreamDecoder, probe_input, stream_plan
+    probe, head = probe_input(inp, cfg.decode.timeout_s)
+    if not probe.ok:
+        raise InputError(f"{probe.reason}: {probe.detail}")
+    plan = stream_plan(probe, cfg.decode)
+    predictor = WindowPredictor(runner, cfg, inp.name, plan.sample_rate)
+    windows = dropped = 0
+    run: list = []          # the current run of dropped windows
+
+    def flush_dropped() -> None:
+        if run:
+            emit({"source": inp.name, "start": round(run[0].start, 3), "end": round(run[-1].end, 3),
+                  "dropped_windows": len(run), "reason": "processing slower than the live source: "
+                  "its bounded buffer dropped these windows' frames or audio"})
+            run.clear()
+
+    t0 = time.perf_counter()
+    with StreamDecoder(inp, plan, cfg.buffer_s, head) as decoder:
+        for window in decoder.windows(cfg.window_s, cfg.hop_s):
+            if window.lost:
+                run.append(window)
+                dropped += 1
+                continue
+            flush_dropped()
+            emit(predictor(window))
+            windows += 1
+        flush_dropped()
+        decoder.finish()
+        stats = decoder.stats()
+        duration = decoder.duration()
+    wall = time.perf_counter() - t0
+    return {"source": inp.name, "windows": windows, "dropped_windows": dropped, "duration_s": round(duration, 3),
+            "wall_s": round(wall, 3), **stats}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="avemo predict", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Emotion over sliding windows of videos or live streams.")
+    parser.add_argument("items", nargs="+", metavar="INPUT | key=value",
+                        help="inputs (file, folder, pipe:0, lavfi:GRAPH, URL, device) and config overrides "
+                             "(e.g. threads=2 face.device=cpu decode.fps=4)")
+    parser.add_argument("--checkpoint", required=True, help="best.pt from avemo train, or model.onnx from avemo export")
+    parser.add_argument("--window", type=float, default=None, help="window length in seconds (default 2.0)")
+    parser.add_argument("--hop", type=float, default=None, help="seconds between window starts (default 0.5)")
+    parser.add_argument("--out", default=None, help="JSON lines file (default: stdout)")
+    parser.add_argument("--plot", default=None, help="PNG timeline of the 7 probabilities")
+    parser.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=None)
+    parser.add_argument("--realtime", action="store_true", default=None,
+                        help="read inputs at their native rate, as a live camera would deliver them")
+    parser.add_argument("--timings", action="store_true", default=None, help="per-stage milliseconds per window")
+    parser.add_argument("--config", default=None, help="YAML file: its build: and predict: sections are used")
+    ns = parser.parse_intermixed_args(argv)
+    overrides = [a for a in ns.items if OVERRIDE_RE.match(a) and not Path(a).exists()]
+    texts = [a for a in ns.items if a not in overrides]
+    if not texts:
+        parser.error("no INPUT given")
+    flags = {k: v for k, v in {"window_s": ns.window, "hop_s": ns.hop, "runtime": ns.runtime,
+                               "realtime": ns.realtime, "timings": ns.timings}.items() if v is not None}
+    from avemo.runtime import load_runner
+    from pipeline.decode import DecodeError
+    from pipeline.stream import InputError, resolve_inputs
+    from train.checkpoint import CheckpointError
+    try:
+        cfg = load_predict_config({}, ns.config, flags, overrides)   # runtime and threads pick the runner
+        runner = load_runner(ns.checkpoint, cfg.runtime, cfg.threads)
+        cfg = load_predict_config(runner.meta, ns.config, flags, overrides)
+        inputs = resolve_inputs(texts, cfg.realtime)
+    except (FileNotFoundError, CheckpointError, InputError) as exc:
+        print(f"avemo predict: error: {exc}", file=sys.stderr)
+        return 2
+    out = open(ns.out, "w", encoding="utf-8") if ns.out else sys.stdout
+    records: list[dict] = []
+
+    def emit(record: dict) -> None:
+        out.write(json.dumps(record) + "\n")
+        out.flush()     # a live consumer (or a crash) sees every finished window
+        records.append(record)
+
+    failed = 0
+    try:
+        for inp in inputs:
+            try:
+                s = predict_input(inp, runner, cfg, emit)
+            except (InputError, DecodeError) as exc:
+                failed += 1
+                print(f"avemo predict: {inp.name}: {exc}", file=sys.stderr)
+                continue
+            rtf = s["wall_s"] / s["duration_s"] if s["duration_s"] else float("nan")
+            print(f"{inp.name}: {s['windows']} windows, {s['dropped_windows']} dropped, {s['duration_s']:.1f} s "
+                  f"in {s['wall_s']:.1f} s (real-time factor {rtf:.2f}, runtime {runner.name})", file=sys.stderr)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if ns.plot:
+        from avemo.timeline import plot_timeline
+        plot_timeline(records, ns.plot, runner.meta["labels"])
+        print(f"wrote {ns.plot}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,118 @@
+"""Export: ONNX and TorchScript give the checkpoint's probabilities on real shard inputs, at any batch,
+frame and mel length; the inference path split at the face embeddings is exact."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from tiny_model import tiny_checkpoint  # noqa: F401  (session fixture)
+
+from avemo.export import OUTPUTS, export, main as export_main
+from avemo.runtime import OnnxRunner, TorchRunner, load_runner
+from shards.labels import EMOTIONS
+from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.data import eval_loader, split_shards
+
+ATOL = 1e-4   # float32 graph vs eager: measured ~1e-7 on these inputs
+
+
+@pytest.fixture(scope="module")
+def real_batch(built_shards):
+    """8 real samples from the shards (generated clips and the real videos), as the trainer sees them."""
+    urls = split_shards(built_shards, "train").urls
+    batch = next(iter(eval_loader(urls, batch_size=8, workers=0, max_frames=8, max_mel=400)))
+    assert batch["face_mask"].any() and (~batch["face_mask"]).any()      # faces present and missing
+    return {k: batch[k] for k in ("faces", "face_mask", "mel", "mel_mask")}
+
+
+@pytest.fixture(scope="module")
+def net(tiny_checkpoint):
+    return model_from_checkpoint(load_checkpoint(tiny_checkpoint))
+
+
+def _probs(logits) -> np.ndarray:
+    return torch.softmax(torch.as_tensor(np.asarray(logits)), -1).numpy()
+
+
+def _variants(b: dict) -> list[dict]:
+    """The batch as is, and a smaller batch with fewer frames and a shorter mel (dynamic axes)."""
+    small = {"faces": b["faces"][:3, :5], "face_mask": b["face_mask"][:3, :5], "mel": b["mel"][:3, :, :192],
+             "mel_mask": b["mel_mask"][:3, :192]}
+    return [b, small]
+
+
+def test_inference_path_equals_forward(net, real_batch):
+    b = real_batch
+    with torch.inference_mode():
+        ref = net(b["faces"], b["face_mask"], b["mel"], b["mel_mask"])
+        emb = net.embed_faces(b["faces"])
+        emb[~b["face_mask"]] = 0                    # rows of frames without a face are never used
+        split = net.forward_from_embeddings(emb, b["face_mask"], b["mel"], b["mel_mask"])
+    assert torch.allclose(ref, split, atol=1e-6)
+
+
+def test_onnx_parity_on_real_inputs(tiny_checkpoint, net, real_batch, tmp_path):
+    path = export(tiny_checkpoint, "onnx", tmp_path / "model.onnx")
+    proto = onnx.load(str(path))
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["avemo"])
+    assert meta["labels"] == list(EMOTIONS) and meta["max_frames"] == 8 and meta["n_mels"] == 64
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    assert dims["faces"] == ["batch", "frames", 3, 112, 112] and dims["mel"] == ["batch", 64, "mel_frames"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for b in _variants(real_batch):
+        logits, emb = session.run(OUTPUTS, {k: v.numpy() for k, v in b.items()})
+        with torch.inference_mode():
+            ref = net(**b)
+            ref_emb = net.embed_faces(b["faces"])
+        assert logits.shape == (b["faces"].shape[0], 7) and emb.shape == (*b["faces"].shape[:2], 128)
+        np.testing.assert_allclose(_probs(logits), _probs(ref), atol=ATOL)
+        np.testing.assert_allclose(emb, ref_emb.numpy(), atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_torchscript_parity_on_real_inputs(tiny_checkpoint, net, real_batch, tmp_path):
+    path = export(tiny_checkpoint, "torchscript", tmp_path / "model.torchscript.pt")
+    extra = {"avemo.json": ""}
+    module = torch.jit.load(str(path), _extra_files=extra)
+    assert json.loads(extra["avemo.json"])["labels"] == list(EMOTIONS)
+    for b in _variants(real_batch):
+        with torch.inference_mode():
+            logits, _ = module(**b)
+            ref = net(**b)
+        np.testing.assert_allclose(_probs(logits), _probs(ref), atol=ATOL)
+
+
+def test_onnx_runner_split_graph_matches_torch_runner(tiny_checkpoint, real_batch, tmp_path):
+    """predict's onnxruntime path (graph cut at face_embeddings) == its PyTorch path."""
+    path = export(tiny_checkpoint, "onnx", tmp_path / "model.onnx")
+    onnx_runner, torch_runner = load_runner(path), load_runner(tiny_checkpoint)
+    assert isinstance(onnx_runner, OnnxRunner) and isinstance(torch_runner, TorchRunner)
+    b = real_batch
+    crops = b["faces"][b["face_mask"]].permute(0, 2, 3, 1).numpy()          # (n, 112, 112, 3) real crops
+    np.testing.assert_allclose(onnx_runner.embed(crops), torch_runner.embed(crops), atol=1e-4)
+    emb = np.zeros((*b["face_mask"].shape, 128), dtype=np.float32)
+    emb[b["face_mask"].numpy()] = torch_runner.embed(crops)
+    args = (emb, b["face_mask"].numpy(), b["mel"].numpy(), b["mel_mask"].numpy())
+    np.testing.assert_allclose(_probs(onnx_runner.logits(*args)), _probs(torch_runner.logits(*args)), atol=ATOL)
+    with torch.inference_mode():
+        ref = model_from_checkpoint(load_checkpoint(tiny_checkpoint))(**b)
+    np.testing.assert_allclose(_probs(torch_runner.logits(*args)), _probs(ref), atol=1e-5)
+
+
+def test_export_cli_and_bad_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    assert export_main(["--checkpoint", str(tiny_checkpoint), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 1_000_000
+    assert not list(tmp_path.glob(".*tmp*"))                         # written atomically, no temporaries left
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    proc = subprocess.run([sys.executable, "-m", "avemo.cli", "export", "--checkpoint", str(bad)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "cannot read checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,185 @@
+"""`avemo predict` on the real videos in ../shared/media (face, no face, no audio, HEVC in MOV), a folder,
+stdin and an ffmpeg generator, with a checkpoint trained on the real shards; and the bounded buffer."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_model import tiny_checkpoint  # noqa: F401  (session fixture)
+
+from avemo.predict import main as predict_main
+from pipeline.config import DecodeConfig
+from pipeline.stream import Input, StreamDecoder, probe_input, resolve_inputs, stream_plan
+from shards.labels import EMOTIONS
+
+WINDOW, HOP = 2.0, 0.5
+LAVFI = "lavfi:testsrc2=size=320x240:rate=25:duration={d}[out0];sine=f=440:sample_rate=16000:duration={d}[out1]"
+
+
+def ffprobe_duration(path) -> float:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out)
+
+
+def expected_windows(duration: float) -> int:
+    return max(1, math.floor((duration - WINDOW) / HOP + 1e-6) + 1)
+
+
+def run_predict(argv, capsys) -> tuple[int, list[dict], str]:
+    code = predict_main(argv)
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    return code, lines, captured.err
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, media):
+    path = tmp_path_factory.mktemp("clips")
+    for name in ("single_face.mp4", "fer_test.mp4"):
+        shutil.copyfile(media / name, path / name)
+    (path / "broken.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    (path / "notes.txt").write_text("not a video")
+    return path
+
+
+@pytest.fixture(scope="module")
+def predicted(tiny_checkpoint, folder, media, tmp_path_factory):
+    """One run over a folder and two more files, with --out, --plot and --timings."""
+    out = tmp_path_factory.mktemp("predict")
+    argv = [str(folder), str(media / "no_face.mp4"), str(media / "face_noface.mov"), "--checkpoint",
+            str(tiny_checkpoint), "--out", str(out / "p.jsonl"), "--plot", str(out / "p.png"), "--timings"]
+    code = predict_main(argv)
+    lines = [json.loads(line) for line in (out / "p.jsonl").read_text().splitlines()]
+    return code, lines, out
+
+
+def by_source(lines, name):
+    return [r for r in lines if r["source"].endswith(name)]
+
+
+def test_one_line_per_window_with_probabilities(predicted, media):
+    code, lines, _ = predicted
+    assert code == 1                                        # broken.mp4 failed; everything else ran
+    assert {r["source"].rsplit("/", 1)[-1] for r in lines} == {"single_face.mp4", "fer_test.mp4", "no_face.mp4",
+                                                                "face_noface.mov"}
+    for name in ("single_face.mp4", "fer_test.mp4", "no_face.mp4", "face_noface.mov"):
+        rows = by_source(lines, name)
+        assert len(rows) == expected_windows(ffprobe_duration(media / name)), name
+        assert [r["start"] for r in rows] == [k * HOP for k in range(len(rows))]
+        assert all(r["end"] == r["start"] + WINDOW for r in rows)
+    for r in lines:
+        assert list(r["probs"]) == list(EMOTIONS)
+        assert abs(sum(r["probs"].values()) - 1) < 1e-3 and min(r["probs"].values()) > 0
+        assert r["label"] == max(r["probs"], key=r["probs"].get)
+        assert r["frames"] == 8                             # 2 s at decode.fps=4, as build-shards samples
+        assert set(r["ms"]) == {"wait", "detect", "crop", "mel", "embed", "model"}
+
+
+def test_faces_and_modalities(predicted):
+    _, lines, _ = predicted
+    assert all(r["face"] > 0.8 and r["modalities"] == ["face", "audio"] for r in by_source(lines, "single_face.mp4"))
+    assert all(r["face"] == 0 and r["modalities"] == ["audio"] for r in by_source(lines, "no_face.mp4"))
+    silent = by_source(lines, "fer_test.mp4")                # a face, no audio stream: the face carries it
+    assert all(r["modalities"] == ["face"] and r["face"] > 0.8 for r in silent)
+    mov = by_source(lines, "face_noface.mov")                # HEVC: the face leaves the frame
+    assert mov[0]["face"] > 0.8 and mov[-1]["face"] < 0.2
+    assert mov[0]["modalities"] == ["face", "audio"] and mov[-1]["modalities"] == ["audio"]
+
+
+def test_plot_is_a_timeline_png(predicted):
+    _, _, out = predicted
+    image = np.asarray(Image.open(out / "p.png").convert("RGB"))
+    assert image.shape[0] > 4 * 250 and image.shape[1] > 1000      # one panel per input
+    assert len(np.unique(image[::4, ::4].reshape(-1, 3), axis=0)) > 20   # coloured areas, not a blank page
+
+
+def test_errors_are_one_line(tiny_checkpoint, folder, capsys, tmp_path):
+    code, lines, err = run_predict([str(folder / "broken.mp4"), "--checkpoint", str(tiny_checkpoint)], capsys)
+    assert code == 1 and lines == [] and err.count("\n") == 1 and "broken.mp4" in err and "Traceback" not in err
+    code, _, err = run_predict([str(tmp_path / "missing.mp4"), "--checkpoint", str(tiny_checkpoint)], capsys)
+    assert code == 2 and "missing.mp4" in err and err.count("\n") == 1
+    from avemo.cli import main as cli_main
+    assert cli_main(["predict", str(folder), "--checkpoint", str(tiny_checkpoint), "audio.n_mels=40"]) == 2
+    assert "trained on 64 mel bins" in capsys.readouterr().err
+    assert cli_main(["predict", str(folder), "--checkpoint", str(tiny_checkpoint), "hop_s=0"]) == 2
+    assert "hop must be > 0" in capsys.readouterr().err
+
+
+def test_stdin_stream_gives_the_file_result(tiny_checkpoint, predicted, media):
+    """The same clip through `pipe:0` (mpegts on stdin, one ffmpeg process) as from the file."""
+    ts = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(media / "single_face.mp4"), "-c", "copy",
+                         "-f", "mpegts", "-"], capture_output=True, check=True).stdout
+    proc = subprocess.run([sys.executable, "-m", "avemo.cli", "predict", "pipe:0", "--checkpoint", str(tiny_checkpoint)],
+                          input=ts, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    rows = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    want = by_source(predicted[1], "single_face.mp4")
+    assert [r["source"] for r in rows] == ["pipe:0"] * len(want)
+    for got, ref in zip(rows, want):
+        assert got["label"] == ref["label"] and got["modalities"] == ref["modalities"] and got["face"] == ref["face"]
+        assert max(abs(got["probs"][k] - ref["probs"][k]) for k in EMOTIONS) < 0.02   # mpegts re-times the audio
+
+
+def test_onnx_model_gives_the_torch_result(tiny_checkpoint, predicted, media, tmp_path, capsys):
+    from avemo.export import export
+    model = export(tiny_checkpoint, "onnx", tmp_path / "model.onnx")
+    code, rows, err = run_predict([str(media / "fer_test.mp4"), "--checkpoint", str(model)], capsys)
+    assert code == 0 and "runtime onnx" in err
+    want = by_source(predicted[1], "fer_test.mp4")
+    assert len(rows) == len(want)
+    for got, ref in zip(rows, want):
+        assert max(abs(got["probs"][k] - ref["probs"][k]) for k in EMOTIONS) < 1e-4
+
+
+def test_generator_source(tiny_checkpoint, capsys):
+    code, rows, _ = run_predict([LAVFI.format(d=3), "--checkpoint", str(tiny_checkpoint)], capsys)
+    assert code == 0 and len(rows) == expected_windows(3.0)
+    assert all(r["face"] == 0 and r["modalities"] == ["audio"] for r in rows)   # a test pattern has no face
+
+
+def _decoder(text: str, buffer_s: float, live: bool) -> StreamDecoder:
+    inp = resolve_inputs([text])[0]
+    inp = Input(inp.name, inp.url, inp.options, inp.kind, live=live)
+    probe, head = probe_input(inp)
+    return StreamDecoder(inp, stream_plan(probe, DecodeConfig()), buffer_s, head)
+
+
+def test_buffer_is_bounded_and_loses_nothing():
+    """120 s of stream through a 3 s buffer: memory stays at the buffer, every window complete."""
+    with _decoder(LAVFI.format(d=120), 3.0, live=False) as dec:
+        windows = list(dec.windows(WINDOW, HOP))
+        dec.finish()
+    stats = dec.stats()
+    assert stats["frames"] == 480 and stats["dropped_frames"] == 0 and stats["dropped_samples"] == 0
+    assert stats["peak_buffered_frames"] <= stats["capacity_frames"] == 12
+    assert stats["peak_buffered_samples"] <= stats["capacity_samples"] == 48000
+    assert len(windows) == expected_windows(120.0) and not any(w.lost for w in windows)
+    assert all(len(w.frames) == 8 and len(w.audio) == 32000 for w in windows)
+
+
+def test_live_source_drops_are_counted_not_silent():
+    """A live source that outruns the consumer: the oldest data is dropped, each affected window is
+    reported `lost`, and lost + complete windows account for the whole stream."""
+    with _decoder(LAVFI.format(d=30), 4.0, live=True) as dec:
+        windows = []
+        for w in dec.windows(WINDOW, HOP):
+            if not windows:                      # a stalled consumer: the source runs on to its end
+                deadline = time.time() + 120
+                while not dec.video.eof and time.time() < deadline:
+                    time.sleep(0.05)
+            windows.append(w)
+        dec.finish()
+    stats = dec.stats()
+    lost = [w for w in windows if w.lost]
+    assert stats["dropped_frames"] > 0 and lost
+    assert stats["peak_buffered_frames"] <= stats["capacity_frames"]
+    assert [w.index for w in windows] == list(range(expected_windows(30.0)))     # none missing from the output
+    assert all(len(w.frames) == 8 and len(w.audio) == 32000 for w in windows if not w.lost)

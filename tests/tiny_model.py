@@ -1,0 +1,20 @@
+"""A small checkpoint trained once per test session on the real shards (tests/conftest.py `built_shards`),
+for the predict and export tests. Import the fixture into a test module: `from tiny_model import tiny_checkpoint`.
+"""
+from __future__ import annotations
+
+import pytest
+
+TINY_TRAIN = ["device=cpu", "data.batch_size=4", "data.workers=0", "data.max_frames=8", "data.max_mel_frames=400",
+              "optim.epochs=1", "model.face_trainable=none", "model.face_weights=auto", "data.shuffle_buffer=16"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, built_shards):
+    from avemo.config import load_config
+    from train.config import TrainConfig
+    from train.loop import run_train
+    run = tmp_path_factory.mktemp("tiny_run")
+    cfg = load_config(TrainConfig, "train", None, TINY_TRAIN, {"shards": str(built_shards), "run": str(run)})
+    run_train(cfg, log=lambda *a, **k: None)
+    return run / "last.pt"

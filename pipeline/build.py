@@ -7,6 +7,7 @@ Stages, composed here and nowhere else:
 """
 from __future__ import annotations
 
+import errno
 import math
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ from pipeline.shard_task import ShardSpec, build_shard, fingerprint, probe_shard
 from shards.atomic import clean_temporaries
 from shards.manifest import MANIFEST_NAME, make_table, write_table
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 JPEG_BYTES_PER_FACE = 6_000   # for shard size planning only
 SAMPLE_OVERHEAD = 4_000
 
@@ -152,12 +154,16 @@ def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
                         future.result()
                         summary.shards_built += 1
                     except Exception as exc:  # after its retries: record every clip, keep going
+                        if getattr(exc, "errno", None) in DISK_FULL:
+                            raise  # every other shard would fail the same way: stop; finished shards are kept
                         summary.shards_failed += 1
                         failed_rows += _failed_rows(spec, exc)
                         log(f"shard {spec.name} failed after {cfg.dask.retries} retries: {exc}")
                     bar.update(len(spec.rows))
 
     manifest = assemble_manifest(out, specs, cfg.splits, failed_rows)
+    for folder in (out, out / "parts"):  # e.g. what a worker that died mid-shard left; its task ran again
+        clean_temporaries(folder)
     statuses = manifest.column("status").to_pylist()
     summary.rows = len(statuses)
     summary.ok = statuses.count("ok")

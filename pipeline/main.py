@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from avemo.config import load_config
-from pipeline.build import run_build
+from pipeline.build import DISK_FULL, run_build
 from pipeline.config import BuildConfig
 from pipeline.labels import LabelFileError
 from pipeline.layout import LayoutError, parse_splits
@@ -47,7 +47,14 @@ def main(argv: list[str]) -> int:
     cfg = load_config(BuildConfig, "build", ns.config, ns.overrides, extra)
     try:
         summary = run_build(cfg)
-    except (LabelFileError, LayoutError, WeightsError, FileNotFoundError, OSError) as exc:
+    except OSError as exc:
+        message = str(exc)
+        if exc.errno in DISK_FULL:
+            message = (f"no space left on device writing to {cfg.out} ({exc.strerror}); finished shards are "
+                       "kept: free some space and rerun the same command to resume")
+        print(f"avemo build-shards: error: {message}", file=sys.stderr)
+        return 2
+    except (LabelFileError, LayoutError, WeightsError) as exc:
         print(f"avemo build-shards: error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary.lines()))

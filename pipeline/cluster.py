@@ -18,9 +18,11 @@ def open_client(cfg: BuildConfig, log=print) -> Iterator[Client]:
         cluster = None
     else:
         workers = cfg.dask.workers or os.cpu_count() or 1
+        # worker errors reach the user once, as build-shards' own line and the manifest's task_failed
+        # detail, not as one worker traceback per retry (a full disk printed 3 per shard before)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                memory_limit=cfg.dask.memory_limit, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
+                               silence_logs=logging.CRITICAL)
         client = Client(cluster)
     try:
         n = len(client.scheduler_info().get("workers", {}))

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from avemo.runtime import META_KEY
 from model.net import AVEmotionNet
 from shards.atomic import atomic_write_bytes
 
@@ -31,7 +32,6 @@ DYNAMIC_AXES = {"faces": {0: "batch", 1: "frames"}, "face_mask": {0: "batch", 1:
                 "mel": {0: "batch", 2: "mel_frames"}, "mel_mask": {0: "batch", 1: "mel_frames"},
                 "logits": {0: "batch"}, "face_embeddings": {0: "batch", 1: "frames"}}
 OPSET = 17
-META_KEY = "avemo"
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 

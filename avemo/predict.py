@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
 from avemo.config import ConfigError, load_config, read_yaml_section
 from pipeline.config import AudioConfig, DecodeConfig, FaceConfig
@@ -127,6 +126,7 @@ class WindowPredictor:
         return emb
 
     def __call__(self, window) -> dict:
+        import torch
         from pipeline.audio import log_mel
         from pipeline.faces import speaker_faces
         from train.data import collate
@@ -179,14 +179,18 @@ class WindowPredictor:
         return record
 
 
-def predict_input(inp, runner, cfg: PredictConfig, emit) -> dict:
-    """Run one input; `emit(record)` each line. Returns a summary; raises InputError / DecodeError."""
+def open_input(inp, cfg: PredictConfig):
+    """ffprobe the input and start its ffmpeg process -> a running StreamDecoder."""
     from pipeline.stream import InputError, StreamDecoder, probe_input, stream_plan
     probe, head = probe_input(inp, cfg.decode.timeout_s)
     if not probe.ok:
         raise InputError(f"{probe.reason}: {probe.detail}")
-    plan = stream_plan(probe, cfg.decode)
-    predictor = WindowPredictor(runner, cfg, inp.name, plan.sample_rate)
+    return StreamDecoder(inp, stream_plan(probe, cfg.decode), cfg.buffer_s, head).start()
+
+
+def predict_input(inp, decoder, runner, cfg: PredictConfig, emit) -> dict:
+    """Run one input's windows through the model; `emit(record)` each line. Returns a summary;
+    raises InputError / DecodeError."""
     windows = dropped = 0
     run: list = []          # the current run of dropped windows
 
@@ -198,7 +202,8 @@ def predict_input(inp, runner, cfg: PredictConfig, emit) -> dict:
             run.clear()
 
     t0 = time.perf_counter()
-    with StreamDecoder(inp, plan, cfg.buffer_s, head) as decoder:
+    with decoder:
+        predictor = WindowPredictor(runner, cfg, inp.name, decoder.plan.sample_rate)
         for window in decoder.windows(cfg.window_s, cfg.hop_s):
             if window.lost:
                 run.append(window)
@@ -240,18 +245,31 @@ def main(argv: list[str]) -> int:
         parser.error("no INPUT given")
     flags = {k: v for k, v in {"window_s": ns.window, "hop_s": ns.hop, "runtime": ns.runtime,
                                "realtime": ns.realtime, "timings": ns.timings}.items() if v is not None}
-    from avemo.runtime import load_runner
+    from avemo.runtime import make_runner, read_model
     from pipeline.decode import DecodeError
     from pipeline.stream import InputError, resolve_inputs
     from train.checkpoint import CheckpointError
     try:
-        cfg = load_predict_config({}, ns.config, flags, overrides)   # runtime and threads pick the runner
-        runner = load_runner(ns.checkpoint, cfg.runtime, cfg.threads)
-        cfg = load_predict_config(runner.meta, ns.config, flags, overrides)
+        model = read_model(ns.checkpoint)
+        cfg = load_predict_config(model.meta, ns.config, flags, overrides)
         inputs = resolve_inputs(texts, cfg.realtime)
     except (FileNotFoundError, CheckpointError, InputError) as exc:
         print(f"avemo predict: error: {exc}", file=sys.stderr)
         return 2
+
+    def start(inp):
+        try:
+            return open_input(inp, cfg)
+        except (InputError, DecodeError) as exc:
+            return exc
+
+    first = start(inputs[0])   # ffmpeg decodes ahead while torch, torchvision and the networks load
+    try:
+        runner = make_runner(model, cfg.runtime, cfg.threads)
+    except BaseException:
+        if not isinstance(first, Exception):
+            first.close()
+        raise
     out = open(ns.out, "w", encoding="utf-8") if ns.out else sys.stdout
     records: list[dict] = []
 
@@ -262,9 +280,12 @@ def main(argv: list[str]) -> int:
 
     failed = 0
     try:
-        for inp in inputs:
+        for i, inp in enumerate(inputs):
+            decoder = first if i == 0 else start(inp)
             try:
-                s = predict_input(inp, runner, cfg, emit)
+                if isinstance(decoder, Exception):
+                    raise decoder
+                s = predict_input(inp, decoder, runner, cfg, emit)
             except (InputError, DecodeError) as exc:
                 failed += 1
                 print(f"avemo predict: {inp.name}: {exc}", file=sys.stderr)

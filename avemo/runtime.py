@@ -6,17 +6,46 @@
 Splitting at the per-frame embeddings (AVEmotionNet.embed_faces / forward_from_embeddings, the
 `face_embeddings` output of an exported graph) lets a sliding window reuse the embeddings of frames it
 shares with the previous window: with a 2 s window and a 0.5 s hop each face is embedded once, not 4x.
+
+read_model() only reads the file (an ONNX file without importing torch), so predict can start decoding
+while torch, torchvision and the networks load.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from avemo.config import ConfigError
-from avemo.export import META_KEY, model_meta, to_onnx_bytes
+
+META_KEY = "avemo"   # ONNX metadata_props key / TorchScript extra file stem holding model_meta() as JSON
+
+
+@dataclass
+class ModelFile:
+    path: Path
+    meta: dict                      # avemo.export.model_meta(): labels, input sizes, configs
+    onnx: bytes | None = None       # an exported graph ...
+    ckpt: dict | None = None        # ... or a training checkpoint
+
+
+def read_model(path: str | Path) -> ModelFile:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model {path} does not exist")
+    if path.suffix == ".onnx":
+        import onnx
+        data = path.read_bytes()
+        props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+        if META_KEY not in props:
+            raise ConfigError(f"{path} was not written by `avemo export` (no avemo metadata)")
+        return ModelFile(path, json.loads(props[META_KEY]), onnx=data)
+    from avemo.export import model_meta
+    from train.checkpoint import load_checkpoint
+    ckpt = load_checkpoint(path)
+    return ModelFile(path, model_meta(ckpt, str(path)), ckpt=ckpt)
 
 
 class TorchRunner:
@@ -25,31 +54,29 @@ class TorchRunner:
     def __init__(self, net, meta: dict):
         self.net, self.meta = net.eval(), meta
 
-    @torch.inference_mode()
     def embed(self, crops: np.ndarray) -> np.ndarray:
-        faces = torch.from_numpy(crops).permute(0, 3, 1, 2).unsqueeze(0)     # (1, n, 3, 112, 112)
-        return self.net.embed_faces(faces)[0].numpy()
+        import torch
+        with torch.inference_mode():
+            faces = torch.from_numpy(crops).permute(0, 3, 1, 2).unsqueeze(0)     # (1, n, 3, 112, 112)
+            return self.net.embed_faces(faces)[0].numpy()
 
-    @torch.inference_mode()
     def logits(self, emb, face_mask, mel, mel_mask) -> np.ndarray:
-        return self.net.forward_from_embeddings(torch.from_numpy(emb), torch.from_numpy(face_mask),
-                                                torch.from_numpy(mel), torch.from_numpy(mel_mask)).numpy()
+        import torch
+        with torch.inference_mode():
+            return self.net.forward_from_embeddings(torch.from_numpy(emb), torch.from_numpy(face_mask),
+                                                    torch.from_numpy(mel), torch.from_numpy(mel_mask)).numpy()
 
 
 class OnnxRunner:
     """An exported graph cut in two at `face_embeddings` (onnx.utils.Extractor), one session per part."""
     name = "onnx"
 
-    def __init__(self, model_bytes: bytes, threads: int):
+    def __init__(self, model_bytes: bytes, meta: dict, threads: int):
         import onnx
         import onnxruntime as ort
         from onnx.utils import Extractor
-        proto = onnx.load_from_string(model_bytes)
-        props = {p.key: p.value for p in proto.metadata_props}
-        if META_KEY not in props:
-            raise ConfigError("this ONNX file was not written by `avemo export` (no avemo metadata)")
-        self.meta = json.loads(props[META_KEY])
-        parts = Extractor(proto)
+        self.meta = meta
+        parts = Extractor(onnx.load_from_string(model_bytes))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -67,20 +94,22 @@ class OnnxRunner:
                                     "mel_mask": mel_mask})[0]
 
 
-def load_runner(path: str | Path, runtime: str = "auto", threads: int = 1):
-    """A checkpoint (.pt) runs on PyTorch, or on onnxruntime after an in-memory export (runtime=onnx);
-    an exported .onnx file runs on onnxruntime."""
-    path = Path(path)
+def make_runner(model: ModelFile, runtime: str = "auto", threads: int = 1):
+    """A checkpoint runs on PyTorch, or on onnxruntime after an in-memory export (runtime=onnx, ~2 s
+    more to start); an exported .onnx file runs on onnxruntime."""
+    import torch
     torch.set_num_threads(threads)
-    if path.suffix == ".onnx":
+    if model.onnx is not None:
         if runtime == "torch":
-            raise ConfigError(f"{path} is an ONNX file: it runs with runtime=onnx (or auto)")
-        if not path.is_file():
-            raise FileNotFoundError(f"model {path} does not exist")
-        return OnnxRunner(path.read_bytes(), threads)
-    from train.checkpoint import load_checkpoint, model_from_checkpoint
-    ckpt = load_checkpoint(path)
-    net, meta = model_from_checkpoint(ckpt), model_meta(ckpt, str(path))
+            raise ConfigError(f"{model.path} is an ONNX file: it runs with runtime=onnx (or auto)")
+        return OnnxRunner(model.onnx, model.meta, threads)
+    from train.checkpoint import model_from_checkpoint
+    net = model_from_checkpoint(model.ckpt)
     if runtime == "onnx":
-        return OnnxRunner(to_onnx_bytes(net, meta), threads)
-    return TorchRunner(net, meta)
+        from avemo.export import to_onnx_bytes
+        return OnnxRunner(to_onnx_bytes(net, model.meta), model.meta, threads)
+    return TorchRunner(net, model.meta)
+
+
+def load_runner(path: str | Path, runtime: str = "auto", threads: int = 1):
+    return make_runner(read_model(path), runtime, threads)

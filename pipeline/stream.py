@@ -230,6 +230,14 @@ class StreamDecoder:
         self.threads: list[threading.Thread] = []
 
     def __enter__(self) -> "StreamDecoder":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> "StreamDecoder":
+        if self.proc is not None:   # already started (predict starts the first input early)
+            return self
         audio_r = audio_w = None
         if self.audio is not None:
             audio_r, audio_w = os.pipe()
@@ -256,7 +264,7 @@ class StreamDecoder:
             self.threads.append(thread)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         with self.cond:
             for track in (self.video, self.audio):
                 if track is not None:

@@ -15,7 +15,7 @@ from avemo.config import load_config
 from shards.atomic import atomic_write_bytes
 from shards.labels import EMOTIONS
 from shards.manifest import CorruptShardError, write_table
-from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from train.config import EvalConfig
 from train.data import eval_loader, split_shards
 from train.metrics import classification_metrics
@@ -123,7 +123,7 @@ def main(argv: list[str]) -> int:
                       {"shards": ns.shards, "checkpoint": ns.checkpoint, "split": ns.split, "out": ns.out})
     try:
         metrics = run_evaluate(cfg)
-    except (FileNotFoundError, CorruptShardError, ValueError) as exc:
+    except (FileNotFoundError, CorruptShardError, CheckpointError, ValueError) as exc:
         print(f"avemo evaluate: error: {exc}", file=sys.stderr)
         return 2
     print(f"{cfg.split}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} "

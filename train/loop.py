@@ -26,8 +26,10 @@ from tqdm import tqdm
 
 from avemo.config import load_config
 from model.net import build_model, count_parameters, flops_per_clip
+from pipeline.weights import WeightsError
+from shards.atomic import clean_temporaries
 from shards.manifest import CorruptShardError
-from train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from train.config import TrainConfig
 from train.data import eval_loader, split_shards, train_loader
 from train.evaluate import predict, resolve_device, to_device
@@ -137,6 +139,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     ckpt_path = run / "last.pt"
     if main_rank:
         run.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(run)  # a checkpoint save cut short by a kill left its hidden .tmp- file
         (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -246,7 +249,7 @@ def main(argv: list[str]) -> int:
     cfg = load_config(TrainConfig, "train", ns.config, ns.overrides, {"shards": ns.shards, "run": ns.run})
     try:
         state = run_train(cfg, resume=ns.resume)
-    except (FileNotFoundError, CorruptShardError, ValueError) as exc:
+    except (FileNotFoundError, CorruptShardError, CheckpointError, WeightsError, ValueError) as exc:
         print(f"avemo train: error: {exc}", file=sys.stderr)
         return 2
     print(f"done: epoch {state['epoch']}, step {state['step']}, best dev weighted F1 {state['best']:.4f}; "

@@ -1,0 +1,333 @@
+"""Faults and hostile input on the reading side: corrupt shards (stop | skip), `avemo train` SIGKILLed
+mid-epoch then resumed, checkpoints killed mid-write, and malicious shards / checkpoints / weights that
+must never execute anything."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from badmedia import REPO, avemo, hidden_temporaries, kill_group, start_group, wait_for
+from shards.manifest import make_table, sha256_file, write_table
+from train.checkpoint import load_checkpoint
+
+TINY = ["device=cpu", "data.batch_size=4", "data.workers=0", "data.max_frames=4", "data.max_mel_frames=300",
+        "model.face_trainable=none", "model.face_weights=auto", "data.shuffle_buffer=16", "log_every=1",
+        "optim.epochs=3"]
+
+
+def _train_cmd(shards: Path, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "avemo.cli", "train", "--shards", str(shards), "--run", str(run), *TINY, *extra]
+
+
+class Evil:
+    """Unpickling this runs `touch MARKER`: proof by side effect that nothing was unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+@pytest.fixture(scope="module")
+def reference(built_shards, tmp_path_factory) -> Path:
+    """An uninterrupted `avemo train` run (3 epochs) as a user runs it."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    result = subprocess.run(_train_cmd(built_shards, run), capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run
+
+
+def _copy_shards(built_shards: Path, dest: Path) -> Path:
+    shutil.copytree(built_shards, dest)
+    return dest
+
+
+def _flip_bytes(path: Path, n: int = 16) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(middle, middle + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _shard_keys(shards: Path, shard: str) -> set[str]:
+    rows = pq.read_table(shards / "manifest.parquet").to_pylist()
+    return {r["key"] for r in rows if r["shard"] == shard}
+
+
+# ---- corrupt shards: stop | skip ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def corrupt(built_shards, tmp_path_factory) -> tuple[Path, str]:
+    shards = _copy_shards(built_shards, tmp_path_factory.mktemp("corrupt") / "shards")
+    bad = "train-000001.tar"
+    _flip_bytes(shards / bad)
+    return shards, bad
+
+
+def test_corrupt_shard_stops_train_with_one_line(corrupt, tmp_path):
+    shards, bad = corrupt
+    result = subprocess.run(_train_cmd(shards, tmp_path / "run"), capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0] == (f"avemo train: error: shard {shards / bad} does not match its checksum in the manifest "
+                        "(corrupt or modified) (set data.corrupt_shards=skip to train without it)")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_corrupt_shard_stops_evaluate_with_one_line(corrupt, reference, tmp_path, capsys):
+    from avemo.cli import main
+    shards, bad = corrupt
+    code = main(["evaluate", "--shards", str(shards), "--checkpoint", str(reference / "last.pt"), "--split", "train",
+                 "--out", str(tmp_path / "eval"), "device=cpu", "workers=0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"avemo evaluate: error: shard {shards / bad} does not match its checksum")
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def _count_hashes(monkeypatch) -> dict[str, int]:
+    import shards.manifest
+    counts: dict[str, int] = {}
+    real = shards.manifest.sha256_file
+
+    def counting(path, *args, **kwargs):
+        counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(shards.manifest, "sha256_file", counting)
+    return counts
+
+
+def test_corrupt_shard_is_skipped_by_train_when_asked(corrupt, tmp_path, capsys, monkeypatch):
+    from avemo.cli import main
+    shards, bad = corrupt
+    hashes = _count_hashes(monkeypatch)
+    code = main(["train", "--shards", str(shards), "--run", str(tmp_path / "run"), *TINY, "optim.epochs=1",
+                 "data.corrupt_shards=skip"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"warning: shard {shards / bad} does not match its checksum in the manifest" in out
+    rows = pq.read_table(shards / "manifest.parquet").to_pylist()
+    n_train = sum(r["split"] == "train" and r["status"] == "ok" and r["shard"] != bad for r in rows)
+    assert f"{n_train} clips" in out                                          # its clips are left out
+    expected = {r["shard"] for r in rows if r["status"] == "ok" and r["split"] in ("train", "dev")}
+    assert hashes == {name: 1 for name in expected}                         # each shard hashed exactly once
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+
+
+def test_corrupt_shard_is_skipped_by_evaluate_when_asked(corrupt, reference, tmp_path, capsys):
+    from avemo.cli import main
+    shards, bad = corrupt
+    code = main(["evaluate", "--shards", str(shards), "--checkpoint", str(reference / "last.pt"), "--split", "train",
+                 "--out", str(tmp_path / "eval"), "device=cpu", "workers=0", "corrupt_shards=skip"])
+    out = capsys.readouterr().out
+    assert code == 0 and f"warning: shard {shards / bad} does not match its checksum" in out
+    keys = set(pq.read_table(tmp_path / "eval" / "predictions.parquet")["key"].to_pylist())
+    rows = pq.read_table(shards / "manifest.parquet").to_pylist()
+    assert keys == {r["key"] for r in rows if r["split"] == "train" and r["status"] == "ok"} - _shard_keys(shards, bad)
+
+
+# ---- training killed mid-epoch, and checkpoints killed mid-write ------------------------------------
+
+@pytest.mark.slow
+def test_train_sigkilled_mid_epoch_resumes_to_the_same_state(built_shards, reference, tmp_path):
+    run = tmp_path / "run"
+    log = tmp_path / "train.log"
+    rows = pq.read_table(built_shards / "manifest.parquet").to_pylist()
+    steps_per_epoch = sum(r["split"] == "train" and r["status"] == "ok" for r in rows) // 4
+    proc = start_group(_train_cmd(built_shards, run), log)
+
+    def logged_steps() -> list[int]:
+        path = run / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        return [json.loads(line)["step"] for line in lines[:-1] if '"loss"' in line]   # last may be partial
+    try:
+        wait_for(lambda: max(logged_steps(), default=0) >= steps_per_epoch + 2, 300, "2 steps into epoch 2",
+                 proc, log)
+        assert proc.poll() is None
+    finally:
+        kill_group(proc)
+    ckpt = load_checkpoint(run / "last.pt")                  # loads: never half-written
+    assert 1 <= ckpt["epoch"] < 3 and ckpt["step"] < max(logged_steps()), "the kill did not land mid-epoch"
+    leftover = run / ".last.pt.tmp-999-deadbeef"              # what a kill during a save leaves (see below)
+    leftover.write_bytes(b"half a checkpoint")
+
+    result = subprocess.run(_train_cmd(built_shards, run, "--resume"), capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resumed from {run / 'last.pt'}: epoch {ckpt['epoch']}" in result.stdout
+    assert not leftover.exists() and not hidden_temporaries(run)
+    a, b = load_checkpoint(reference / "last.pt"), load_checkpoint(run / "last.pt")
+    assert (a["epoch"], a["step"], a["best"]) == (b["epoch"], b["step"], b["best"]) and a["epoch"] == 3
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+
+
+SAVER = """
+import sys, torch
+from train.checkpoint import save_checkpoint
+weights = torch.zeros(4_000_000)                           # 16 MB: a save takes a while
+for step in range(1, 10**9):
+    weights.fill_(step)
+    save_checkpoint(sys.argv[1], model={"w": weights}, config={"model": {}, "data": {}}, step=step, epoch=step)
+"""
+
+
+@pytest.mark.slow
+def test_checkpoint_killed_mid_write_is_never_torn(tmp_path):
+    """A process doing nothing but saving last.pt is SIGKILLed at seeded random moments; last.pt always
+    loads whole (every tensor value equals its step), and at least one kill hit a write in progress."""
+    path = tmp_path / "last.pt"
+    torn_writes = 0
+    for seed in range(3):
+        proc = start_group([sys.executable, "-c", SAVER, str(path)], tmp_path / f"saver{seed}.log")
+        try:
+            wait_for(path.is_file, 120, "the first checkpoint", proc, tmp_path / f"saver{seed}.log")
+            time.sleep(random.Random(seed).uniform(0.2, 1.0))
+        finally:
+            kill_group(proc)
+        ckpt = load_checkpoint(path)
+        assert ckpt["step"] >= 1 and torch.all(ckpt["model"]["w"] == ckpt["step"])
+        torn_writes += len(hidden_temporaries(tmp_path))
+        for tmp in hidden_temporaries(tmp_path):
+            tmp.unlink()
+    assert torn_writes >= 1, "no kill landed during a write"
+
+
+# ---- security: shards, checkpoints and weights are data, never code ---------------------------------
+
+def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def hostile(built_shards, tmp_path_factory):
+    """Shards plus an extra train shard, listed in the manifest with its true checksum (whoever can write the
+    shard folder can write the manifest too), holding one valid sample and hostile ones."""
+    base = tmp_path_factory.mktemp("hostile")
+    shards, marker = _copy_shards(built_shards, base / "shards"), base / "pwned"
+    import webdataset as wds
+    good = next(iter(wds.WebDataset(str(sorted(shards.glob("train-*.tar"))[0]), shardshuffle=False)))
+    record = json.loads(good["json"])
+    record["key"] = "dia777_utt0"
+    pickled = __import__("pickle").dumps(Evil(marker))
+    evil_npy = _npy(np.array([Evil(marker)], dtype=object), allow_pickle=True)
+    members = {
+        "dia777_utt0": {"json": json.dumps(record).encode(),
+                        **{k: v for k, v in good.items() if k != "json" and not k.startswith("__")}},
+        "dia778_utt0": {"json": good["json"], "facemask.npy": good["facemask.npy"], "boxes.npy": good["boxes.npy"],
+                        "pyd": pickled},
+        "dia779_utt0": {"json": good["json"], "facemask.npy": good["facemask.npy"], "boxes.npy": good["boxes.npy"],
+                        "pickle": pickled},
+        "dia780_utt0": {"json": good["json"], "facemask.npy": good["facemask.npy"], "boxes.npy": evil_npy},
+        "../dia781_utt0": {"json": good["json"], "facemask.npy": good["facemask.npy"], "boxes.npy": good["boxes.npy"]},
+    }
+    name = "train-000099.tar"
+    with tarfile.open(shards / name, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, parts in members.items():
+            for ext, data in parts.items():
+                _member(tar, f"{key}.{ext}", data)
+    table = pq.read_table(shards / "manifest.parquet")
+    extra = [dict(key=k.split("/")[-1], split="train", label=record["label"], status="ok", shard=name,
+                  shard_sha256=sha256_file(shards / name)) for k in members]
+    write_table(shards / "manifest.parquet", make_table(table.to_pylist() + extra))
+    return shards, marker
+
+
+def test_hostile_shard_members_are_skipped_by_evaluate(hostile, reference, tmp_path):
+    shards, marker = hostile
+    result = avemo("evaluate", "--shards", str(shards), "--checkpoint", str(reference / "last.pt"), "--split", "train",
+                   "--out", str(tmp_path / "eval"), "device=cpu", "workers=0", "ablation=false")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for message in ("dia778_utt0: unknown member extension .pyd", "dia779_utt0: unknown member extension .pickle",
+                    "member .boxes.npy is not a plain numpy array", "invalid sample key '../dia781_utt0'"):
+        assert message in result.stderr, (message, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr
+    keys = set(pq.read_table(tmp_path / "eval" / "predictions.parquet")["key"].to_pylist())
+    assert "dia777_utt0" in keys and not keys & {"dia778_utt0", "dia779_utt0", "dia780_utt0", "dia781_utt0"}
+    assert not marker.exists(), "a pickle in a shard was executed"
+
+
+def test_hostile_shard_members_are_skipped_by_train(hostile, tmp_path):
+    import logging
+    from train.loop import main
+    shards, marker = hostile
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("avemo.data").addHandler(handler)
+    try:
+        assert main(["--shards", str(shards), "--run", str(tmp_path / "run"), *TINY, "optim.epochs=1"]) == 0
+    finally:
+        logging.getLogger("avemo.data").removeHandler(handler)
+    text = "\n".join(messages)
+    assert "unknown member extension .pyd" in text and "not a plain numpy array" in text, text[-2000:]
+    assert "invalid sample key '../dia781_utt0'" in text
+    assert not marker.exists(), "a pickle in a shard was executed"
+
+
+def test_pickled_checkpoint_is_refused_with_one_line(reference, built_shards, tmp_path):
+    marker = tmp_path / "pwned"
+    ckpt = load_checkpoint(reference / "last.pt")
+    ckpt["extra"] = Evil(marker)
+    evil = tmp_path / "evil.pt"
+    torch.save(ckpt, evil)
+    result = avemo("evaluate", "--shards", str(built_shards), "--checkpoint", str(evil), "--out", str(tmp_path / "e"),
+                   "device=cpu")
+    assert result.returncode == 2 and not marker.exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"avemo evaluate: error: cannot read checkpoint {evil} safely"), \
+        result.stderr[-2000:]
+
+    run = tmp_path / "run"                                   # the same file as RUN/last.pt, with --resume
+    run.mkdir()
+    shutil.copyfile(evil, run / "last.pt")
+    from train.loop import main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["--shards", str(built_shards), "--run", str(run), "--resume", *TINY])
+    assert code == 2 and not marker.exists()
+    assert err.getvalue().strip().startswith(f"avemo train: error: cannot read checkpoint {run / 'last.pt'} safely")
+    assert len(err.getvalue().strip().splitlines()) == 1
+
+
+def test_pickled_weights_are_refused(built_shards, tmp_path):
+    from pipeline.weights import WeightsError, load_state_dict
+    from train.loop import main
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "mobilefacenet.pt"
+    torch.save({"conv.weight": torch.zeros(1), "hook": Evil(marker)}, evil)
+    with pytest.raises(WeightsError, match="cannot load weights .* safely"):
+        load_state_dict(evil)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["--shards", str(built_shards), "--run", str(tmp_path / "run"), *TINY,
+                     f"model.face_weights={evil}"])
+    lines = err.getvalue().strip().splitlines()
+    assert code == 2 and not marker.exists()
+    assert len(lines) == 1 and lines[0].startswith(f"avemo train: error: cannot load weights {evil} safely"), lines

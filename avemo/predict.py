@@ -7,7 +7,8 @@ Detections and face embeddings are cached per frame, so overlapping windows neve
 One JSON line per window:
 
     {"source", "start", "end", "label", "probs": {emotion: p}, "face": fraction of frames with a face,
-     "modalities": ["face", "audio"], "frames": model frames}        (+ "ms": {...} with --timings)
+     "modalities": ["face", "audio"], "frames": model frames}        (+ "ms": {...} with --timings;
+                                                       for live sources "ms.lag": result time - window end)
 
 Windows whose data a live source dropped (processing slower than real time) come out as one line per run
 of them, {"source", "start", "end", "dropped_windows": n, "reason"}, and are counted on stderr.
@@ -210,7 +211,10 @@ def predict_input(inp, decoder, runner, cfg: PredictConfig, emit) -> dict:
                 dropped += 1
                 continue
             flush_dropped()
-            emit(predictor(window))
+            record = predictor(window)
+            if cfg.timings and inp.live:   # how long after the window's last sample arrived its line is out
+                record["ms"]["lag"] = round((time.perf_counter() - decoder.started - window.end) * 1e3, 1)
+            emit(record)
             windows += 1
         flush_dropped()
         decoder.finish()

@@ -227,6 +227,7 @@ class StreamDecoder:
         self.first_error = ""
         self.errors: deque[str] = deque(maxlen=4)      # ffmpeg's last error lines (and its first one above)
         self.proc: subprocess.Popen | None = None
+        self.started = 0.0
         self.threads: list[threading.Thread] = []
 
     def __enter__(self) -> "StreamDecoder":
@@ -252,6 +253,7 @@ class StreamDecoder:
                 if fd is not None:
                     os.close(fd)
             raise DecodeError(f"cannot start ffmpeg: {exc}") from None
+        self.started = time.perf_counter()   # a live source's media time t arrives at about started + t
         targets = [(self._read_video, ()), (self._read_errors, ())]
         if audio_w is not None:
             os.close(audio_w)
@@ -324,11 +326,11 @@ class StreamDecoder:
                 pass
 
     def _ready(self, i1: int, a1: int, end: float) -> bool:
-        """Window [.., end) can be cut: each stream covers it (a frame past it exists, the audio reaches
+        """Window [.., end) can be cut: each stream covers it (all its frames are in, the audio reaches
         it), has ended, or must stop waiting because the other one is blocked on a full buffer; and the
         input is known to be at least `end` long (else only the end of both streams decides)."""
         v, a = self.video, self.audio
-        video_done = v.eof or v.end > i1 or (a is not None and a.waiting)
+        video_done = v.eof or v.end >= i1 or (a is not None and a.waiting)
         audio_done = a is None or a.eof or a.end >= a1 or v.waiting
         return video_done and audio_done and end <= self.duration() + 1e-6
 

@@ -2,8 +2,11 @@
 built shards, and the clear error when there are fewer shards than ranks."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +22,22 @@ TINY = ["device=cpu", "data.batch_size=4", "data.workers=1", "optim.epochs=1", "
         "data.max_frames=4"]
 
 
+def torchrun_cmd(shards: Path, run: Path, logs: Path, *launch: str) -> list[str]:
+    # --redirects 3: each rank's stdout/stderr to its own file under --log-dir
+    return [sys.executable, "-m", "torch.distributed.run", *launch, "--log-dir", str(logs), "--redirects", "3",
+            "-m", "avemo.cli", "train", "--shards", str(shards), "--run-dir", str(run), *TINY]
+
+
 def torchrun(shards: Path, run: Path, logs: Path, nproc: int = 2) -> subprocess.CompletedProcess:
-    # --standalone: a local rendezvous on a free port; --redirects 3: each rank's stdout/stderr to its own file
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}",
-           "--log-dir", str(logs), "--redirects", "3",
-           "-m", "avemo.cli", "train", "--shards", str(shards), "--run-dir", str(run), *TINY]
+    # --standalone: a local rendezvous on a free port
+    cmd = torchrun_cmd(shards, run, logs, "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def rank_output(logs: Path, rank: int, stream: str) -> str:
@@ -51,6 +64,28 @@ def test_torchrun_two_ranks_train_in_step(tmp_path, built_shards):
     assert ckpt["step"] == steps[0] and ckpt["epoch"] == 1
     assert not any(k.startswith("module.") for k in ckpt["model"])  # the unwrapped model, not the DDP wrapper
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []   # no stray temporaries
+
+
+@pytest.mark.slow
+def test_two_nodes_with_the_documented_multi_node_command(tmp_path, built_shards):
+    """docs/scale.md's two-node command (--nnodes 2, --node_rank, --rdzv_endpoint), both nodes on loopback."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen(torchrun_cmd(built_shards, tmp_path / "run", tmp_path / f"logs{rank}", "--nnodes=2",
+                                           f"--node_rank={rank}", "--nproc_per_node=1", f"--rdzv_endpoint={endpoint}"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+             for rank in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    finally:
+        for node in nodes:        # a launcher still running (timeout): stop it and its ranks
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    done = [re.search(r"^done: epoch 1, step (\d+)", rank_output(tmp_path / f"logs{rank}", 0, "stdout"), re.M)
+            for rank in (0, 1)]
+    assert done[0].group(1) == done[1].group(1)
+    assert "training on cpu x2" in rank_output(tmp_path / "logs0", 0, "stdout")   # global rank 0 on node 0
+    assert torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)["epoch"] == 1
 
 
 @pytest.mark.slow

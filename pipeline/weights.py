@@ -76,11 +76,18 @@ def resolve_weights(name: str, explicit: str = "", download: bool = True) -> Pat
     return target
 
 
+def unsafe_load_reason(exc: Exception) -> str:
+    """The line of a weights_only load error that names what was refused ("... unsupported GLOBAL
+    posix.system ..."), not torch's generic first line, which suggests retrying with weights_only=False."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    return next((line for line in lines if "GLOBAL" in line), lines[0])[:300]
+
+
 def load_state_dict(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"cannot load weights {path} safely: {str(exc).splitlines()[0]}") from None
+        raise WeightsError(f"cannot load weights {path} safely: {unsafe_load_reason(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -8,6 +8,7 @@ import torch
 
 from avemo.config import config_from_dict
 from model.net import AVEmotionNet, ModelConfig
+from pipeline.weights import unsafe_load_reason
 from shards.atomic import atomic_open
 from shards.labels import EMOTIONS, LABEL_MAP_VERSION
 
@@ -44,7 +45,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path} safely: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path} safely: {unsafe_load_reason(exc)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path} is not an avemo checkpoint")
     if ckpt.get("label_map_version") != LABEL_MAP_VERSION:

@@ -88,6 +88,7 @@ def test_a_dead_worker_loses_nothing(tree, cluster, tmp_path):
         dead = cluster["workers"][victim]
         kill_group(dead)                                   # nanny and worker process: gone for good
         assert not group_alive(dead.pid)
+        assert (out / shard_tmp).exists(), "the victim finished its shard before it died: nothing was lost"
         assert build.wait(timeout=300) == 0, log.read_text()
     finally:
         kill_group(build)

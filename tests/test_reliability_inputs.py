@@ -254,7 +254,7 @@ def test_a_broken_csv_header_is_one_line_exit_2(tmp_path):
     (b"", "empty CSV"),
     (b"\x00\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "missing required column"),
     (("Utterance;Speaker;Emotion\r\n").encode(), "missing required column"),
-])
+], ids=["empty", "binary", "semicolons"])
 def test_unusable_csvs_stop_with_one_line(tmp_path, capsys, content, message):
     from avemo.cli import main
     (tmp_path / "train_sent_emo.csv").write_bytes(content)

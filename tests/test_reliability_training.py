@@ -158,7 +158,7 @@ def test_train_sigkilled_mid_epoch_resumes_to_the_same_state(built_shards, refer
         lines = path.read_text().splitlines() if path.is_file() else []
         return [json.loads(line)["step"] for line in lines[:-1] if '"loss"' in line]   # last may be partial
     try:
-        wait_for(lambda: max(logged_steps(), default=0) >= steps_per_epoch + 2, 300, "2 steps into epoch 2",
+        wait_for(lambda: max(logged_steps(), default=0) >= steps_per_epoch + 1, 300, "a step of epoch 2",
                  proc, log)
         assert proc.poll() is None
     finally:
@@ -301,8 +301,8 @@ def test_pickled_checkpoint_is_refused_with_one_line(reference, built_shards, tm
                    "device=cpu")
     assert result.returncode == 2 and not marker.exists()
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"avemo evaluate: error: cannot read checkpoint {evil} safely"), \
-        result.stderr[-2000:]
+    assert lines == [f"avemo evaluate: error: cannot read checkpoint {evil} safely: "
+                     "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."], result.stderr
 
     run = tmp_path / "run"                                   # the same file as RUN/last.pt, with --resume
     run.mkdir()
@@ -322,7 +322,7 @@ def test_pickled_weights_are_refused(built_shards, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "mobilefacenet.pt"
     torch.save({"conv.weight": torch.zeros(1), "hook": Evil(marker)}, evil)
-    with pytest.raises(WeightsError, match="cannot load weights .* safely"):
+    with pytest.raises(WeightsError, match="cannot load weights .* safely: .*unsupported GLOBAL posix.system"):
         load_state_dict(evil)
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

@@ -52,6 +52,7 @@ class AudioEncoder(nn.Module):
             inp = ch
         self.cnn = nn.Sequential(*layers)
         self.stride = 2 ** len(cfg.audio_channels)
+        self.norm = nn.LayerNorm(inp)
         self.lstm = nn.LSTM(inp, cfg.hidden, batch_first=True)
         self.register_buffer("mel_mean", torch.zeros(cfg.n_mels))
         self.register_buffer("mel_std", torch.ones(cfg.n_mels))
@@ -62,7 +63,7 @@ class AudioEncoder(nn.Module):
         x = self.cnn(x.unsqueeze(1)).mean(2).transpose(1, 2)        # (B, F/8, C)
         mask = F.max_pool1d(mel_mask.unsqueeze(1).to(x.dtype), self.stride, self.stride, ceil_mode=False)
         mask = mask.squeeze(1)[:, : x.shape[1]] > 0                  # (B, F/8)
-        out, _ = self.lstm(x)                                        # (B, F/8, hidden)
+        out, _ = self.lstm(self.norm(x))                             # (B, F/8, hidden)
         return _masked_mean(out, mask)
 
 
@@ -73,6 +74,7 @@ class FaceEncoder(nn.Module):
         self.trainable = cfg.face_trainable == "all"
         if not self.trainable:
             self.cnn.requires_grad_(False)
+        self.norm = nn.LayerNorm(MobileFaceNet.embedding_dim)  # embeddings are large: keep LSTM gates unsaturated
         self.lstm = nn.LSTM(MobileFaceNet.embedding_dim + 1, cfg.hidden, batch_first=True)
         self.register_buffer("mean", torch.tensor(FACE_MEAN).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(FACE_STD).view(1, 3, 1, 1) * 255)
@@ -96,7 +98,7 @@ class FaceEncoder(nn.Module):
 
     def pool(self, emb: torch.Tensor, face_mask: torch.Tensor) -> torch.Tensor:
         m = face_mask.to(emb.dtype).unsqueeze(-1)
-        out, _ = self.lstm(torch.cat([emb * m, m], dim=-1))          # (B, T, hidden)
+        out, _ = self.lstm(torch.cat([self.norm(emb) * m, m], dim=-1))  # (B, T, hidden)
         return _masked_mean(out, face_mask)
 
 

@@ -135,7 +135,7 @@ def test_corrupt_shard_is_skipped_by_evaluate_when_asked(corrupt, reference, tmp
     from avemo.cli import main
     shards, bad = corrupt
     code = main(["evaluate", "--shards", str(shards), "--checkpoint", str(reference / "last.pt"), "--split", "train",
-                 "--out", str(tmp_path / "eval"), "device=cpu", "workers=0", "corrupt_shards=skip"])
+                 "--out", str(tmp_path / "eval"), "device=cpu", "workers=0", "corrupt_shards=skip", "ablation=false"])
     out = capsys.readouterr().out
     assert code == 0 and f"warning: shard {shards / bad} does not match its checksum" in out
     keys = set(pq.read_table(tmp_path / "eval" / "predictions.parquet")["key"].to_pylist())
@@ -187,6 +187,7 @@ weights = torch.zeros(4_000_000)                           # 16 MB: a save takes
 for step in range(1, 10**9):
     weights.fill_(step)
     save_checkpoint(sys.argv[1], model={"w": weights}, config={"model": {}, "data": {}}, step=step, epoch=step)
+    print(step, flush=True)
 """
 
 
@@ -197,10 +198,11 @@ def test_checkpoint_killed_mid_write_is_never_torn(tmp_path):
     path = tmp_path / "last.pt"
     torn_writes = 0
     for seed in range(3):
-        proc = start_group([sys.executable, "-c", SAVER, str(path)], tmp_path / f"saver{seed}.log")
+        log = tmp_path / f"saver{seed}.log"
+        proc = start_group([sys.executable, "-c", SAVER, str(path)], log)
         try:
-            wait_for(path.is_file, 120, "the first checkpoint", proc, tmp_path / f"saver{seed}.log")
-            time.sleep(random.Random(seed).uniform(0.2, 1.0))
+            wait_for(lambda: len(log.read_text().split()) >= 2, 120, "two saves by this process", proc, log)
+            time.sleep(random.Random(seed).uniform(0.05, 0.5))
         finally:
             kill_group(proc)
         ckpt = load_checkpoint(path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -111,26 +112,50 @@ class WindowPredictor:
             del self.dets[fid]
         return [self.dets[int(fid)] for fid in ids]
 
-    def _embeddings(self, ids: np.ndarray, track) -> np.ndarray:
-        """(T, 128): cached per (frame, speaker box), the CNN runs on the new face crops only."""
+    def _faces(self, ids: np.ndarray, frames: np.ndarray, lap) -> tuple[np.ndarray, np.ndarray]:
+        """Speaker-face mask (T,) bool and embeddings (T, 128), cached per (frame, speaker box): the face
+        CNN runs on the new crops only. lap(stage) closes each stage's timing."""
+        from pipeline.faces import speaker_faces
         emb = np.zeros((len(ids), 128), dtype=np.float32)
-        face_rows = np.flatnonzero(track.mask)
-        keys = [(int(ids[t]), track.boxes[t].tobytes()) for t in face_rows]
+        if not len(ids):                 # no frame in this window (e.g. the video ended before the audio)
+            return np.zeros(0, dtype=bool), emb
+        dets = self._detect(ids, frames)
+        lap("detect")
+        track = speaker_faces(frames, dets, self.cfg.face)
+        lap("crop")
+        rows = np.flatnonzero(track.mask)
+        keys = [(int(ids[t]), track.boxes[t].tobytes()) for t in rows]
         new = [j for j, key in enumerate(keys) if key not in self.embs]
         if new:
             for j, e in zip(new, self.runner.embed(track.crops[new])):
                 self.embs[keys[j]] = e
-        for t, key in zip(face_rows, keys):
+        for t, key in zip(rows, keys):
             emb[t] = self.embs[key]
-        first = int(ids[0]) if len(ids) else 0
-        self.embs = {k: v for k, v in self.embs.items() if k[0] >= first}
-        return emb
+        self.embs = {k: v for k, v in self.embs.items() if k[0] >= int(ids[0])}
+        return track.mask.astype(bool), emb
 
-    def __call__(self, window) -> dict:
+    def _mel(self, audio: np.ndarray | None):
         import torch
         from pipeline.audio import log_mel
-        from pipeline.faces import speaker_faces
+        if audio is None or not len(audio):
+            return torch.zeros((self.cfg.audio.n_mels, 0))
+        mel = torch.from_numpy(log_mel(audio, self.rate, self.cfg.audio).astype(np.float32))
+        return mel[:, : self.max_mel]                          # (n_mels, F), cropped from the start as in eval
+
+    def _probs(self, mask: np.ndarray, emb: np.ndarray, mel) -> np.ndarray:
+        import torch
         from train.data import collate
+        t = max(1, len(mask))    # the model needs one time step; an all-False mask means "no face"
+        # collate pads the mel exactly as training and evaluation batches are padded; faces are not used
+        batch = collate([{"key": "", "label": -1, "faces": torch.zeros((t, 3, 1, 1), dtype=torch.uint8),
+                          "face_mask": torch.from_numpy(np.pad(mask, (0, t - len(mask)))), "mel": mel}])
+        emb = np.pad(emb, ((0, t - len(emb)), (0, 0)))[None]            # (1, T, 128)
+        logits = self.runner.logits(emb, batch["face_mask"].numpy(), batch["mel"].numpy(),
+                                    batch["mel_mask"].numpy())[0].astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        return probs / probs.sum()
+
+    def __call__(self, window) -> dict:
         ms: dict[str, float] = {"wait": window.wait_s * 1e3}
         tick = time.perf_counter()
 
@@ -144,36 +169,17 @@ class WindowPredictor:
         if len(ids) > self.max_frames:   # as in training (train.data.to_tensors): frames spread over the window
             keep = np.linspace(0, len(ids) - 1, self.max_frames).round().astype(int)
             ids, frames = ids[keep], frames[keep]
-        dets = self._detect(ids, frames)
-        lap("detect")
-        if len(ids):
-            track = speaker_faces(frames, dets, self.cfg.face)
-            mask = track.mask.astype(bool)
-        else:                                # no frame in this window (e.g. the video ended before the audio)
-            track, mask = None, np.zeros(0, dtype=bool)
-        lap("crop")
-        if window.audio is not None and len(window.audio):
-            mel = torch.from_numpy(log_mel(window.audio, self.rate, self.cfg.audio).astype(np.float32))
-            mel = mel[:, : self.max_mel]                      # (n_mels, F), cropped from the start as in eval
-        else:
-            mel = torch.zeros((self.cfg.audio.n_mels, 0))
-        lap("mel")
-        emb = self._embeddings(ids, track) if track is not None else np.zeros((0, 128), dtype=np.float32)
+        mask, emb = self._faces(ids, frames, lap)
         lap("embed")
-        t = max(1, len(ids))   # the model needs one time step; an all-False mask means "no face"
-        batch = collate([{"key": "", "label": -1, "faces": torch.zeros((t, 3, 1, 1), dtype=torch.uint8),
-                          "face_mask": torch.from_numpy(np.pad(mask, (0, t - len(mask)))), "mel": mel}])
-        emb = np.pad(emb, ((0, t - len(emb)), (0, 0)))[None]    # (1, T, 128)
-        logits = self.runner.logits(emb, batch["face_mask"].numpy(), batch["mel"].numpy(),
-                                    batch["mel_mask"].numpy())[0].astype(np.float64)
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
+        mel = self._mel(window.audio)
+        lap("mel")
+        probs = self._probs(mask, emb, mel)
         lap("model")
-        modalities = (["face"] if mask.any() else []) + (["audio"] if mel.shape[1] else [])
         record = {"source": self.source, "start": round(window.start, 3), "end": round(window.end, 3),
                   "label": self.labels[int(probs.argmax())],
                   "probs": {name: round(float(p), 5) for name, p in zip(self.labels, probs)},
-                  "face": round(float(mask.mean()) if len(mask) else 0.0, 3), "modalities": modalities,
+                  "face": round(float(mask.mean()) if len(mask) else 0.0, 3),
+                  "modalities": (["face"] if mask.any() else []) + (["audio"] if mel.shape[1] else []),
                   "frames": int(len(ids))}
         if self.cfg.timings:
             record["ms"] = {k: round(v, 2) for k, v in ms.items()}
@@ -223,6 +229,27 @@ def predict_input(inp, decoder, runner, cfg: PredictConfig, emit) -> dict:
     wall = time.perf_counter() - t0
     return {"source": inp.name, "windows": windows, "dropped_windows": dropped, "duration_s": round(duration, 3),
             "wall_s": round(wall, 3), **stats}
+
+
+def run_inputs(inputs, first, start, runner, cfg: PredictConfig, emit) -> int:
+    """Every input in turn (the first one already started); one stderr line each. -> inputs that failed"""
+    from pipeline.decode import DecodeError
+    from pipeline.stream import InputError
+    failed = 0
+    for i, inp in enumerate(inputs):
+        decoder = first if i == 0 else start(inp)
+        try:
+            if isinstance(decoder, Exception):
+                raise decoder
+            s = predict_input(inp, decoder, runner, cfg, emit)
+        except (InputError, DecodeError) as exc:
+            failed += 1
+            print(f"avemo predict: {inp.name}: {exc}", file=sys.stderr)
+            continue
+        rtf = s["wall_s"] / s["duration_s"] if s["duration_s"] else float("nan")
+        print(f"{inp.name}: {s['windows']} windows, {s['dropped_windows']} dropped, {s['duration_s']:.1f} s "
+              f"in {s['wall_s']:.1f} s (real-time factor {rtf:.2f}, runtime {runner.name})", file=sys.stderr)
+    return failed
 
 
 def main(argv: list[str]) -> int:
@@ -282,21 +309,12 @@ def main(argv: list[str]) -> int:
         out.flush()     # a live consumer (or a crash) sees every finished window
         records.append(record)
 
-    failed = 0
     try:
-        for i, inp in enumerate(inputs):
-            decoder = first if i == 0 else start(inp)
-            try:
-                if isinstance(decoder, Exception):
-                    raise decoder
-                s = predict_input(inp, decoder, runner, cfg, emit)
-            except (InputError, DecodeError) as exc:
-                failed += 1
-                print(f"avemo predict: {inp.name}: {exc}", file=sys.stderr)
-                continue
-            rtf = s["wall_s"] / s["duration_s"] if s["duration_s"] else float("nan")
-            print(f"{inp.name}: {s['windows']} windows, {s['dropped_windows']} dropped, {s['duration_s']:.1f} s "
-                  f"in {s['wall_s']:.1f} s (real-time factor {rtf:.2f}, runtime {runner.name})", file=sys.stderr)
+        failed = run_inputs(inputs, first, start, runner, cfg, emit)
+    except BrokenPipeError:   # whoever read our stdout went away (e.g. `| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("avemo predict: output closed, stopped", file=sys.stderr)
+        return 0
     finally:
         if out is not sys.stdout:
             out.close()

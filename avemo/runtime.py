@@ -38,7 +38,11 @@ def read_model(path: str | Path) -> ModelFile:
     if path.suffix == ".onnx":
         import onnx
         data = path.read_bytes()
-        props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+        try:
+            props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+        except Exception as exc:   # protobuf's DecodeError and friends: not an ONNX file
+            from train.checkpoint import CheckpointError
+            raise CheckpointError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
         if META_KEY not in props:
             raise ConfigError(f"{path} was not written by `avemo export` (no avemo metadata)")
         return ModelFile(path, json.loads(props[META_KEY]), onnx=data)

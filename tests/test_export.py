@@ -103,6 +103,9 @@ def test_onnx_runner_split_graph_matches_torch_runner(tiny_checkpoint, real_batc
     with torch.inference_mode():
         ref = model_from_checkpoint(load_checkpoint(tiny_checkpoint))(**b)
     np.testing.assert_allclose(_probs(torch_runner.logits(*args)), _probs(ref), atol=1e-5)
+    in_memory = load_runner(tiny_checkpoint, "onnx")                  # predict best.pt runtime=onnx
+    assert isinstance(in_memory, OnnxRunner)
+    np.testing.assert_allclose(_probs(in_memory.logits(*args)), _probs(ref), atol=ATOL)
 
 
 def test_export_cli_and_bad_checkpoint(tiny_checkpoint, tmp_path, capsys):
@@ -116,3 +119,8 @@ def test_export_cli_and_bad_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "cannot read checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07 definitely not protobuf \xff\xff")
+    proc = subprocess.run([sys.executable, "-m", "avemo.cli", "predict", "clip.mp4", "--checkpoint", str(junk)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a readable ONNX file" in proc.stderr and "Traceback" not in proc.stderr

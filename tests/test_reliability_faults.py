@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -119,7 +120,7 @@ def test_sigkill_then_rerun_equals_a_clean_build(tree, clean, warm, tmp_path, se
             assert group_alive(proc.pid), "no orphaned worker left: this case proves nothing"
         else:
             kill_group(proc)                               # the CLI, its LocalCluster nannies and workers
-            assert_nothing_torn(out, clean)
+        assert_nothing_torn(out, clean)
         kept = {name: sha256_file(out / name) for name in visible_files(out) if name.endswith(".tar")}
         summary = rebuild(tree, out, warm)
         assert summary.shards_skipped >= len(kept) and summary.shards_built + summary.shards_skipped == N_SHARDS
@@ -134,12 +135,12 @@ def test_sigkill_then_rerun_equals_a_clean_build(tree, clean, warm, tmp_path, se
 def tmpfs(path: Path, size: str):
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; test_injected_enospc covers the disk-full case instead")
+        pytest.skip("mounting a tmpfs needs root; test_injected_enospc_on_the_write_path covers a full disk instead")
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.skip(f"mounting a tmpfs is not permitted here ({proc.stderr.strip()}); "
-                    "test_injected_enospc covers the disk-full case instead")
+                    "test_injected_enospc_on_the_write_path covers a full disk instead")
     try:
         yield path
     finally:
@@ -155,10 +156,13 @@ def _fill(folder: Path, leave: int) -> Path:
     return filler
 
 
+TQDM_BAR = re.compile(r"^build-shards:\s+\d+%\|")
+
+
 def _error_lines(stderr: str) -> list[str]:
-    # tqdm redraws its bar with \r on stderr; what is left are real messages
-    return [line.split("\r")[-1] for line in stderr.splitlines() if "it/s" not in line and "clip" not in line
-            and line.split("\r")[-1].strip()]
+    """stderr without the progress bar (tqdm redraws it with \r): the messages a user reads."""
+    lines = [line.split("\r")[-1].strip() for line in stderr.splitlines()]
+    return [line for line in lines if line and not TQDM_BAR.match(line)]
 
 
 @pytest.mark.slow

@@ -183,7 +183,7 @@ def test_train_sigkilled_mid_epoch_resumes_to_the_same_state(built_shards, refer
 SAVER = """
 import sys, torch
 from train.checkpoint import save_checkpoint
-weights = torch.zeros(4_000_000)                           # 16 MB: a save takes a while
+weights = torch.zeros(8_000_000)                           # 32 MB: a save takes a while
 for step in range(1, 10**9):
     weights.fill_(step)
     save_checkpoint(sys.argv[1], model={"w": weights}, config={"model": {}, "data": {}}, step=step, epoch=step)
@@ -193,16 +193,19 @@ for step in range(1, 10**9):
 
 @pytest.mark.slow
 def test_checkpoint_killed_mid_write_is_never_torn(tmp_path):
-    """A process doing nothing but saving last.pt is SIGKILLed at seeded random moments; last.pt always
-    loads whole (every tensor value equals its step), and at least one kill hit a write in progress."""
+    """A process doing nothing but saving a 32 MB last.pt is SIGKILLed during a save (a seeded moment after its
+    temporary appears); last.pt always loads whole (every value equals its step), and at least one kill
+    left a torn temporary behind, hidden, instead of a torn last.pt."""
     path = tmp_path / "last.pt"
     torn_writes = 0
     for seed in range(3):
         log = tmp_path / f"saver{seed}.log"
         proc = start_group([sys.executable, "-c", SAVER, str(path)], log)
         try:
-            wait_for(lambda: len(log.read_text().split()) >= 2, 120, "two saves by this process", proc, log)
-            time.sleep(random.Random(seed).uniform(0.05, 0.5))
+            wait_for(lambda: len([w for w in log.read_text().split() if w.isdigit()]) >= 2 + seed, 120,
+                     "saves by this process", proc, log)
+            wait_for(lambda: hidden_temporaries(tmp_path), 60, "a save in progress", proc, log)
+            time.sleep(random.Random(seed).uniform(0.0, 0.03))   # somewhere inside the write
         finally:
             kill_group(proc)
         ckpt = load_checkpoint(path)

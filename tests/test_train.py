@@ -1,0 +1,165 @@
+"""Training and evaluation from real shards: loader, overfit, exact resume, metrics vs scikit-learn."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from avemo.config import load_config
+from model.net import AVEmotionNet, ModelConfig, count_parameters, flops_per_clip
+from shards.labels import EMOTIONS
+from train.checkpoint import load_checkpoint
+from train.config import EvalConfig, TrainConfig
+from train.data import collate, split_shards, to_tensors, train_loader
+from train.evaluate import run_evaluate
+from train.loop import class_weights, run_train
+from train.metrics import classification_metrics
+
+TINY = ["device=cpu", "data.batch_size=4", "data.workers=0", "data.max_frames=4", "data.max_mel_frames=300",
+        "model.face_trainable=none", "model.face_weights=auto", "data.shuffle_buffer=16", "log_every=1"]
+
+
+def train_cfg(shards, run, *overrides):
+    return load_config(TrainConfig, "train", None, [*TINY, *overrides], {"shards": str(shards), "run": str(run)})
+
+
+def _raw_samples(shards, keys):
+    import webdataset as wds
+    found = {}
+    for url in split_shards(shards, "train").urls:
+        for raw in wds.WebDataset(url, shardshuffle=False):
+            if raw["__key__"] in keys:
+                found[raw["__key__"]] = raw
+    return [found[k] for k in keys]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, built_shards):
+    run = tmp_path_factory.mktemp("run")
+    run_train(train_cfg(built_shards, run, "optim.epochs=2"))
+    return run
+
+
+def test_loader_epoch_is_explicit_and_seeded(built_shards):
+    cfg = train_cfg(built_shards, "unused", "data.workers=1")
+    split = split_shards(built_shards, "train")
+    loader, steps = train_loader(split, cfg.data, cfg.augment, epoch=0, seed=0)
+    batches = list(loader)
+    assert len(batches) == steps == split.n_samples // cfg.data.batch_size
+    keys = [k for b in batches for k in b["key"]]
+    assert len(set(keys)) == len(keys)                      # one worker: one pass, no sample twice
+    b = batches[0]
+    assert b["faces"].shape == (4, 4, 3, 112, 112) and b["faces"].dtype == torch.uint8
+    assert b["mel"].shape[1] == 64 and b["mel"].shape[2] % 64 == 0 and b["mel_mask"].shape == b["mel"].shape[::2]
+    again = [k for b in train_loader(split, cfg.data, cfg.augment, epoch=0, seed=0)[0] for k in b["key"]]
+    other = [k for b in train_loader(split, cfg.data, cfg.augment, epoch=1, seed=0)[0] for k in b["key"]]
+    assert again == keys and other != keys
+    cfg.data.workers = 2                                    # workers stream their own shards, endlessly:
+    assert len(list(train_loader(split, cfg.data, cfg.augment, epoch=0, seed=0)[0])) == steps  # same step count
+
+
+def test_class_weights_follow_the_label_map():
+    w = class_weights([10, 1, 1, 10, 100, 5, 5], "weighted_loss")
+    assert w.argmax() in (1, 2) and w.argmin() == EMOTIONS.index("neutral")
+    counts = torch.tensor([10, 1, 1, 10, 100, 5, 5], dtype=torch.float32)
+    assert float((w * counts).sum() / counts.sum()) == pytest.approx(1.0)
+    assert class_weights([1] * 7, "none") is None
+
+
+def test_no_face_and_silent_clips_pass_through_the_model(built_shards, tmp_path):
+    """Real samples: no_face.mp4 (no face frames) and fer_test.mp4 (no audio), plus a silent-track clip."""
+    import subprocess
+    from pipeline.audio import log_mel
+    from pipeline.config import AudioConfig, BuildConfig
+    from pipeline.decode import decode_clip, plan_decode
+    from pipeline.probe import ffmpeg_source, probe_clip
+    noface, noaudio = (to_tensors(r, 4, 300, False) for r in _raw_samples(built_shards, ["dia902_utt0", "dia903_utt0"]))
+    assert not noface["face_mask"].any() and noface["mel"].shape[1] > 0
+    assert noaudio["face_mask"].any() and noaudio["mel"].shape[1] == 0
+    clip = tmp_path / "silent.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=320x240:d=2", "-f", "lavfi", "-i",
+                    "anullsrc=r=16000:cl=mono", "-t", "2", "-shortest", str(clip)], check=True)
+    cfg = BuildConfig()
+    decoded = decode_clip(ffmpeg_source(clip), plan_decode(probe_clip(clip, cfg.probe, cfg.audio), cfg.decode))
+    assert decoded.audio is not None and np.abs(decoded.audio).max() == 0
+    silent = dict(noface, key="silent", mel=torch.from_numpy(log_mel(decoded.audio, 16000, AudioConfig()).astype(np.float32)))
+    batch = collate([noface, noaudio, silent])
+    model = AVEmotionNet(ModelConfig(face_trainable="none")).train()
+    logits = model(batch["faces"], batch["face_mask"], batch["mel"], batch["mel_mask"])
+    assert logits.shape == (3, 7) and torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits, torch.tensor([4, 6, 0])).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_model_is_light():
+    model = AVEmotionNet(ModelConfig())
+    assert count_parameters(model) < 5_000_000
+    assert 1e9 < flops_per_clip(model, frames=16) < 20e9
+
+
+def test_overfits_a_handful_of_real_samples(built_shards, tmp_path):
+    run = tmp_path / "overfit"
+    cfg = train_cfg(built_shards, run, "optim.epochs=40", "optim.lr=0.003", "optim.warmup_epochs=0.2",
+                    "augment.enabled=false", "model.modality_dropout=0.0", "model.dropout=0.0",
+                    "optim.weight_decay=0.0", "imbalance=none", "eval_every=40")
+    run_train(cfg)
+    metrics = run_evaluate(load_config(EvalConfig, "evaluate", None, ["device=cpu", "workers=0"], {
+        "shards": str(built_shards), "checkpoint": str(run / "last.pt"), "split": "train", "out": str(tmp_path / "e")}))
+    assert metrics["accuracy"] >= 0.95, metrics["accuracy"]
+
+
+def test_resume_reaches_the_same_state(built_shards, tmp_path):
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    run_train(train_cfg(built_shards, full, "optim.epochs=3", "data.workers=1"))
+    run_train(train_cfg(built_shards, parts, "optim.epochs=3", "data.workers=1", "stop_after_epochs=1"))
+    assert load_checkpoint(parts / "last.pt")["epoch"] == 1
+    run_train(train_cfg(built_shards, parts, "optim.epochs=3", "data.workers=1"), resume=True)
+    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(parts / "last.pt")
+    assert a["step"] == b["step"] and a["epoch"] == b["epoch"] == 3
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+    lines = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2, 3]
+
+
+def test_evaluate_writes_metrics_equal_to_sklearn(trained, built_shards, tmp_path):
+    out = tmp_path / "eval"
+    metrics = run_evaluate(load_config(EvalConfig, "evaluate", None, ["device=cpu", "workers=1"], {
+        "shards": str(built_shards), "checkpoint": str(trained / "best.pt"), "split": "train", "out": str(out)}))
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["weighted_f1"] == metrics["weighted_f1"]
+    pred = pq.read_table(out / "predictions.parquet").to_pydict()
+    y, p = np.array(pred["label"]), np.array(pred["pred"])
+    probs = np.stack([pred[f"p_{name}"] for name in EMOTIONS], 1)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(probs.argmax(1), p)
+    labels = list(range(7))
+    assert on_disk["n"] == len(y) == split_shards(built_shards, "train").n_samples
+    assert on_disk["accuracy"] == pytest.approx(accuracy_score(y, p))
+    assert on_disk["weighted_f1"] == pytest.approx(f1_score(y, p, labels=labels, average="weighted", zero_division=0))
+    assert on_disk["macro_f1"] == pytest.approx(f1_score(y, p, labels=labels, average="macro", zero_division=0))
+    prec, rec, f1, support = precision_recall_fscore_support(y, p, labels=labels, zero_division=0)
+    for i, name in enumerate(EMOTIONS):
+        got = on_disk["per_class"][name]
+        assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx(
+            (prec[i], rec[i], f1[i], support[i]))
+    assert on_disk["confusion"] == confusion_matrix(y, p, labels=labels).tolist()
+    assert set(on_disk["ablation"]) == {"both", "face_only", "audio_only"}
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_sklearn_on_random_labels(seed):
+    rng = np.random.default_rng(seed)
+    y, p = rng.integers(0, 7, 300), rng.integers(0, 7, 300)
+    p[:100] = y[:100]
+    m = classification_metrics(y, p)
+    assert m["weighted_f1"] == pytest.approx(f1_score(y, p, average="weighted"))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, p, labels=list(range(7)), average="macro", zero_division=0))
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, p))

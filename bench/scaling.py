@@ -8,7 +8,7 @@ and warmed once (each worker loads its detector, as a long-lived cluster's worke
 are interleaved per repeat (1, 2, 1, 2, ...), each run_build into a fresh folder. Cluster start is timed
 apart. Every run must accept every clip, and all runs must produce byte-identical shards.
 
-    .venv/bin/python bench/scaling.py              # ~6 min on 2 cores -> bench/results/scaling.md
+    .venv/bin/python bench/scaling.py              # ~8 min on 2 busy cores -> bench/results/scaling.md
     .venv/bin/python bench/scaling.py --quick      # smoke run -> bench/results/scaling_quick.md
 """
 from __future__ import annotations
@@ -129,7 +129,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-class", type=int, default=8, help="generated clips per emotion (x7 clips)")
     parser.add_argument("--shard-clips", type=int, default=7, help="shards.max_clips")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", default=str(REPO / "bench" / "out" / "scaling"), help="scratch folder")
     parser.add_argument("--name", default="scaling", help="bench/results/NAME.md and .json")
     parser.add_argument("--quick", action="store_true", help="2 clips per emotion, 7 per shard, 2 repeats")
@@ -179,8 +179,8 @@ def main(argv: list[str]) -> int:
     speed_med = runs["2"]["clips_per_s_median"] / runs["1"]["clips_per_s_median"]
     speed_best = runs["2"]["clips_per_s_best"] / runs["1"]["clips_per_s_best"]
     result = {
-        "name": ns.name, "command": "AVEMO_WEIGHTS_DIR=../shared/weights .venv/bin/python bench/scaling.py"
-        + (" --quick" if ns.quick else ""),
+        "name": ns.name,
+        "command": " ".join(["AVEMO_WEIGHTS_DIR=../shared/weights .venv/bin/python bench/scaling.py", *argv]),
         "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, Python "
                    f"{platform.python_version()}",
         "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],

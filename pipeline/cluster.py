@@ -11,6 +11,10 @@ from distributed import Client, LocalCluster
 from pipeline.config import BuildConfig
 
 
+class ClusterError(RuntimeError):
+    pass
+
+
 @contextlib.contextmanager
 def open_client(cfg: BuildConfig, log=print) -> Iterator[Client]:
     if cfg.scheduler:
@@ -25,7 +29,11 @@ def open_client(cfg: BuildConfig, log=print) -> Iterator[Client]:
                                silence_logs=logging.CRITICAL)
         client = Client(cluster)
     try:
-        n = len(client.scheduler_info().get("workers", {}))
+        workers = client.scheduler_info().get("workers", {})
+        n = len(workers)
+        if cfg.dask.gpu_resource and not any(w.get("resources", {}).get("GPU") for w in workers.values()):
+            raise ClusterError(f"dask.gpu_resource=true but none of the {n} worker(s) at {client.scheduler.address} "
+                               "offers the GPU resource: start GPU workers with `dask worker ... --resources GPU=1`")
         log(f"dask: {n} worker(s) at {client.scheduler.address}; dashboard: {client.dashboard_link}")
         yield client
     finally:

@@ -6,6 +6,7 @@ import sys
 
 from avemo.config import load_config
 from pipeline.build import DISK_FULL, run_build
+from pipeline.cluster import ClusterError
 from pipeline.config import BuildConfig
 from pipeline.labels import LabelFileError
 from pipeline.layout import LayoutError, parse_splits
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> int:
                        "kept: free some space and rerun the same command to resume")
         print(f"avemo build-shards: error: {message}", file=sys.stderr)
         return 2
-    except (LabelFileError, LayoutError, WeightsError) as exc:
+    except (LabelFileError, LayoutError, WeightsError, ClusterError) as exc:
         print(f"avemo build-shards: error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary.lines()))

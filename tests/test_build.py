@@ -107,3 +107,9 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_help_teaches_a_newcomer():
     result = subprocess.run([sys.executable, "-m", "avemo.cli", "build-shards", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "MELD_ROOT" in result.stdout and "resumes" in result.stdout
+
+
+def test_gpu_resource_without_gpu_workers_is_a_clear_error(tmp_path, mini_meld):
+    from pipeline.cluster import ClusterError
+    with pytest.raises(ClusterError, match="--resources GPU=1"):
+        run_build(build_config(mini_meld, tmp_path / "out", "dask.gpu_resource=true", "dask.workers=1"))

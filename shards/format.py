@@ -88,14 +88,14 @@ def encode_sample(key: str, meta: dict, facemask: np.ndarray, boxes: np.ndarray,
     return out
 
 
-def _load_npy(data: bytes, name: str) -> np.ndarray:
+def _load_npy(data: bytes, name: str, key: str) -> np.ndarray:
     dtype, ndim = MEMBERS[name]  # type: ignore[misc]
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as exc:
-        raise UnsafeSampleError(f"member .{name} is not a plain numpy array: {exc}") from None
+        raise UnsafeSampleError(f"{key}: member .{name} is not a plain numpy array: {exc}") from None
     if array.dtype != np.dtype(dtype) or array.ndim != ndim:
-        raise UnsafeSampleError(f"member .{name} has dtype {array.dtype} / ndim {array.ndim}, "
+        raise UnsafeSampleError(f"{key}: member .{name} has dtype {array.dtype} / ndim {array.ndim}, "
                                 f"expected {dtype} / {ndim}")
     return array
 
@@ -134,11 +134,11 @@ def decode_sample(raw: dict, decode_faces: bool = True) -> Sample:
                                 f"this code's {LABEL_MAP_VERSION!r}; rebuild the shards")
     if meta.get("format_version") != FORMAT_VERSION:
         raise UnsafeSampleError(f"{key}: shard format {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-    facemask = _load_npy(raw["facemask.npy"], "facemask.npy")
-    boxes = _load_npy(raw["boxes.npy"], "boxes.npy")
+    facemask = _load_npy(raw["facemask.npy"], "facemask.npy", key)
+    boxes = _load_npy(raw["boxes.npy"], "boxes.npy", key)
     if boxes.shape != (facemask.shape[0], 5):
         raise UnsafeSampleError(f"{key}: boxes shape {boxes.shape} does not match {facemask.shape[0]} frames")
-    mel = _load_npy(raw["mel.npy"], "mel.npy") if "mel.npy" in raw else None
+    mel = _load_npy(raw["mel.npy"], "mel.npy", key) if "mel.npy" in raw else None
     n_faces = int(facemask.astype(bool).sum())
     faces = None
     if n_faces and "faces.jpg" not in raw:

@@ -65,82 +65,148 @@ def _flip_bytes(path: Path, n: int = 16) -> None:
     path.write_bytes(bytes(data))
 
 
-def _shard_keys(shards: Path, shard: str) -> set[str]:
-    rows = pq.read_table(shards / "manifest.parquet").to_pylist()
-    return {r["key"] for r in rows if r["shard"] == shard}
+# ---- damaged shard folders: a corrupt shard (stop | skip) and a hostile one -------------------------
+
+BAD = "train-000001.tar"
+HOSTILE = "train-000099.tar"
+REFUSED = {"dia778_utt0": "dia778_utt0: unknown member extension .pyd",
+           "dia779_utt0": "dia779_utt0: unknown member extension .pickle",
+           "dia780_utt0": "dia780_utt0: member .boxes.npy is not a plain numpy array",
+           "dia781_utt0": "invalid sample key '../dia781_utt0'"}
 
 
-# ---- corrupt shards: stop | skip ------------------------------------------------------------------
+def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+def _hostile_shard(shards: Path, marker: Path) -> None:
+    """An extra train shard listed in the manifest with its true checksum (whoever can write the shard folder
+    can write the manifest too): one valid sample (dia777) and the hostile ones of REFUSED."""
+    import pickle
+    import webdataset as wds
+    good = next(iter(wds.WebDataset(str(shards / "train-000000.tar"), shardshuffle=False)))
+    record = dict(json.loads(good["json"]), key="dia777_utt0")
+    plain = {k: good[k] for k in ("json", "facemask.npy", "boxes.npy")}
+    members = {
+        "dia777_utt0": {**{k: v for k, v in good.items() if not k.startswith("__")},
+                        "json": json.dumps(record).encode()},
+        "dia778_utt0": {**plain, "pyd": pickle.dumps(Evil(marker))},        # unpickling runs `touch`
+        "dia779_utt0": {**plain, "pickle": pickle.dumps(Evil(marker))},
+        "dia780_utt0": {**plain, "boxes.npy": _npy(np.array([Evil(marker)], dtype=object), allow_pickle=True)},
+        "../dia781_utt0": plain,
+    }
+    with tarfile.open(shards / HOSTILE, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, parts in members.items():
+            for ext, data in parts.items():
+                _member(tar, f"{key}.{ext}", data)
+    table = pq.read_table(shards / "manifest.parquet")
+    extra = [dict(key=k.split("/")[-1], split="train", label=record["label"], status="ok", shard=HOSTILE,
+                  shard_sha256=sha256_file(shards / HOSTILE)) for k in members]
+    write_table(shards / "manifest.parquet", make_table(table.to_pylist() + extra))
+
 
 @pytest.fixture(scope="module")
-def corrupt(built_shards, tmp_path_factory) -> tuple[Path, str]:
-    shards = _copy_shards(built_shards, tmp_path_factory.mktemp("corrupt") / "shards")
-    bad = "train-000001.tar"
-    _flip_bytes(shards / bad)
-    return shards, bad
+def damaged(built_shards, tmp_path_factory) -> tuple[Path, Path]:
+    """(shards, marker): a copy of the built shards with 16 flipped bytes in BAD, plus the HOSTILE shard."""
+    base = tmp_path_factory.mktemp("damaged")
+    shards = _copy_shards(built_shards, base / "shards")
+    _flip_bytes(shards / BAD)
+    _hostile_shard(shards, base / "pwned")
+    return shards, base / "pwned"
 
 
-def test_corrupt_shard_stops_train_with_one_line(corrupt, tmp_path):
-    shards, bad = corrupt
+def _train_rows(shards: Path) -> list[dict]:
+    return [r for r in pq.read_table(shards / "manifest.parquet").to_pylist()
+            if r["split"] == "train" and r["status"] == "ok"]
+
+
+def test_corrupt_shard_stops_train_with_one_line(damaged, tmp_path):
+    shards, _ = damaged
     result = subprocess.run(_train_cmd(shards, tmp_path / "run"), capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert lines[0] == (f"avemo train: error: shard {shards / bad} does not match its checksum in the manifest "
+    assert lines[0] == (f"avemo train: error: shard {shards / BAD} does not match its checksum in the manifest "
                         "(corrupt or modified) (set data.corrupt_shards=skip to train without it)")
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-def test_corrupt_shard_stops_evaluate_with_one_line(corrupt, reference, tmp_path, capsys):
+def test_corrupt_shard_stops_evaluate_with_one_line(damaged, reference, tmp_path, capsys):
     from avemo.cli import main
-    shards, bad = corrupt
+    shards, _ = damaged
     code = main(["evaluate", "--shards", str(shards), "--checkpoint", str(reference / "last.pt"), "--split", "train",
                  "--out", str(tmp_path / "eval"), "device=cpu", "workers=0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    assert err[0].startswith(f"avemo evaluate: error: shard {shards / bad} does not match its checksum")
+    assert err[0].startswith(f"avemo evaluate: error: shard {shards / BAD} does not match its checksum")
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
-def _count_hashes(monkeypatch) -> dict[str, int]:
+@pytest.fixture(scope="module")
+def skip_train(damaged, tmp_path_factory) -> dict:
+    """One `avemo train` epoch (in process) with data.corrupt_shards=skip: stdout, data log, shard hashes."""
+    import logging
     import shards.manifest
-    counts: dict[str, int] = {}
-    real = shards.manifest.sha256_file
-
-    def counting(path, *args, **kwargs):
-        counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
-        return real(path, *args, **kwargs)
-    monkeypatch.setattr(shards.manifest, "sha256_file", counting)
-    return counts
-
-
-def test_corrupt_shard_is_skipped_by_train_when_asked(corrupt, tmp_path, capsys, monkeypatch):
     from avemo.cli import main
-    shards, bad = corrupt
-    hashes = _count_hashes(monkeypatch)
-    code = main(["train", "--shards", str(shards), "--run", str(tmp_path / "run"), *TINY, "optim.epochs=1",
-                 "data.corrupt_shards=skip"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert f"warning: shard {shards / bad} does not match its checksum in the manifest" in out
+    shard_dir, _ = damaged
+    run = tmp_path_factory.mktemp("skip_train") / "run"
+    hashes: dict[str, int] = {}
+    real_sha = shards.manifest.sha256_file
+
+    def counting_sha(path, *args, **kwargs):
+        hashes[Path(path).name] = hashes.get(Path(path).name, 0) + 1
+        return real_sha(path, *args, **kwargs)
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.setattr(shards.manifest, "sha256_file", counting_sha)
+        logging.getLogger("avemo.data").addHandler(handler)
+        try:
+            code = main(["train", "--shards", str(shard_dir), "--run", str(run), *TINY, "optim.epochs=1",
+                         "data.corrupt_shards=skip"])
+        finally:
+            logging.getLogger("avemo.data").removeHandler(handler)
+    return {"code": code, "out": out.getvalue(), "log": "\n".join(messages), "hashes": hashes, "run": run}
+
+
+def test_corrupt_shard_is_skipped_by_train_when_asked(damaged, skip_train):
+    shards, _ = damaged
+    assert skip_train["code"] == 0 and load_checkpoint(skip_train["run"] / "last.pt")["epoch"] == 1
+    assert f"warning: shard {shards / BAD} does not match its checksum in the manifest" in skip_train["out"]
+    n_train = sum(r["shard"] != BAD for r in _train_rows(shards))
+    assert f"{n_train} clips" in skip_train["out"]                          # its clips are left out
     rows = pq.read_table(shards / "manifest.parquet").to_pylist()
-    n_train = sum(r["split"] == "train" and r["status"] == "ok" and r["shard"] != bad for r in rows)
-    assert f"{n_train} clips" in out                                          # its clips are left out
     expected = {r["shard"] for r in rows if r["status"] == "ok" and r["split"] in ("train", "dev")}
-    assert hashes == {name: 1 for name in expected}                         # each shard hashed exactly once
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert skip_train["hashes"] == {name: 1 for name in expected}          # each shard hashed exactly once
 
 
-def test_corrupt_shard_is_skipped_by_evaluate_when_asked(corrupt, reference, tmp_path, capsys):
-    from avemo.cli import main
-    shards, bad = corrupt
-    code = main(["evaluate", "--shards", str(shards), "--checkpoint", str(reference / "last.pt"), "--split", "train",
-                 "--out", str(tmp_path / "eval"), "device=cpu", "workers=0", "corrupt_shards=skip", "ablation=false"])
-    out = capsys.readouterr().out
-    assert code == 0 and f"warning: shard {shards / bad} does not match its checksum" in out
-    keys = set(pq.read_table(tmp_path / "eval" / "predictions.parquet")["key"].to_pylist())
-    rows = pq.read_table(shards / "manifest.parquet").to_pylist()
-    assert keys == {r["key"] for r in rows if r["split"] == "train" and r["status"] == "ok"} - _shard_keys(shards, bad)
+@pytest.fixture(scope="module")
+def skip_evaluate(damaged, reference, tmp_path_factory) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """`avemo evaluate` on the train split with corrupt_shards=skip, as a user runs it; (result, predicted keys)."""
+    shards, _ = damaged
+    out = tmp_path_factory.mktemp("skip_evaluate") / "eval"
+    result = avemo("evaluate", "--shards", str(shards), "--checkpoint", str(reference / "last.pt"), "--split", "train",
+                   "--out", str(out), "device=cpu", "workers=0", "ablation=false", "corrupt_shards=skip")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result, set(pq.read_table(out / "predictions.parquet")["key"].to_pylist())
+
+
+def test_corrupt_shard_is_skipped_by_evaluate_when_asked(damaged, skip_evaluate):
+    shards, _ = damaged
+    result, keys = skip_evaluate
+    assert f"warning: shard {shards / BAD} does not match its checksum" in result.stdout
+    expected = {r["key"] for r in _train_rows(shards) if r["shard"] != BAD} - set(REFUSED)
+    assert keys == expected and "dia777_utt0" in keys
 
 
 # ---- training killed mid-epoch, and checkpoints killed mid-write ------------------------------------
@@ -218,81 +284,20 @@ def test_checkpoint_killed_mid_write_is_never_torn(tmp_path):
 
 # ---- security: shards, checkpoints and weights are data, never code ---------------------------------
 
-def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=allow_pickle)
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def hostile(built_shards, tmp_path_factory):
-    """Shards plus an extra train shard, listed in the manifest with its true checksum (whoever can write the
-    shard folder can write the manifest too), holding one valid sample and hostile ones."""
-    base = tmp_path_factory.mktemp("hostile")
-    shards, marker = _copy_shards(built_shards, base / "shards"), base / "pwned"
-    import webdataset as wds
-    good = next(iter(wds.WebDataset(str(sorted(shards.glob("train-*.tar"))[0]), shardshuffle=False)))
-    record = json.loads(good["json"])
-    record["key"] = "dia777_utt0"
-    pickled = __import__("pickle").dumps(Evil(marker))
-    evil_npy = _npy(np.array([Evil(marker)], dtype=object), allow_pickle=True)
-    members = {
-        "dia777_utt0": {"json": json.dumps(record).encode(),
-                        **{k: v for k, v in good.items() if k != "json" and not k.startswith("__")}},
-        "dia778_utt0": {"json": good["json"], "facemask.npy": good["facemask.npy"], "boxes.npy": good["boxes.npy"],
-                        "pyd": pickled},
-        "dia779_utt0": {"json": good["json"], "facemask.npy": good["facemask.npy"], "boxes.npy": good["boxes.npy"],
-                        "pickle": pickled},
-        "dia780_utt0": {"json": good["json"], "facemask.npy": good["facemask.npy"], "boxes.npy": evil_npy},
-        "../dia781_utt0": {"json": good["json"], "facemask.npy": good["facemask.npy"], "boxes.npy": good["boxes.npy"]},
-    }
-    name = "train-000099.tar"
-    with tarfile.open(shards / name, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, parts in members.items():
-            for ext, data in parts.items():
-                _member(tar, f"{key}.{ext}", data)
-    table = pq.read_table(shards / "manifest.parquet")
-    extra = [dict(key=k.split("/")[-1], split="train", label=record["label"], status="ok", shard=name,
-                  shard_sha256=sha256_file(shards / name)) for k in members]
-    write_table(shards / "manifest.parquet", make_table(table.to_pylist() + extra))
-    return shards, marker
-
-
-def test_hostile_shard_members_are_skipped_by_evaluate(hostile, reference, tmp_path):
-    shards, marker = hostile
-    result = avemo("evaluate", "--shards", str(shards), "--checkpoint", str(reference / "last.pt"), "--split", "train",
-                   "--out", str(tmp_path / "eval"), "device=cpu", "workers=0", "ablation=false")
-    assert result.returncode == 0, result.stderr[-2000:]
-    for message in ("dia778_utt0: unknown member extension .pyd", "dia779_utt0: unknown member extension .pickle",
-                    "member .boxes.npy is not a plain numpy array", "invalid sample key '../dia781_utt0'"):
+def test_hostile_shard_members_are_skipped_by_evaluate(damaged, skip_evaluate):
+    _, marker = damaged
+    result, keys = skip_evaluate
+    for message in REFUSED.values():
         assert message in result.stderr, (message, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr
-    keys = set(pq.read_table(tmp_path / "eval" / "predictions.parquet")["key"].to_pylist())
-    assert "dia777_utt0" in keys and not keys & {"dia778_utt0", "dia779_utt0", "dia780_utt0", "dia781_utt0"}
+    assert "Traceback" not in result.stderr and not keys & set(REFUSED)
     assert not marker.exists(), "a pickle in a shard was executed"
 
 
-def test_hostile_shard_members_are_skipped_by_train(hostile, tmp_path):
-    import logging
-    from train.loop import main
-    shards, marker = hostile
-    messages: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logging.getLogger("avemo.data").addHandler(handler)
-    try:
-        assert main(["--shards", str(shards), "--run", str(tmp_path / "run"), *TINY, "optim.epochs=1"]) == 0
-    finally:
-        logging.getLogger("avemo.data").removeHandler(handler)
-    text = "\n".join(messages)
-    assert "unknown member extension .pyd" in text and "not a plain numpy array" in text, text[-2000:]
-    assert "invalid sample key '../dia781_utt0'" in text
+def test_hostile_shard_members_are_skipped_by_train(damaged, skip_train):
+    _, marker = damaged
+    assert skip_train["code"] == 0
+    for message in REFUSED.values():
+        assert message in skip_train["log"], (message, skip_train["log"][-2000:])
     assert not marker.exists(), "a pickle in a shard was executed"
 
 

@@ -8,6 +8,7 @@ Stages, composed here and nowhere else:
 from __future__ import annotations
 
 import errno
+import json
 import math
 import time
 from collections import Counter
@@ -24,8 +25,8 @@ from pipeline.config import BuildConfig
 from pipeline.labels import read_label_csv
 from pipeline.layout import find_csv, find_video_dir, video_path
 from pipeline.shard_task import ShardSpec, build_shard, fingerprint, probe_shard
-from shards.atomic import clean_temporaries
-from shards.manifest import MANIFEST_NAME, make_table, write_table
+from shards.atomic import atomic_write_bytes, clean_temporaries
+from shards.manifest import BUILD_CONFIG_NAME, MANIFEST_NAME, make_table, write_table
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 JPEG_BYTES_PER_FACE = 6_000   # for shard size planning only
@@ -162,6 +163,9 @@ def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
                     bar.update(len(spec.rows))
 
     manifest = assemble_manifest(out, specs, cfg.splits, failed_rows)
+    # what training copies into its checkpoints, so `avemo predict` decodes and crops exactly like this build
+    media = {k: v for k, v in asdict(cfg).items() if k in ("probe", "decode", "face", "audio")}
+    atomic_write_bytes(out / BUILD_CONFIG_NAME, json.dumps(media, indent=2, sort_keys=True).encode())
     for folder in (out, out / "parts"):  # e.g. what a worker that died mid-shard left; its task ran again
         clean_temporaries(folder)
     statuses = manifest.column("status").to_pylist()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 from shards.atomic import atomic_write_bytes
 
 MANIFEST_NAME = "manifest.parquet"
+BUILD_CONFIG_NAME = "build_config.json"   # the decode/face/audio settings the shards were made with
 
 # reason code -> what it means (README and docs/reliability.md list these)
 REASONS: dict[str, str] = {
@@ -81,6 +83,12 @@ def read_manifest(shard_dir: str | Path) -> pa.Table:
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST_NAME} in {shard_dir}: run `avemo build-shards` first")
     return pq.read_table(path)
+
+
+def read_build_config(shard_dir: str | Path) -> dict:
+    """The build settings saved beside the shards ({} for shards from before they were saved)."""
+    path = Path(shard_dir) / BUILD_CONFIG_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

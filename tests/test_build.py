@@ -13,7 +13,7 @@ import webdataset as wds
 from conftest import build_config
 from pipeline.build import run_build
 from shards.format import decode_sample
-from shards.manifest import sha256_file
+from shards.manifest import read_build_config, sha256_file
 
 
 def _csv_rows(root):
@@ -33,6 +33,8 @@ def test_manifest_has_one_row_per_csv_row(built_shards, mini_meld):
     for row in table.to_pylist():
         assert (row["reason"] == "") == (row["status"] == "ok")
         assert (row["shard"] != "") == (row["status"] == "ok")
+    saved = read_build_config(built_shards)                 # what predict will reproduce
+    assert saved["decode"]["max_frames"] == 8 and saved["face"]["backend"] == "mobilenet0.25"
 
 
 def test_stock_webdataset_reads_every_ok_sample(built_shards):

@@ -132,6 +132,7 @@ def test_evaluate_writes_metrics_equal_to_sklearn(trained, built_shards, tmp_pat
     out = tmp_path / "eval"
     metrics = run_evaluate(load_config(EvalConfig, "evaluate", None, ["device=cpu", "workers=1"], {
         "shards": str(built_shards), "checkpoint": str(trained / "best.pt"), "split": "train", "out": str(out)}))
+    assert load_checkpoint(trained / "best.pt")["build"]["decode"]["max_frames"] == 8  # for avemo predict
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["weighted_f1"] == metrics["weighted_f1"]
     pred = pq.read_table(out / "predictions.parquet").to_pydict()

@@ -28,7 +28,7 @@ from avemo.config import load_config
 from model.net import build_model, count_parameters, flops_per_clip
 from pipeline.weights import WeightsError
 from shards.atomic import clean_temporaries
-from shards.manifest import CorruptShardError
+from shards.manifest import CorruptShardError, read_build_config
 from train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from train.config import TrainConfig
 from train.data import eval_loader, split_shards, train_loader
@@ -146,6 +146,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
 
     train_split = split_shards(cfg.shards, cfg.train_split, cfg.data.corrupt_shards, log_fn=say)
     eval_split = split_shards(cfg.shards, cfg.eval_split, cfg.data.corrupt_shards, log_fn=say)
+    build_config = read_build_config(cfg.shards)   # travels in every checkpoint, for `avemo predict`
     model = build_model(cfg.model, log=say)
     state = {"epoch": 0, "step": 0, "best": -1.0}
     ckpt = load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
@@ -220,7 +221,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
                 record["best"] = True
         if main_rank:
             payload = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                           scheduler=scheduler.state_dict(), rng=rng_state(), config=asdict(cfg), **state)
+                           scheduler=scheduler.state_dict(), rng=rng_state(), config=asdict(cfg),
+                           build=build_config, **state)
             save_checkpoint(ckpt_path, **payload)
             if record.get("best"):
                 save_checkpoint(run / "best.pt", **payload)

@@ -25,6 +25,7 @@ from pipeline.config import BuildConfig
 from pipeline.labels import read_label_csv
 from pipeline.layout import find_csv, find_video_dir, video_path
 from pipeline.shard_task import ShardSpec, build_shard, fingerprint, probe_shard
+from pipeline.weights import load_state_dict, resolve_weights
 from shards.atomic import atomic_write_bytes, clean_temporaries
 from shards.manifest import BUILD_CONFIG_NAME, MANIFEST_NAME, make_table, write_table
 
@@ -138,6 +139,10 @@ def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
     log(f"build-shards: {sum(len(r) for r in label_rows.values())} rows, {len(specs)} shards "
         f"({summary.shards_skipped} already done), {n_clips} clips to process -> {out}")
     failed_rows: list[dict] = []
+    if todo and not cfg.scheduler:
+        # local workers share this machine's files: unusable detector weights are one line now,
+        # not a task_failed on every shard after its retries
+        load_state_dict(resolve_weights(cfg.face.backend, cfg.face.weights))
     if todo:
         resources = {"GPU": 1} if cfg.dask.gpu_resource else None
         with open_client(cfg, log=log) as client:

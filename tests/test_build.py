@@ -115,3 +115,12 @@ def test_gpu_resource_without_gpu_workers_is_a_clear_error(tmp_path, mini_meld):
     from pipeline.cluster import ClusterError
     with pytest.raises(ClusterError, match="--resources GPU=1"):
         run_build(build_config(mini_meld, tmp_path / "out", "dask.gpu_resource=true", "dask.workers=1"))
+
+
+def test_unusable_detector_weights_stop_before_any_task(tmp_path, mini_meld):
+    from pipeline.weights import WeightsError
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot load weights"):
+        run_build(build_config(mini_meld, tmp_path / "out", f"face.weights={bad}"))
+    assert not list((tmp_path / "out").glob("*.tar"))

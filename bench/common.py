@@ -6,6 +6,7 @@ Every benchmark measures its baseline in the same run, interleaves the repeats o
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -44,6 +45,45 @@ def machine() -> dict:
 
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def cpu_seconds(pids) -> float:
+    """CPU time (user + system) of these processes and of their reaped children (ffmpeg): the work done,
+    whatever else runs on the machine, unlike wall time."""
+    import psutil
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+@contextlib.contextmanager
+def environ(env: dict):
+    """Variables for the processes started inside (Dask workers, pools); restored after."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def keep_heap(mmap_threshold: int = 1 << 30) -> None:
+    """glibc: serve blocks up to mmap_threshold from the heap and keep freed memory, so big tensors are
+    not re-faulted page by page on every step (what pipeline/cluster.py sets for Dask workers by env)."""
+    import ctypes
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3        # mallopt parameters from <malloc.h>
+    libc.mallopt(m_mmap_threshold, mmap_threshold)
+    libc.mallopt(m_trim_threshold, 2 * mmap_threshold)
 
 
 # ---------------------------------------------------------------- timing
@@ -96,9 +136,10 @@ def write_results(name: str, title: str, record: dict, body: str) -> Path:
             f"- date: {record['date']}",
             f"- machine: {m['nproc']} CPU ({m['cpu_model']}), torch {m['torch']} with {m['torch_threads']} "
             f"threads, GPU: {m['cuda'] or 'none'}; {m['ffmpeg']}",
-            f"- load average (1/5/15 min) before: {load['before']}, after: {load['after']}"
-            + (" — the CPU was shared with other jobs, so absolute figures are noisy; ratios are measured "
-               "interleaved in the same run" if max(load["before"][0], load["after"][0]) > 0.5 else ""),
+            f"- load average (1/5/15 min) before: {load['before']} (other jobs), after: {load['after']} (this "
+            "benchmark's own processes included)"
+            + (" — the CPU was shared with other jobs: absolute figures are noisy; ratios come from interleaved "
+               "repeats" if load["before"][0] > 0.5 else ""),
             ""]
     atomic_write_bytes(RESULTS / f"{name}.md", ("\n".join(head) + body.rstrip() + "\n").encode())
     atomic_write_bytes(RESULTS / f"{name}.json", (json.dumps(record, indent=2, default=float) + "\n").encode())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
         f"Device **{device}**" + ("" if device.type == "cuda" else
                                   " — NOT a GPU run: no GPU was lent to this session, so this only smoke-tests "
                                   "the script on the CPU; the goal applies to a GPU run") + ".",
-        f"Shards `{shards}`; batch {args.batch}, shapes {shapes}; {args.workers} loader workers, pinned memory, "
+        f"Shards `{os.path.relpath(shards, common.REPO)}`; batch {args.batch}, shapes {shapes}; {args.workers} loader workers, pinned memory, "
         f"non_blocking copies; bf16 autocast: {use_bf16}; torch.compile: {args.compile}; "
         f"model.face_trainable={args.face}; {args.warmup} warm-up + {args.steps} timed steps per repeat.", "",
         common.table(["variant", "samples/s min", "median", "max", "repeats", "ms/step (median)"], rows), "",

@@ -15,7 +15,7 @@ Then a serial one-process profile: where a clip's time goes (probe, decode, dete
     .venv/bin/python bench/build_shards.py            # ~4 min on 2 cores -> bench/results/build_shards.md
     .venv/bin/python bench/build_shards.py --quick    # smoke run -> build_shards_quick.md
     .venv/bin/python bench/build_shards.py --name build_shards_sweep --seed-clips 0 \
-        --try face.batch_frames=8 --try "decode.detect_size=480 face.batch_frames=8"
+        --try face.batch_frames=8 --try "face.detect_size=480" --try "face.detect_size=640"
 """
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ def parse_args(argv=None):
     p.add_argument("--shard-clips", type=int, default=8,
                    help="shards.max_clips: small enough that the 2 workers share the work as on MELD's many shards")
     p.add_argument("--try", dest="tries", action="append", default=[], metavar="OVERRIDES",
-                   help='an extra build variant, e.g. --try "face.batch_frames=8 decode.detect_size=480"; '
+                   help='an extra build variant, e.g. --try "face.detect_size=480 face.batch_frames=16"; '
                         'env:NAME=VALUE sets a variable for its Dask workers')
     p.add_argument("--name", default=None, help="results file name (default build_shards[_quick])")
     a = p.parse_args(argv)

@@ -18,7 +18,7 @@ class ProbeConfig:
 class DecodeConfig:
     fps: float = 4.0                 # frames sampled per second ...
     max_frames: int = 16             # ... at most this many, spread over the whole clip
-    detect_size: int = 640           # longest side of the frames given to the detector (and cropped from)
+    frame_size: int = 640            # longest side of the decoded frames: faces are cropped from these
     sample_rate: int = 16000
     max_audio_s: float = 30.0        # audio kept per clip (the log-mel of longer clips is cut here)
     ffmpeg_threads: int = 1          # threads per ffmpeg process; parallelism comes from many processes
@@ -30,10 +30,12 @@ class FaceConfig:
     backend: Literal["mobilenet0.25", "resnet50"] = "mobilenet0.25"
     weights: str = ""                # explicit file; else $AVEMO_WEIGHTS_DIR, the cache, a download
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_frames: int = 32           # frames per detector forward pass (from many clips)
+    batch_frames: int = 0            # frames per detector pass, from many clips; 0 = auto: 8 on CPU, 64 on CUDA
+    detect_size: int = 320           # longest side the detector sees (frames are shrunk for it; crops are
+                                     # cut from the full decoded frame). Detector cost ~ size^2
     score_threshold: float = 0.8
     nms_iou: float = 0.4
-    min_face_px: float = 16.0        # smaller detections (in detector pixels) are ignored
+    min_face_px: float = 16.0        # smaller detections (in decoded-frame pixels) are ignored
     crop: Literal["align", "box"] = "align"  # 5-landmark similarity alignment, or box + margin
     margin: float = 0.2
     crop_size: int = 112
@@ -84,11 +86,12 @@ class BuildConfig:
         checks = [
             (self.decode.fps > 0, "decode.fps must be > 0"),
             (self.decode.max_frames >= 1, "decode.max_frames must be >= 1"),
-            (self.decode.detect_size >= 64, "decode.detect_size must be >= 64"),
+            (self.decode.frame_size >= 64, "decode.frame_size must be >= 64"),
+            (self.face.detect_size >= 64, "face.detect_size must be >= 64"),
             (self.probe.max_duration_s > self.probe.min_duration_s,
              "probe.max_duration_s must be greater than probe.min_duration_s"),
             (0 < self.face.score_threshold < 1, "face.score_threshold must be in (0, 1)"),
-            (self.face.batch_frames >= 1, "face.batch_frames must be >= 1"),
+            (self.face.batch_frames >= 0, "face.batch_frames must be >= 0 (0 = auto)"),
             (self.face.crop_size == 112, "face.crop_size must be 112 (MobileFaceNet's input)"),
             (self.shards.max_clips >= 1, "shards.max_clips must be >= 1"),
             (self.dask.decode_threads >= 1, "dask.decode_threads must be >= 1"),

@@ -44,7 +44,7 @@ def _even(x: float) -> int:
 
 def plan_decode(probe: ProbeResult, cfg: DecodeConfig) -> DecodePlan:
     duration = max(probe.duration_s, 1e-3)
-    scale = min(1.0, cfg.detect_size / max(probe.width, probe.height))
+    scale = min(1.0, cfg.frame_size / max(probe.width, probe.height))
     return DecodePlan(
         fps=min(cfg.fps, cfg.max_frames / duration), max_frames=cfg.max_frames,
         width=_even(probe.width * scale), height=_even(probe.height * scale),

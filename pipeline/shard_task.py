@@ -129,7 +129,7 @@ def _run_clips(spec: ShardSpec, cfg: BuildConfig, probes: list[ProbeResult], det
                 writer.finish(row, probe, decoded, dets)
 
     def detect(all_frames: bool) -> None:
-        size = cfg.face.batch_frames
+        size = detector.batch_frames
         while frames and (all_frames or len(frames) >= size):
             batch, frames[:] = frames[:size], frames[size:]
             who, owners[:] = owners[:size], owners[size:]

@@ -187,12 +187,12 @@ def test_live_source_drops_are_counted_not_silent():
 
 def test_media_settings_come_from_the_checkpoint_then_the_build_config(tmp_path):
     from avemo.predict import load_predict_config
-    meta = {"n_mels": 64, "build": {"decode": {"fps": 3.0, "detect_size": 480}, "shards": {"max_clips": 5}}}
+    meta = {"n_mels": 64, "build": {"decode": {"fps": 3.0, "frame_size": 480}, "shards": {"max_clips": 5}}}
     cfg = load_predict_config(meta, None, {"window_s": 3.0}, [])
-    assert (cfg.decode.fps, cfg.decode.detect_size, cfg.window_s) == (3.0, 480, 3.0)
+    assert (cfg.decode.fps, cfg.decode.frame_size, cfg.window_s) == (3.0, 480, 3.0)
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("build:\n  decode: {fps: 2.0}\n  face: {batch_frames: 64}\n  dask: {workers: 9}\n"
                          "predict:\n  hop_s: 1.0\n")
     cfg = load_predict_config(meta, str(yaml_file), {}, ["face.score_threshold=0.9"])
-    assert (cfg.decode.fps, cfg.decode.detect_size, cfg.face.batch_frames, cfg.hop_s) == (2.0, 480, 64, 1.0)
+    assert (cfg.decode.fps, cfg.decode.frame_size, cfg.face.batch_frames, cfg.hop_s) == (2.0, 480, 64, 1.0)
     assert cfg.face.score_threshold == 0.9

@@ -164,3 +164,13 @@ def test_metrics_match_sklearn_on_random_labels(seed):
     assert m["weighted_f1"] == pytest.approx(f1_score(y, p, average="weighted"))
     assert m["macro_f1"] == pytest.approx(f1_score(y, p, labels=list(range(7)), average="macro", zero_division=0))
     assert m["accuracy"] == pytest.approx(accuracy_score(y, p))
+
+
+def test_a_worker_with_less_than_a_batch_per_pass_still_delivers(built_shards):
+    """4 train shards (8+8+8+2 clips), batch 20, 2 workers: each worker's pass holds < 20 samples."""
+    cfg = train_cfg(built_shards, "unused", "data.workers=2", "data.batch_size=20")
+    split = split_shards(built_shards, "train")
+    loader, steps = train_loader(split, cfg.data, cfg.augment, epoch=0, seed=0)
+    batches = list(loader)
+    assert steps == split.n_samples // 20 == 1 and len(batches) == steps   # was 0 batches before the fix
+    assert all(0 < len(b["key"]) <= 20 for b in batches)

@@ -129,7 +129,9 @@ def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch
         wds.map(functools.partial(to_tensors, max_frames=data.max_frames, max_mel=data.max_mel_frames,
                                   random_crop=True), handler=skip_bad_sample),
         wds.map(functools.partial(augment_sample, cfg=aug)),
-        wds.batched(data.batch_size, collation_fn=collate, partial=False),
+        # partial: a worker whose pass over its shards holds fewer samples than a batch still yields one
+        # (otherwise its pass is empty and webdataset stops repeating it: a silently short epoch)
+        wds.batched(data.batch_size, collation_fn=collate, partial=True),
     ).with_epoch(per_worker)
     loader = wds.WebLoader(dataset, batch_size=None, num_workers=workers,
                            pin_memory=data.pin_memory and torch.cuda.is_available())

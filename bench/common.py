@@ -76,16 +76,6 @@ def environ(env: dict):
                 os.environ[k] = v
 
 
-def keep_heap(mmap_threshold: int = 1 << 30) -> None:
-    """glibc: serve blocks up to mmap_threshold from the heap and keep freed memory, so big tensors are
-    not re-faulted page by page on every step (what pipeline/cluster.py sets for Dask workers by env)."""
-    import ctypes
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3        # mallopt parameters from <malloc.h>
-    libc.mallopt(m_mmap_threshold, mmap_threshold)
-    libc.mallopt(m_trim_threshold, 2 * mmap_threshold)
-
-
 # ---------------------------------------------------------------- timing
 
 def interleave(variants: dict[str, Callable[[], dict]], repeats: int, log=print) -> dict[str, list[dict]]:

@@ -117,8 +117,9 @@ def parse_args(argv=None):
     p.add_argument("--epoch-face", default="none", choices=["none", "all"], help="face_trainable in (b)")
     p.add_argument("--epoch-clips", type=int, default=None, help="train clips per epoch in (b) (default 24, quick 8)")
     p.add_argument("--only", default="", help="comma list of variants to run (default: all)")
-    p.add_argument("--malloc", default="default", choices=["default", "heap"],
-                   help="heap: keep large blocks on glibc's heap (mallopt), as build-shards' Dask workers do")
+    p.add_argument("--malloc", default="heap", choices=["default", "heap"],
+                   help="heap (what `avemo train` does on CPU): keep large blocks on glibc's heap (mallopt); "
+                        "default: glibc's own thresholds, for comparison")
     p.add_argument("--name", default=None, help="results file name (default train_loader[_quick])")
     a = p.parse_args(argv)
     a.repeats = a.repeats or (1 if a.quick else 3)
@@ -133,7 +134,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(common.machine()["nproc"])
     if args.malloc == "heap":
-        common.keep_heap()
+        from avemo.memory import keep_heap
+        keep_heap()
     record = common.new_record(args)
     root = common.clip_set({"train": 6, "dev": 1, "test": 2})     # bench/build_shards.py's clip set
     shards = common.bench_shards(root)

@@ -9,14 +9,13 @@ from typing import Iterator
 import dask
 from distributed import Client, LocalCluster
 
+from avemo import memory
 from pipeline.config import BuildConfig
 
-# glibc serves blocks above its mmap threshold with a fresh mmap each time, and Dask's pre-spawn
-# MALLOC_TRIM_THRESHOLD_ pins that threshold at 128 KB: every detector batch re-faulted its ~100 MB of
-# activations (17k page faults and 27 ms of kernel time per 640x360 frame, against 14 ms of compute).
-# Keeping big blocks on the heap cut worker CPU per clip by ~30 % (bench/results/build_shards_sweep.md).
+# Dask's nanny pins glibc's mmap threshold at 128 KB, so every detector batch re-faulted its activations
+# (~30% of worker CPU, bench/results/build_shards_sweep.md): keep big blocks on the heap (avemo/memory.py).
 # A variable exported by the user still wins (Dask's rule for pre-spawn-environ).
-WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(512 << 20)}
+WORKER_MALLOC_ENV = memory.ENV
 
 
 class ClusterError(RuntimeError):

@@ -130,3 +130,12 @@ def test_compose_config_validates(tmp_path):
     missing = subprocess.run([*cli, "-f", str(COMPOSE), "config"], capture_output=True, text=True, timeout=60,
                              env={k: v for k, v in env.items() if k != "MELD_DIR"})
     assert missing.returncode != 0 and "set MELD_DIR" in missing.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_keep_big_blocks_on_the_heap_like_local_workers(dockerfile):
+    from avemo.memory import ENV, keep_heap
+    text = dockerfile.read_text()
+    for name, value in ENV.items():
+        assert f"{name}={value}" in text, name
+    assert keep_heap()  # glibc here: the training loop's mallopt call takes effect

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from avemo.config import load_config
+from avemo.memory import keep_heap
 from model.net import build_model, count_parameters, flops_per_clip
 from pipeline.weights import WeightsError
 from shards.atomic import clean_temporaries
@@ -133,6 +134,8 @@ def evaluate_split(model, urls, cfg: TrainConfig, device) -> dict:
 
 def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     rank, world, device = setup_distributed(cfg.device)
+    if device.type == "cpu":
+        keep_heap()  # 2x faster CPU steps: activations are not page-faulted in again every step (avemo/memory.py)
     main_rank = rank == 0
     say = log if main_rank else (lambda *a, **k: None)
     run = Path(cfg.run)

@@ -1,0 +1,20 @@
+"""The README's main job: `avemo demo` end to end on the embedded default dataset, and it must learn."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from avemo.cli import main
+
+
+@pytest.mark.slow
+def test_demo_learns_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 70 and metrics["weighted_f1"] >= 0.5, metrics["weighted_f1"]
+    for name in ("confusion.png", "predictions.parquet"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0
+    assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "last.pt").is_file()
+    out = capsys.readouterr().out
+    assert "test metrics" in out and str(tmp_path / "eval" / "metrics.json") in out

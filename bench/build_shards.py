@@ -59,9 +59,8 @@ def _init_worker(load_detector: bool) -> None:
     import torch
     torch.set_num_threads(1)          # as the build's dask.torch_threads=1: one core per process
     if load_detector:
-        from pipeline.config import FaceConfig
         from pipeline.faces import get_detector
-        get_detector(FaceConfig(device="cpu"))
+        get_detector(common.seed_face_config())
 
 
 def _warm_dask_worker(face: dict, torch_threads: int) -> None:
@@ -93,9 +92,8 @@ def floor_group(paths: list[str], cfg_dict: dict) -> int:
 
 
 def seed_clip(path: str) -> int:
-    from pipeline.config import FaceConfig
     from pipeline.faces import get_detector
-    n_frames, _mel = common.seed_process(Path(path), get_detector(FaceConfig(device="cpu")))
+    n_frames, _mel = common.seed_process(Path(path), get_detector(common.seed_face_config()))
     return n_frames
 
 

@@ -174,6 +174,12 @@ def _ffmpeg_bytes(args: list[str]) -> bytes:
     return proc.stdout
 
 
+def seed_face_config():
+    """The seed's detector: every full-size frame as it is (no shrinking), one image per forward pass."""
+    from pipeline.config import FaceConfig
+    return FaceConfig(device="cpu", detect_size=1 << 16, batch_frames=1)
+
+
 def seed_decode(path: Path):
     """Every frame at 15 fps, full size (one ffmpeg for video), and the audio (a second one), as the seed
     did. -> frames (T, H, W, 3) uint8, audio (N,) float32 16 kHz mono."""

@@ -92,13 +92,12 @@ class SeedClips(torch.utils.data.Dataset):
 
 
 def seed_loader(shards: Path, batch: int, workers: int, max_frames: int, n: int):
-    from pipeline.config import FaceConfig
     from pipeline.faces import get_detector
     from shards.manifest import read_manifest
     from train.data import collate
     rows = [r for r in read_manifest(shards).select(["split", "status", "source", "label"]).to_pylist()
             if r["split"] == "train" and r["status"] == "ok"][:n]
-    data = SeedClips([(r["source"], r["label"]) for r in rows], get_detector(FaceConfig(device="cpu")),
+    data = SeedClips([(r["source"], r["label"]) for r in rows], get_detector(common.seed_face_config()),
                      max_frames, 1000)
     return torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers,
                                        collate_fn=collate, drop_last=True)

@@ -19,7 +19,7 @@ def _mel_transform(sample_rate: int, n_fft: int, hop_length: int, n_mels: int):
 
 
 def log_mel(audio: np.ndarray, sample_rate: int, cfg: AudioConfig) -> np.ndarray:
-    wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    wave = torch.tensor(np.asarray(audio, dtype=np.float32))  # a copy: the input may be a read-only buffer
     if wave.numel() < cfg.n_fft:  # too short for one window: pad with silence
         wave = torch.nn.functional.pad(wave, (0, cfg.n_fft - wave.numel()))
     with torch.inference_mode():

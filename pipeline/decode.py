@@ -85,16 +85,16 @@ def _read_all(fd: int, sink: list) -> None:
         sink.append(fh.read())
 
 
-def decode_clip(source: str, plan: DecodePlan, timeout_s: float = 300.0) -> Decoded:
-    """Run ffmpeg once; raises DecodeError with ffmpeg's last error line."""
+def spawn_ffmpeg(source: str, plan: DecodePlan, with_audio: bool, input_options: dict | None = None,
+                 stdin: int = subprocess.DEVNULL) -> tuple[subprocess.Popen, int | None]:
+    """Start the one ffmpeg process of ffmpeg_command: frames on its stdout, audio (with_audio) on a pipe
+    whose read end is returned (the caller reads and closes it). Raises DecodeError if it cannot start."""
     audio_r = audio_w = None
-    if plan.audio:
+    if with_audio:
         audio_r, audio_w = os.pipe()
-    cmd = ffmpeg_command(source, plan, audio_w)
-    audio_chunks: list[bytes] = []
-    reader = None
+    cmd = ffmpeg_command(source, plan, audio_w, input_options)
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=stdin,
                                 pass_fds=(audio_w,) if audio_w is not None else ())
     except OSError as exc:
         for fd in (audio_r, audio_w):
@@ -103,6 +103,15 @@ def decode_clip(source: str, plan: DecodePlan, timeout_s: float = 300.0) -> Deco
         raise DecodeError(f"cannot start ffmpeg: {exc}") from None
     if audio_w is not None:
         os.close(audio_w)
+    return proc, audio_r
+
+
+def decode_clip(source: str, plan: DecodePlan, timeout_s: float = 300.0) -> Decoded:
+    """Run ffmpeg once; raises DecodeError with ffmpeg's last error line."""
+    proc, audio_r = spawn_ffmpeg(source, plan, plan.audio)
+    audio_chunks: list[bytes] = []
+    reader = None
+    if audio_r is not None:
         reader = threading.Thread(target=_read_all, args=(audio_r, audio_chunks), daemon=True)
         reader.start()
     try:

@@ -25,7 +25,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from pipeline.config import AudioConfig, DecodeConfig, ProbeConfig
-from pipeline.decode import DecodeError, DecodePlan, ffmpeg_command, plan_decode
+from pipeline.decode import DecodeError, DecodePlan, plan_decode, spawn_ffmpeg
 from pipeline.probe import ProbeResult, display_size, ffmpeg_message, ffmpeg_source, probe_clip
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
@@ -162,17 +162,6 @@ class _Track:
             self.peak = max(self.peak, self.size)
             self.cond.notify_all()
 
-    def _ended(self) -> bool:
-        return self.video.eof and (self.audio is None or self.audio.eof)
-
-    def duration(self) -> float:
-        """Decoded length so far (final once both streams ended): the audio's when there is audio (exact;
-        the fps filter rounds the frame count), never less than the last frame's time; else frames / fps."""
-        frames = self.video.end / self.plan.fps
-        if self.audio is None or self.audio.end == 0:
-            return frames
-        return max(self.audio.end / self.plan.sample_rate, frames - 1 / self.plan.fps)
-
     def finish(self) -> None:
         with self.cond:
             self.eof = True
@@ -239,24 +228,12 @@ class StreamDecoder:
     def start(self) -> "StreamDecoder":
         if self.proc is not None:   # already started (predict starts the first input early)
             return self
-        audio_r = audio_w = None
-        if self.audio is not None:
-            audio_r, audio_w = os.pipe()
-        cmd = ffmpeg_command(self.inp.url, self.plan, audio_w, self.inp.options)
         piped = self.inp.kind == "pipe"
-        try:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
-                                         pass_fds=(audio_w,) if audio_w is not None else ())
-        except OSError as exc:
-            for fd in (audio_r, audio_w):
-                if fd is not None:
-                    os.close(fd)
-            raise DecodeError(f"cannot start ffmpeg: {exc}") from None
+        self.proc, audio_r = spawn_ffmpeg(self.inp.url, self.plan, self.audio is not None, self.inp.options,
+                                          stdin=subprocess.PIPE if piped else subprocess.DEVNULL)
         self.started = time.perf_counter()   # a live source's media time t arrives at about started + t
         targets = [(self._read_video, ()), (self._read_errors, ())]
-        if audio_w is not None:
-            os.close(audio_w)
+        if audio_r is not None:
             targets.append((self._read_audio, (audio_r,)))
         if piped:
             targets.append((self._feed_stdin, ()))

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import Callable
 
 from avemo.config import ConfigError
 
@@ -21,43 +21,14 @@ Every command takes --config FILE (a configs/*.yaml) and key=value overrides, e.
 """
 
 
-def _build_shards(argv: list[str]) -> int:
-    from pipeline.main import main
-    return main(argv)
-
-
-def _train(argv: list[str]) -> int:
-    from train.loop import main
-    return main(argv)
-
-
-def _evaluate(argv: list[str]) -> int:
-    from train.evaluate import main
-    return main(argv)
-
-
-def _demo(argv: list[str]) -> int:
-    from avemo.demo import main
-    return main(argv)
-
-
-def _predict(argv: list[str]) -> int:
-    from avemo.predict import main
-    return main(argv)
-
-
-def _export(argv: list[str]) -> int:
-    from avemo.export import main
-    return main(argv)
-
-
-COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "build-shards": (_build_shards, "MELD CSVs + videos -> WebDataset shards + manifest (Dask)"),
-    "train": (_train, "train the model from shards"),
-    "evaluate": (_evaluate, "metrics, predictions and plots of a checkpoint on a split"),
-    "demo": (_demo, "end to end on a generated dataset: build-shards -> train -> evaluate"),
-    "predict": (_predict, "emotion over sliding windows of videos or a live stream"),
-    "export": (_export, "export a checkpoint to ONNX or TorchScript"),
+# command -> (module whose main(argv) runs it, imported only when chosen; one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "build-shards": ("pipeline.main", "MELD CSVs + videos -> WebDataset shards + manifest (Dask)"),
+    "train": ("train.loop", "train the model from shards"),
+    "evaluate": ("train.evaluate", "metrics, predictions and plots of a checkpoint on a split"),
+    "demo": ("avemo.demo", "end to end on a generated dataset: build-shards -> train -> evaluate"),
+    "predict": ("avemo.predict", "emotion over sliding windows of videos or a live stream"),
+    "export": ("avemo.export", "export a checkpoint to ONNX or TorchScript"),
 }
 
 
@@ -72,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     ns = parser.parse_args(argv[:1])
-    handler, _ = COMMANDS[ns.command]
+    module, _ = COMMANDS[ns.command]
     try:
-        return handler(argv[1:])
+        return importlib.import_module(module).main(argv[1:])
     except ConfigError as exc:
         print(f"avemo {ns.command}: config error: {exc}", file=sys.stderr)
         return 2

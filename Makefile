@@ -16,17 +16,20 @@ endif
 
 setup: system-deps $(VENV)/.installed
 
+# ffmpeg + ffprobe, espeak-ng, and Python's venv module (Debian/Ubuntu ship it apart, as python3-venv)
 system-deps:
-	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v espeak-ng >/dev/null; then :; \
+	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v espeak-ng >/dev/null \
+	    && $(PYTHON) -c "import ensurepip, venv" 2>/dev/null; then :; \
 	elif command -v apt-get >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng >/dev/null \
-	  || { echo "setup failed: could not apt-get install ffmpeg espeak-ng" >&2; exit 1; }; \
-	else echo "setup failed: please install ffmpeg (with ffprobe) and espeak-ng" >&2; exit 1; fi
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng python3-venv >/dev/null \
+	  || { echo "setup failed: could not apt-get install ffmpeg espeak-ng python3-venv" >&2; exit 1; }; \
+	else echo "setup failed: please install ffmpeg (with ffprobe), espeak-ng and Python's venv module" >&2; exit 1; fi
 	@command -v ffprobe >/dev/null || { echo "setup failed: ffprobe not found after install" >&2; exit 1; }
+	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || { echo "setup failed: $(PYTHON) has no venv/ensurepip module" >&2; exit 1; }
 
 $(VENV)/.installed: pyproject.toml Makefile
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/pip || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
 	$(BIN)/python -m pip install -q -e '.[dev]' $(TORCH_PINS)

@@ -90,8 +90,9 @@ def _malformed(values: list[str] | csv.Error, n_columns: int) -> str:
 
 
 def _int_field(value: str) -> int | None:
+    """A non-negative ASCII integer, else None ('²' and other Unicode digits pass str.isdigit but not int())."""
     value = (value or "").strip()
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def read_label_csv(path: str | Path, split: str) -> list[dict]:

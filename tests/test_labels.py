@@ -80,6 +80,15 @@ def test_bad_rows_are_rejected_with_reasons(tmp_path):
     assert "bored" in rows[1]["detail"]
 
 
+def test_unicode_digits_in_an_id_are_a_bad_id_not_a_crash(tmp_path):
+    csv = tmp_path / "dev_sent_emo.csv"   # '1²' and '٣' pass str.isdigit(); int('1²') raises ValueError
+    csv.write_bytes("\r\n".join([HEADER, _row(1, dia="1\u00b2"), _row(2, utt="\u0663"), _row(3)]).encode("utf-8"))
+    rows = read_label_csv(csv, "dev")
+    assert [(r["key"], r["status"], r["reason"]) for r in rows] == [
+        ("line2", "rejected", "bad_id"), ("line3", "rejected", "bad_id"), ("dia1_utt0", "ok", "")]
+    assert "1\u00b2" in rows[0]["detail"]
+
+
 def test_missing_column_is_one_clear_error(tmp_path):
     csv = tmp_path / "train_sent_emo.csv"
     csv.write_text(HEADER.replace(",Emotion", "") + "\n", encoding="utf-8")

@@ -92,7 +92,7 @@ def _load_npy(data: bytes, name: str, key: str) -> np.ndarray:
     dtype, ndim = MEMBERS[name]  # type: ignore[misc]
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as exc:
+    except (ValueError, EOFError, OSError) as exc:   # pickled, truncated; an empty member raises EOFError
         raise UnsafeSampleError(f"{key}: member .{name} is not a plain numpy array: {exc}") from None
     if array.dtype != np.dtype(dtype) or array.ndim != ndim:
         raise UnsafeSampleError(f"{key}: member .{name} has dtype {array.dtype} / ndim {array.ndim}, "

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import io
 import pickle
+import tarfile
 
 import numpy as np
 import pytest
+import webdataset as wds
 
 from shards.format import UnsafeSampleError, decode_sample, encode_sample
 from shards.labels import LABEL_MAP_VERSION
@@ -71,3 +73,20 @@ def test_other_label_map_is_refused():
     raw["json"] = raw["json"].replace(LABEL_MAP_VERSION.encode(), b"someone-elses-map")
     with pytest.raises(UnsafeSampleError, match="label map"):
         decode_sample(raw)
+
+
+def test_empty_npy_member_in_a_real_tar_is_refused(tmp_path):
+    """A zero-byte .boxes.npy in a shard (np.load raises EOFError on it) is an UnsafeSampleError too."""
+    raw, _, _ = _sample()
+    shard = tmp_path / "train-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in raw.items():
+            if not name.startswith("__"):
+                data = b"" if name == "boxes.npy" else data
+                info = tarfile.TarInfo(f"{raw['__key__']}.{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (sample,) = list(wds.WebDataset(str(shard), shardshuffle=False))
+    assert sample["boxes.npy"] == b"" and sample["facemask.npy"] == raw["facemask.npy"]
+    with pytest.raises(UnsafeSampleError, match="boxes.npy is not a plain numpy array"):
+        decode_sample(sample)

@@ -25,7 +25,7 @@ OUT gets {split}-NNNNNN.tar shards and manifest.parquet (one row per CSV row: st
 """
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="avemo build-shards", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Turn MELD label CSVs + videos into WebDataset shards, once.")
@@ -35,23 +35,25 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (default: a LocalCluster)")
     parser.add_argument("--config", default=None, help="YAML file; its `build:` section is used")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. decode.fps=2")
-    return parser.parse_args(argv), []
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
-    ns, _ = parse_args(argv)
-    extra = {"root": ns.root, "out": ns.out}
-    if ns.splits:
-        extra["splits"] = list(parse_splits(ns.splits))
-    if ns.scheduler:
-        extra["scheduler"] = ns.scheduler
-    cfg = load_config(BuildConfig, "build", ns.config, ns.overrides, extra)
+    ns = parse_args(argv)
+    out = ns.out              # an `out=` override may replace it below
     try:
+        extra = {"root": ns.root, "out": ns.out}
+        if ns.splits:
+            extra["splits"] = list(parse_splits(ns.splits))
+        if ns.scheduler:
+            extra["scheduler"] = ns.scheduler
+        cfg = load_config(BuildConfig, "build", ns.config, ns.overrides, extra)
+        out = cfg.out
         summary = run_build(cfg)
     except OSError as exc:
         message = str(exc)
         if exc.errno in DISK_FULL:
-            message = (f"no space left on device writing to {cfg.out} ({exc.strerror}); finished shards are "
+            message = (f"no space left on device writing to {out} ({exc.strerror}); finished shards are "
                        "kept: free some space and rerun the same command to resume")
         print(f"avemo build-shards: error: {message}", file=sys.stderr)
         return 2

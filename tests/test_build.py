@@ -106,6 +106,15 @@ def test_cli_errors_are_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_bad_splits_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "avemo.cli", "build-shards", "--root", str(tmp_path),
+                             "--out", str(tmp_path / "o"), "--splits", "foo"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "avemo build-shards: error: --splits must be a comma list of train, dev, test; got 'foo'"]
+    assert not (tmp_path / "o").exists()
+
+
 def test_help_teaches_a_newcomer():
     result = subprocess.run([sys.executable, "-m", "avemo.cli", "build-shards", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "MELD_ROOT" in result.stdout and "resumes" in result.stdout

@@ -8,6 +8,7 @@ pitch contour and syllable rate stands in. Files follow MELD's official layout a
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import shutil
 import subprocess
@@ -50,10 +51,16 @@ class SynthSpec:
     min_duration_s: float = 1.2  # shorter speech is padded with silence (MELD clips average ~3 s)
 
 
-def face_photo() -> Image.Image:
+@functools.lru_cache(maxsize=1)
+def _decoded_face_photo() -> Image.Image:
     import matplotlib.cbook as cbook
     with cbook.get_sample_data("grace_hopper.jpg") as fh:
         return Image.open(io.BytesIO(fh.read())).convert("RGB")
+
+
+def face_photo() -> Image.Image:
+    """The photo, decoded once per process; each caller gets its own copy to change as it likes."""
+    return _decoded_face_photo().copy()
 
 
 def _espeak(text: str, pitch: int, speed: int, amp: int, voice: str) -> tuple[np.ndarray, int] | None:
@@ -131,11 +138,17 @@ def _write_clip(path: Path, emotion: str, spec: SynthSpec, seed: int, face: bool
         args = ffmpeg.output(*streams, str(path), **kwargs).overwrite_output().get_args()
         proc = subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "error", *args], stdin=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
-        for frame in _frames(face_photo(), n, spec, rng, face):
-            proc.stdin.write(frame)
-        proc.stdin.close()
-        if proc.wait() != 0:
-            raise RuntimeError(f"ffmpeg failed writing {path}: {proc.stderr.read().decode()[-300:]}")
+        try:
+            for frame in _frames(face_photo(), n, spec, rng, face):
+                proc.stdin.write(frame)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # ffmpeg exited early: its stderr, read below, says why
+        finally:
+            errors = proc.stderr.read().decode("utf-8", "replace")
+            code = proc.wait()
+        if code != 0:
+            raise RuntimeError(f"ffmpeg failed writing {path}: {errors.strip()[-300:]}")
     return duration
 
 

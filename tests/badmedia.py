@@ -1,14 +1,18 @@
 """Small real media files made with ffmpeg's lavfi sources, good and deliberately broken, and a MELD-layout
-tree that points rows at them. Shared by the tests/test_reliability_*.py files (not a test module)."""
+tree that points rows at them, and process helpers (process groups, a real Dask cluster). Shared by the
+tests (not a test module)."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,10 +105,10 @@ def avemo(*args: str, **kwargs) -> subprocess.CompletedProcess:
                           **kwargs)
 
 
-def start_group(cmd: list[str], log: Path, **kwargs) -> subprocess.Popen:
+def start_group(cmd: list[str], log: Path, cwd: Path = REPO, **kwargs) -> subprocess.Popen:
     """A process in its own session/process group, so the test can SIGKILL it with all its children."""
     return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=REPO, **kwargs)
+                            cwd=cwd, **kwargs)
 
 
 def kill_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -154,3 +158,43 @@ def visible_files(folder: Path) -> dict[str, bytes]:
 
 def hidden_temporaries(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob(".*.tmp-*"))
+
+
+DASK = str(Path(sys.executable).parent / "dask")    # the venv's own dask CLI
+
+
+@dataclass
+class DaskCluster:
+    address: str
+    client: object                  # distributed.Client, connected for the cluster's lifetime
+    workers: list                   # one Popen per `dask worker` (its own process group: nanny + worker)
+    logs: Path                      # scheduler.log, worker{i}.log
+
+
+@contextlib.contextmanager
+def dask_cluster(tmp: Path, worker_args: list[list[str]]):
+    """A real `dask scheduler` and one `dask worker --nworkers 1 --nthreads 1` per entry of worker_args (its
+    extra flags) on 127.0.0.1, each in its own process group; everything is SIGKILLed at the end. Port 0:
+    the OS picks free ports and the scheduler file says which."""
+    from distributed import Client
+    info = tmp / "scheduler.json"
+    procs = [start_group([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                          "--scheduler-file", str(info)], tmp / "scheduler.log", cwd=tmp)]
+    client = None
+    try:
+        wait_for(lambda: info.is_file() and info.stat().st_size, 60, "the scheduler file", procs[0],
+                 tmp / "scheduler.log")
+        address = json.loads(info.read_text())["address"]
+        for i, extra in enumerate(worker_args):
+            # --death-timeout: a worker whose scheduler is gone exits by itself
+            procs.append(start_group([DASK, "worker", address, "--nworkers", "1", "--nthreads", "1",
+                                      "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}",
+                                      "--death-timeout", "60", *extra], tmp / f"worker{i}.log", cwd=tmp))
+        client = Client(address, timeout="30s")
+        client.wait_for_workers(len(worker_args), timeout=120)
+        yield DaskCluster(address, client, procs[1:], tmp)
+    finally:
+        if client is not None:
+            client.close()
+        for proc in reversed(procs):
+            kill_group(proc)

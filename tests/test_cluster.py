@@ -6,13 +6,8 @@ many face detectors it built.
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -21,60 +16,13 @@ import cloudpickle
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from distributed import Client, get_task_stream
+from distributed import get_task_stream
 
+from badmedia import dask_cluster
 from conftest import build_config
 from shards.manifest import MANIFEST_NAME, sha256_file
 
-DASK = Path(sys.executable).parent / "dask"
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # for client.run(_detector_loads)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group we started (a worker's nanny and its child), SIGKILL if it lingers."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(wait)
-            return
-
-
-@contextlib.contextmanager
-def dask_cluster(tmp: Path, worker_args: list[list[str]]):
-    """Yield (scheduler address, client). Port 0: the OS picks free ports; the scheduler file says which."""
-    env = {**os.environ, "AVEMO_WEIGHTS_DIR": os.environ["AVEMO_WEIGHTS_DIR"]}
-    sched_file = tmp / "scheduler.json"
-    procs: list[subprocess.Popen] = []
-    client = None
-
-    def spawn(name: str, *args: str) -> None:
-        log = open(tmp / f"{name}.log", "wb")
-        procs.append(subprocess.Popen([str(DASK), *args], env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
-
-    try:
-        spawn("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-              "--scheduler-file", str(sched_file))
-        deadline = time.monotonic() + 60
-        while not sched_file.is_file() and time.monotonic() < deadline:
-            assert procs[0].poll() is None, (tmp / "scheduler.log").read_text()
-            time.sleep(0.2)
-        address = json.loads(sched_file.read_text())["address"]
-        for i, extra in enumerate(worker_args):
-            # --death-timeout: a worker whose scheduler is gone exits by itself
-            spawn(f"worker{i}", "worker", address, "--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1",
-                  "--no-dashboard", "--name", f"w{i}", "--death-timeout", "60", *extra)
-        client = Client(address, timeout="30s")
-        client.wait_for_workers(len(worker_args), timeout=120)
-        yield address, client
-    finally:
-        if client is not None:
-            client.close()
-        for proc in reversed(procs):
-            _stop(proc)
 
 
 def build_cli(root: Path, out: Path, address: str, cfg_file: Path, *args: str) -> subprocess.CompletedProcess:
@@ -106,7 +54,8 @@ def _ran_on(stream: list[dict], prefix: str) -> Counter:
 @pytest.mark.slow
 def test_cpu_cluster_build_equals_the_local_build(tmp_path, mini_meld, built_shards):
     out = tmp_path / "out"
-    with dask_cluster(tmp_path, [[], []]) as (address, client):
+    with dask_cluster(tmp_path, [[], []]) as cluster:
+        address, client = cluster.address, cluster.client
         with get_task_stream(client) as stream:
             result = build_cli(mini_meld, out, address, fixture_config(tmp_path, mini_meld))
         loads = client.run(_detector_loads)
@@ -131,7 +80,8 @@ def test_shard_tasks_go_to_the_gpu_resource_worker(tmp_path, mini_meld):
     """One worker advertises GPU=1, one does not: with dask.gpu_resource=true every shard task runs on the
     first (the resource is only a label here, the detector runs on the CPU); probe tasks may run anywhere."""
     out = tmp_path / "out"
-    with dask_cluster(tmp_path, [["--resources", "GPU=1"], []]) as (address, client):
+    with dask_cluster(tmp_path, [["--resources", "GPU=1"], []]) as cluster:
+        address, client = cluster.address, cluster.client
         workers = client.scheduler_info()["workers"]
         gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU") == 1]
         assert len(gpu) == 1 and len(workers) == 2

@@ -3,22 +3,18 @@ processes from the venv on 127.0.0.1): the job still succeeds, loses no clip and
 and manifest as a clean build on the same cluster."""
 from __future__ import annotations
 
-import json
 import os
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from distributed import Client
 
-from badmedia import (clip, csv_row, group_alive, hidden_temporaries, kill_group, start_group, visible_files,
-                      wait_for, write_csv)
+from badmedia import (clip, csv_row, dask_cluster, group_alive, hidden_temporaries, kill_group, start_group,
+                      visible_files, wait_for, write_csv)
 from conftest import build_config
 from pipeline.build import run_build
 from shards.manifest import sha256_file
 
-DASK = str(Path(sys.executable).parent / "dask")
 N_CLIPS = 12
 OVERRIDES = ["splits=[train]", "shards.max_clips=2", "decode.max_frames=12", "dask.decode_threads=1"]
 
@@ -36,24 +32,10 @@ def tree(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """{"address", "workers": [Popen, Popen]}; everything is SIGKILLed by process group at the end."""
+    """{"address", "workers": [Popen, Popen], "logs"}; everything is SIGKILLed by process group at the end."""
     tmp = tmp_path_factory.mktemp("dask")
-    info = tmp / "scheduler.json"
-    procs = [start_group([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                          "--scheduler-file", str(info)], tmp / "scheduler.log")]
-    try:
-        wait_for(lambda: info.is_file() and info.stat().st_size, 60, "the scheduler file", procs[0])
-        for i in range(2):
-            procs.append(start_group([DASK, "worker", "--scheduler-file", str(info), "--nworkers", "1",
-                                      "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
-                                      "--name", f"w{i}"], tmp / f"worker{i}.log"))
-        address = json.loads(info.read_text())["address"]
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=120)
-        yield {"address": address, "workers": procs[1:], "logs": tmp}
-    finally:
-        for proc in procs:
-            kill_group(proc)
+    with dask_cluster(tmp, [[], []]) as c:
+        yield {"address": c.address, "workers": c.workers, "logs": c.logs}
 
 
 def _owner(pid: int, workers) -> int | None:

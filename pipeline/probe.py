@@ -85,13 +85,47 @@ def ffmpeg_message(lines: list[str]) -> str:
     return text[:300]
 
 
-def run_ffprobe(source: str, timeout_s: float) -> dict:
+PROBE_ERRORS = (ffmpeg.Error, subprocess.TimeoutExpired, json.JSONDecodeError)   # what run_ffprobe raises
+
+
+def run_ffprobe(source: str, timeout_s: float, options: dict | None = None, stdin: bytes | None = None) -> dict:
+    """ffprobe's format and streams as a dict; raises one of PROBE_ERRORS. `options`: input flags before the
+    source, e.g. {"f": "lavfi"} (a None value is a bare flag); `stdin`: the bytes a `pipe:0` source reads."""
     # ffmpeg.probe() has no timeout; same argument list, with one (a list, never a shell string)
-    args = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", source]
-    proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False)
+    flags = [x for k, v in (options or {}).items() for x in ([f"-{k}"] if v is None else [f"-{k}", str(v)])]
+    args = ["ffprobe", "-v", "error", *flags, "-show_format", "-show_streams", "-of", "json", source]
+    feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+    proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False, **feed)
     if proc.returncode != 0:
         raise ffmpeg.Error("ffprobe", proc.stdout, proc.stderr)
     return json.loads(proc.stdout.decode("utf-8", "replace"))
+
+
+def probe_failure(exc: BaseException, timeout_s: float) -> ProbeResult:
+    """The unreadable_container result for an error of PROBE_ERRORS."""
+    if isinstance(exc, subprocess.TimeoutExpired):
+        return ProbeResult(False, "unreadable_container", f"ffprobe timed out after {timeout_s:.0f} s")
+    if isinstance(exc, json.JSONDecodeError):
+        return ProbeResult(False, "unreadable_container", "ffprobe printed no JSON")
+    stderr = getattr(exc, "stderr", None) or b""
+    return ProbeResult(False, "unreadable_container", ffmpeg_message(stderr.decode("utf-8", "replace").splitlines()))
+
+
+def check_streams(info: dict) -> ProbeResult:
+    """ffprobe's output -> the usable video stream (a cover picture is not one) and whether there is audio:
+    ok, or no_video_stream / unreadable_container (no frame size: nothing to scale or crop). duration_s is
+    0 when unknown (a live stream); what durations are acceptable is the caller's policy."""
+    streams = info.get("streams", []) if isinstance(info, dict) else []
+    video = next((s for s in streams if s.get("codec_type") == "video"
+                  and not s.get("disposition", {}).get("attached_pic")), None)
+    if video is None:
+        return ProbeResult(False, "no_video_stream", f"streams: {[s.get('codec_type') for s in streams]}")
+    width, height = display_size(video)
+    if width <= 0 or height <= 0:
+        return ProbeResult(False, "unreadable_container", f"video stream has size {width}x{height}")
+    return ProbeResult(True, duration_s=_duration(info, video), width=width, height=height,
+                       has_audio=any(s.get("codec_type") == "audio" for s in streams),
+                       video_codec=str(video.get("codec_name", "")))
 
 
 def probe_clip(path: Path | None, cfg: ProbeConfig, audio: AudioConfig) -> ProbeResult:
@@ -102,25 +136,12 @@ def probe_clip(path: Path | None, cfg: ProbeConfig, audio: AudioConfig) -> Probe
         return ProbeResult(False, "empty_file", f"{path} has 0 bytes")
     try:
         info = run_ffprobe(ffmpeg_source(path), cfg.timeout_s)
-    except ffmpeg.Error as exc:
-        message = ffmpeg_message(exc.stderr.decode("utf-8", "replace").splitlines())
-        return ProbeResult(False, "unreadable_container", message)
-    except subprocess.TimeoutExpired:
-        return ProbeResult(False, "unreadable_container", f"ffprobe timed out after {cfg.timeout_s:.0f} s")
-    except json.JSONDecodeError:
-        return ProbeResult(False, "unreadable_container", "ffprobe printed no JSON")
-    streams = info.get("streams", [])
-    video = next((s for s in streams if s.get("codec_type") == "video"
-                  and not s.get("disposition", {}).get("attached_pic")), None)
-    has_audio = any(s.get("codec_type") == "audio" for s in streams)
-    if video is None:
-        return ProbeResult(False, "no_video_stream", f"streams: {[s.get('codec_type') for s in streams]}")
-    width, height = display_size(video)
-    duration = _duration(info, video)
-    result = ProbeResult(True, duration_s=duration, width=width, height=height, has_audio=has_audio,
-                         video_codec=str(video.get("codec_name", "")))
-    if width <= 0 or height <= 0:
-        return ProbeResult(False, "unreadable_container", f"video stream has size {width}x{height}")
+    except PROBE_ERRORS as exc:
+        return probe_failure(exc, cfg.timeout_s)
+    result = check_streams(info)
+    if not result.ok:
+        return result
+    duration = result.duration_s
     if duration <= 0:
         result.ok, result.reason, result.detail = False, "zero_duration", "duration is 0 or unknown"
     elif duration < cfg.min_duration_s:
@@ -129,6 +150,6 @@ def probe_clip(path: Path | None, cfg: ProbeConfig, audio: AudioConfig) -> Probe
     elif duration > cfg.max_duration_s:
         result.ok, result.reason = False, "too_long"
         result.detail = f"{duration:.1f} s > probe.max_duration_s={cfg.max_duration_s}"
-    elif not has_audio and audio.missing == "reject":
+    elif not result.has_audio and audio.missing == "reject":
         result.ok, result.reason, result.detail = False, "no_audio_stream", "no audio stream in the file"
     return result

@@ -10,7 +10,6 @@ source: the oldest data is dropped, and every window that lost data comes out as
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import subprocess
@@ -22,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+import ffmpeg
 import numpy as np
 
 from pipeline.config import AudioConfig, DecodeConfig, ProbeConfig
 from pipeline.decode import DecodeError, DecodePlan, plan_decode, spawn_ffmpeg
-from pipeline.probe import ProbeResult, display_size, ffmpeg_message, ffmpeg_source, probe_clip
+from pipeline.probe import (PROBE_ERRORS, ProbeResult, check_streams, ffmpeg_message, ffmpeg_source, probe_clip,
+                            probe_failure, run_ffprobe)
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
                     ".3gp", ".ogv"}
@@ -92,39 +93,25 @@ def probe_input(inp: Input, timeout_s: float = 60.0, stdin: BinaryIO | None = No
         result = probe_clip(Path(inp.name), ProbeConfig(min_duration_s=0.0, max_duration_s=math.inf,
                                                         timeout_s=timeout_s), AudioConfig())
         return result, b""
-    flags = [x for k, v in inp.options.items() if k != "re" for x in (f"-{k}", str(v))]
-    args = ["ffprobe", "-v", "error", *flags, "-show_format", "-show_streams", "-of", "json", inp.url]
+    options = {k: v for k, v in inp.options.items() if k != "re"}   # -re (native rate) is ffmpeg's, not ffprobe's
+    piped = inp.kind == "pipe"
     head, size = b"", PIPE_HEAD_BYTES
     while True:
-        if inp.kind == "pipe":
+        if piped:
             head = _read_head(stdin or sys.stdin.buffer, size, head)
         try:
-            proc = subprocess.run(args, input=head if inp.kind == "pipe" else None, capture_output=True,
-                                  timeout=timeout_s, check=False,
-                                  stdin=None if inp.kind == "pipe" else subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return ProbeResult(False, "unreadable_container", f"ffprobe timed out after {timeout_s:.0f} s"), head
-        if proc.returncode == 0 or inp.kind != "pipe" or len(head) < size or size >= PIPE_HEAD_MAX:
-            break
-        size *= 2  # the head was too short to find the streams: read more of stdin
-    if proc.returncode != 0:
-        message = ffmpeg_message(proc.stderr.decode("utf-8", "replace").splitlines())
-        if inp.kind == "pipe":
-            message += PIPE_HINT
-        return ProbeResult(False, "unreadable_container", message), head
-    info = json.loads(proc.stdout.decode("utf-8", "replace") or "{}")
-    streams = info.get("streams", [])
-    video = next((s for s in streams if s.get("codec_type") == "video"), None)
-    if video is None:
-        return ProbeResult(False, "no_video_stream", f"streams: {[s.get('codec_type') for s in streams]}"), head
-    width, height = display_size(video)
-    try:
-        duration = float(info.get("format", {}).get("duration") or 0.0)   # unknown (0) for live sources
-    except ValueError:
-        duration = 0.0
-    return ProbeResult(True, duration_s=duration, width=width, height=height,
-                       has_audio=any(s.get("codec_type") == "audio" for s in streams),
-                       video_codec=str(video.get("codec_name", ""))), head
+            info = run_ffprobe(inp.url, timeout_s, options, head if piped else None)
+        except ffmpeg.Error as exc:
+            if piped and len(head) >= size and size < PIPE_HEAD_MAX:
+                size *= 2  # the head was too short to find the streams: read more of stdin
+                continue
+            result = probe_failure(exc, timeout_s)
+            if piped:
+                result.detail += PIPE_HINT
+            return result, head
+        except PROBE_ERRORS as exc:
+            return probe_failure(exc, timeout_s), head
+        return check_streams(info), head   # duration_s: 0 (unknown) for live sources
 
 
 def stream_plan(probe: ProbeResult, cfg: DecodeConfig) -> DecodePlan:

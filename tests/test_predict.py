@@ -2,6 +2,7 @@
 stdin and an ffmpeg generator, with a checkpoint trained on the real shards; and the bounded buffer."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -12,6 +13,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
+from badmedia import clip, ffmpeg
 from tiny_model import tiny_checkpoint  # noqa: F401  (session fixture)
 
 from avemo.predict import main as predict_main
@@ -143,6 +145,45 @@ def test_generator_source(tiny_checkpoint, capsys):
     code, rows, _ = run_predict([LAVFI.format(d=3), "--checkpoint", str(tiny_checkpoint)], capsys)
     assert code == 0 and len(rows) == expected_windows(3.0)
     assert all(r["face"] == 0 and r["modalities"] == ["audio"] for r in rows)   # a test pattern has no face
+
+
+@pytest.fixture(scope="module")
+def odd_streams(tmp_path_factory):
+    """An mpegts stream and an mp3 whose only picture is its cover art (attached_pic)."""
+    path = tmp_path_factory.mktemp("odd")
+    mp4 = clip(path / "c.mp4")                                   # 160x120, 2 s, sine audio
+    ffmpeg("-i", f"file:{mp4}", "-c", "copy", "-f", "mpegts", f"file:{path / 'c.ts'}")
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:s=64x64:d=0.1", "-frames:v", "1", f"file:{path / 'cover.png'}")
+    ffmpeg("-f", "lavfi", "-i", "sine=d=2", "-i", f"file:{path / 'cover.png'}", "-map", "0", "-map", "1",
+           "-c:v", "mjpeg", "-disposition:v:0", "attached_pic", "-c:a", "libmp3lame", f"file:{path / 'cover.mp3'}")
+    return path
+
+
+def _probe_stdin(data: bytes):
+    return probe_input(Input("pipe:0", "pipe:0", {}, "pipe"), stdin=io.BytesIO(data))
+
+
+def test_stdin_is_probed_with_the_checks_of_a_file(odd_streams):
+    """pipe:0 goes through build-shards' probe checks: the start of a stream too short to carry the frame size
+    (ffprobe exits 0 with a 0x0 video stream) is unreadable, and a cover picture is not a video stream."""
+    ts = (odd_streams / "c.ts").read_bytes()
+    probe, head = _probe_stdin(ts)
+    assert probe.ok and (probe.width, probe.height) == (160, 120) and probe.has_audio and head == ts
+    probe, head = _probe_stdin(ts[:600])
+    assert (probe.ok, probe.reason, probe.detail) == (False, "unreadable_container", "video stream has size 0x0")
+    assert head == ts[:600]
+    mp3 = odd_streams / "cover.mp3"
+    for probe in (_probe_stdin(mp3.read_bytes())[0], probe_input(resolve_inputs([str(mp3)])[0])[0]):
+        assert (probe.ok, probe.reason) == (False, "no_video_stream") and "video" in probe.detail
+
+
+def test_stdin_without_a_frame_size_is_one_line_not_a_traceback(tiny_checkpoint, odd_streams):
+    head = (odd_streams / "c.ts").read_bytes()[:600]
+    proc = subprocess.run([sys.executable, "-m", "avemo.cli", "predict", "pipe:0", "--checkpoint",
+                           str(tiny_checkpoint)], input=head, capture_output=True, timeout=300)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and proc.stdout == b"" and "Traceback" not in err
+    assert err.strip().splitlines() == ["avemo predict: pipe:0: unreadable_container: video stream has size 0x0"]
 
 
 def _decoder(text: str, buffer_s: float, live: bool) -> StreamDecoder:

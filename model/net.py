@@ -20,7 +20,6 @@ from shards.labels import EMOTIONS
 
 FACE_MEAN = (0.485, 0.456, 0.406)   # MobileFaceNet was trained on ImageNet-normalised RGB
 FACE_STD = (0.229, 0.224, 0.225)
-AUDIO_STRIDE = 8                    # time downsampling of the audio CNN
 
 
 @dataclass
@@ -123,15 +122,11 @@ class AVEmotionNet(nn.Module):
     def forward(self, faces, face_mask, mel, mel_mask):
         if self.training and self.cfg.modality_dropout > 0:
             face_mask, mel_mask = self._modality_dropout(face_mask, mel_mask)
-        has_face = face_mask.any(1, keepdim=True).float()           # (B, 1)
-        has_audio = mel_mask.any(1, keepdim=True).float()
-        f = self.face(faces, face_mask) * has_face                   # (B, hidden)
-        a = self.audio(mel, mel_mask) * has_audio
-        return self.head(torch.cat([f, a, has_face, has_audio], dim=1))  # (B, 7)
+        return self.forward_from_embeddings(self.embed_faces(faces), face_mask, mel, mel_mask)  # (B, 7)
 
-    # Inference path (eval mode; forward above is unchanged): forward(faces, ...) ==
-    # forward_from_embeddings(embed_faces(faces), ...), where rows of frames without a face are ignored,
-    # so a stream can embed only the new face crops and cache the rest (avemo predict).
+    # The two halves of forward: forward_from_embeddings ignores the embedding rows of frames without a
+    # face, so a stream can embed only the new face crops and cache the rest (avemo predict), and an
+    # evaluation can embed a batch once and score several modality masks from it (train/evaluate.py).
     def embed_faces(self, faces: torch.Tensor) -> torch.Tensor:
         return self.face.embed(faces)                                # (B, T, 128)
 
@@ -164,12 +159,15 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def flops_per_clip(model: nn.Module, frames: int = 16, mel_frames: int = 400) -> int:
-    """Forward FLOPs for one clip (torch's FLOP counter)."""
+    """Forward FLOPs for one clip (torch's FLOP counter), with dummy inputs on the model's device."""
     from torch.utils.flop_counter import FlopCounterMode
     was_training = model.training
     model.eval()
-    args = (torch.zeros(1, frames, 3, 112, 112, dtype=torch.uint8), torch.ones(1, frames, dtype=torch.bool),
-            torch.zeros(1, model.cfg.n_mels, mel_frames), torch.ones(1, mel_frames, dtype=torch.bool))
+    device = next(model.parameters()).device
+    args = (torch.zeros(1, frames, 3, 112, 112, dtype=torch.uint8, device=device),
+            torch.ones(1, frames, dtype=torch.bool, device=device),
+            torch.zeros(1, model.cfg.n_mels, mel_frames, device=device),
+            torch.ones(1, mel_frames, dtype=torch.bool, device=device))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(*args)
     model.train(was_training)

@@ -16,12 +16,12 @@ TRIM_THRESHOLD = 512 << 20
 ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 
 
-def keep_heap(mmap_threshold: int = MMAP_THRESHOLD) -> bool:
+def keep_heap(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
     """Apply to this process; False where there is no glibc mallopt (macOS, musl): nothing changes."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3       # mallopt parameters from <malloc.h>
         return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and \
-            bool(libc.mallopt(m_trim_threshold, 2 * mmap_threshold))
+            bool(libc.mallopt(m_trim_threshold, trim_threshold))
     except (OSError, AttributeError):
         return False

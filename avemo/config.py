@@ -98,10 +98,6 @@ def _build(cls: type[T], data: dict, where: str = "") -> T:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
 
 
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
@@ -128,11 +124,12 @@ def parse_overrides(pairs: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, nested mappings merged key by key (neither input is modified)."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -161,11 +158,26 @@ def load_config(cls: type[T], section: str, path: str | Path | None = None,
     if path is not None:
         data = read_yaml_section(path, section)
     if extra:
-        data = _merge(data, extra)
+        data = merge(data, extra)
     if overrides:
-        data = _merge(data, parse_overrides(overrides))
+        data = merge(data, parse_overrides(overrides))
     return _build(cls, data)
 
 
 def config_from_dict(cls: type[T], data: dict) -> T:
     return _build(cls, data)
+
+
+def resolve_device(name: str, key: str = "device"):
+    """A device setting ("auto", "cpu", "cuda", "cuda:1") -> torch.device; `key` names the setting in the
+    one-line ConfigError when it asks for CUDA on a machine without a visible CUDA device."""
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{key}={name} is not a device (use auto, cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={name} but no CUDA device is visible (use {key}=cpu or {key}=auto)")
+    return device

@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from avemo.config import ConfigError, load_config, read_yaml_section
+from avemo.config import ConfigError, load_config, merge, read_yaml_section
 from pipeline.config import AudioConfig, DecodeConfig, FaceConfig
 
 OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
@@ -70,21 +70,14 @@ class PredictConfig:
             raise ConfigError("threads must be >= 1")
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def load_predict_config(meta: dict, path: str | None, flags: dict, overrides: list[str]) -> PredictConfig:
     """defaults < checkpoint's build config < --config `build:` < --config `predict:` < flags < key=value."""
     media_keys = ("decode", "face", "audio")
     base: dict = {k: v for k, v in (meta.get("build") or {}).items() if k in media_keys}
     if path is not None:
-        base = _merge(base, {k: v for k, v in read_yaml_section(path, "build").items() if k in media_keys})
-        base = _merge(base, read_yaml_section(path, "predict"))
-    cfg = load_config(PredictConfig, "predict", None, overrides, _merge(base, flags))
+        base = merge(base, {k: v for k, v in read_yaml_section(path, "build").items() if k in media_keys})
+        base = merge(base, read_yaml_section(path, "predict"))
+    cfg = load_config(PredictConfig, "predict", None, overrides, merge(base, flags))
     if "n_mels" in meta and cfg.audio.n_mels != meta["n_mels"]:
         raise ConfigError(f"audio.n_mels={cfg.audio.n_mels} but the model was trained on {meta['n_mels']} mel bins")
     return cfg
@@ -137,10 +130,11 @@ class WindowPredictor:
     def _mel(self, audio: np.ndarray | None):
         import torch
         from pipeline.audio import log_mel
+        from train.data import crop_mel
         if audio is None or not len(audio):
             return torch.zeros((self.cfg.audio.n_mels, 0))
         mel = torch.from_numpy(log_mel(audio, self.rate, self.cfg.audio).astype(np.float32))
-        return mel[:, : self.max_mel]                          # (n_mels, F), cropped from the start as in eval
+        return crop_mel(mel, self.max_mel)                     # (n_mels, F), cropped from the start as in eval
 
     def _probs(self, mask: np.ndarray, emb: np.ndarray, mel) -> np.ndarray:
         import torch
@@ -167,7 +161,8 @@ class WindowPredictor:
 
         ids, frames = window.frame_ids, window.frames
         if len(ids) > self.max_frames:   # as in training (train.data.to_tensors): frames spread over the window
-            keep = np.linspace(0, len(ids) - 1, self.max_frames).round().astype(int)
+            from train.data import frame_indices
+            keep = frame_indices(len(ids), self.max_frames)
             ids, frames = ids[keep], frames[keep]
         mask, emb = self._faces(ids, frames, lap)
         lap("embed")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou
 
+from avemo.config import resolve_device
 from pipeline.config import FaceConfig
 from pipeline.retinaface import BACKENDS
 from pipeline.weights import load_state_dict, resolve_weights
@@ -40,18 +41,10 @@ class FaceTrack:
     crops: np.ndarray      # (mask.sum(), S, S, 3) uint8
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("face.device=cuda but no CUDA device is visible")
-    return torch.device(device)
-
-
 class FaceDetector:
     def __init__(self, cfg: FaceConfig):
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, "face.device")
         model = BACKENDS[cfg.backend]()
         state = load_state_dict(resolve_weights(cfg.backend, cfg.weights))
         missing, unexpected = model.load_state_dict(state, strict=False)

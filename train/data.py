@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from shards.format import FACE_SIZE, UnsafeSampleError, decode_sample
+from shards.format import FACE_SIZE, decode_sample
 from shards.manifest import read_manifest, shards_for_split, verify_shards
 from train.augment import augment_sample
 from train.config import AugmentConfig, DataConfig
@@ -56,10 +56,23 @@ def skip_bad_sample(exn: Exception) -> bool:
     return True
 
 
+def frame_indices(t: int, max_frames: int) -> np.ndarray:
+    """Which of t frames the model sees: all of them, or max_frames spread evenly over the clip."""
+    return np.arange(t) if t <= max_frames else np.linspace(0, t - 1, max_frames).round().astype(int)
+
+
+def crop_mel(mel: torch.Tensor, max_mel: int, random_crop: bool = False) -> torch.Tensor:
+    """(n_mels, F) -> at most max_mel frames: from the start (evaluation, predict) or at random (training)."""
+    if mel.shape[1] <= max_mel:
+        return mel
+    start = int(torch.randint(0, mel.shape[1] - max_mel + 1, ())) if random_crop else 0
+    return mel[:, start: start + max_mel]
+
+
 def to_tensors(raw: dict, max_frames: int, max_mel: int, random_crop: bool) -> dict:
     s = decode_sample(raw)
     t = s.facemask.shape[0]
-    idx = np.arange(t) if t <= max_frames else np.linspace(0, t - 1, max_frames).round().astype(int)
+    idx = frame_indices(t, max_frames)
     faces = torch.zeros((max_frames, 3, FACE_SIZE, FACE_SIZE), dtype=torch.uint8)
     mask = torch.zeros(max_frames, dtype=torch.bool)
     if s.faces is not None:
@@ -71,10 +84,7 @@ def to_tensors(raw: dict, max_frames: int, max_mel: int, random_crop: bool) -> d
     if s.mel is None:
         mel = torch.zeros((s.meta.get("n_mels", 64), 0), dtype=torch.float32)
     else:
-        mel = torch.from_numpy(s.mel.astype(np.float32))
-        if mel.shape[1] > max_mel:
-            start = int(torch.randint(0, mel.shape[1] - max_mel + 1, ())) if random_crop else 0
-            mel = mel[:, start: start + max_mel]
+        mel = crop_mel(torch.from_numpy(s.mel.astype(np.float32)), max_mel, random_crop)
     return {"key": s.key, "label": int(s.meta["label"]), "faces": faces, "face_mask": mask, "mel": mel}
 
 
@@ -153,5 +163,5 @@ def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int 
                          pin_memory=torch.cuda.is_available())
 
 
-__all__ = ["SplitShards", "split_shards", "train_loader", "eval_loader", "collate", "to_tensors",
-           "UnsafeSampleError"]
+__all__ = ["SplitShards", "split_shards", "train_loader", "eval_loader", "collate", "to_tensors", "frame_indices",
+           "crop_mel"]

@@ -45,12 +45,22 @@ class ShardSpec:
         return f"{self.name}.tar"
 
 
+# knobs that change how fast a shard is made, never its bytes: not in the fingerprint
+SCHEDULING_KEYS = {"probe": ("timeout_s",), "decode": ("ffmpeg_threads", "timeout_s"),
+                   "face": ("device", "batch_frames"), "audio": ()}
+
+
+def media_settings(cfg: BuildConfig) -> dict:
+    """{section: {key: value}} of the probe/decode/face/audio settings that decide a shard's clips and bytes."""
+    return {name: {k: v for k, v in vars(getattr(cfg, name)).items() if k not in skip}
+            for name, skip in SCHEDULING_KEYS.items()}
+
+
 def fingerprint(rows: list[dict], cfg: BuildConfig) -> str:
-    """Hash of everything that changes the shard's bytes (not of scheduling knobs)."""
-    face = {k: v for k, v in vars(cfg.face).items() if k not in ("device", "batch_frames")}
-    decode = {k: v for k, v in vars(cfg.decode).items() if k not in ("ffmpeg_threads", "timeout_s")}
-    payload = {"rows": [(r["key"], r.get("source", ""), r["label"]) for r in rows], "face": face,
-               "decode": decode, "audio": vars(cfg.audio), "probe": vars(cfg.probe)}
+    """Hash of everything that changes the shard's bytes (not of scheduling knobs): each row's key, video
+    and every field its JSON record holds (a corrected CSV text or time rebuilds the shard), the settings."""
+    payload = {"rows": [[r["key"], r.get("source", ""), *(r.get(k) for k in META_FIELDS)] for r in rows],
+               **media_settings(cfg)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,75 @@
+"""Rebuilding into an OUT that holds an earlier build: what makes a shard stale (a corrected CSV, a media
+setting; never a timeout), that a failed rebuild leaves no stale rows or tars behind, and that
+OUT/build_config.json keeps describing every shard kept in OUT."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from badmedia import clip, csv_row, write_csv
+from conftest import build_config
+from pipeline.build import run_build
+from shards.manifest import sha256_file
+
+TRAIN_TEXTS = ["Hello there", "How you doin", "We were on a break", "Pivot"]
+
+
+@pytest.fixture(scope="module")
+def warm():
+    """One in-process Dask worker for every build here: quick to reuse, and a monkeypatch reaches its tasks."""
+    import torch
+    from distributed import LocalCluster
+    threads = torch.get_num_threads()     # build_shard sets dask.torch_threads in its (here: this) process
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
+                      silence_logs=logging.CRITICAL) as cluster:
+        yield f"scheduler={cluster.scheduler_address}"
+    torch.set_num_threads(threads)
+
+
+def _tree(root, train_texts=TRAIN_TEXTS):
+    """train: 4 one-second clips (2 shards of 2); dev: 1 clip."""
+    for split, folder, texts in (("train", "train_splits", train_texts), ("dev", "dev_splits_complete", ["Dev"])):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i, text in enumerate(texts):
+            if not (root / folder / f"dia{i}_utt0.mp4").exists():
+                clip(root / folder / f"dia{i}_utt0.mp4", seconds=1.0, rate=8)
+            rows.append(csv_row(i + 1, i, 0, text=text))
+        write_csv(root / f"{split}_sent_emo.csv", rows)
+    return root
+
+
+def _build(root, out, warm, *overrides, splits="[train,dev]"):
+    return run_build(build_config(root, out, "shards.max_clips=2", f"splits={splits}", warm, *overrides),
+                     log=lambda *a, **k: None)
+
+
+def _texts(tar):
+    return {s["__key__"]: json.loads(s["json"])["utterance"] for s in wds.WebDataset(str(tar), shardshuffle=False)}
+
+
+def test_a_corrected_csv_text_rebuilds_its_shard_and_a_timeout_rebuilds_nothing(tmp_path, warm):
+    root, out = _tree(tmp_path / "meld"), tmp_path / "out"
+    first = _build(root, out, warm)
+    assert (first.shards_built, first.shards_skipped) == (3, 0)
+    before = {p.name: sha256_file(p) for p in out.glob("*.tar")}
+    assert _texts(out / "train-000001.tar") == {"dia2_utt0": "We were on a break", "dia3_utt0": "Pivot"}
+
+    _tree(root, [*TRAIN_TEXTS[:3], "PIVOT! PIVOT!"])            # the same videos, labels and times
+    second = _build(root, out, warm)
+    assert (second.shards_built, second.shards_skipped) == (1, 2)
+    assert _texts(out / "train-000001.tar") == {"dia2_utt0": "We were on a break", "dia3_utt0": "PIVOT! PIVOT!"}
+    assert sha256_file(out / "train-000000.tar") == before["train-000000.tar"]
+    assert sha256_file(out / "dev-000000.tar") == before["dev-000000.tar"]
+    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert {r["shard_sha256"] for r in manifest if r["key"] == "dia3_utt0" and r["split"] == "train"} == {
+        sha256_file(out / "train-000001.tar")}
+
+    # timeouts, threads, the device and the detector's batch size change how fast, not what: nothing to redo
+    third = _build(root, out, warm, "probe.timeout_s=30", "decode.timeout_s=100", "decode.ffmpeg_threads=2",
+                   "face.batch_frames=3", "face.device=cpu")
+    assert (third.shards_built, third.shards_skipped) == (0, 3)

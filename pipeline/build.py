@@ -24,7 +24,7 @@ from pipeline.cluster import open_client
 from pipeline.config import BuildConfig
 from pipeline.labels import read_label_csv
 from pipeline.layout import find_csv, find_video_dir, video_path
-from pipeline.shard_task import ShardSpec, build_shard, fingerprint, probe_shard
+from pipeline.shard_task import ShardSpec, build_shard, fingerprint, manifest_row, probe_shard
 from pipeline.weights import load_state_dict, resolve_weights
 from shards.atomic import atomic_write_bytes, clean_temporaries
 from shards.manifest import BUILD_CONFIG_NAME, MANIFEST_NAME, make_table, write_table
@@ -107,10 +107,8 @@ def is_done(spec: ShardSpec) -> bool:
 
 
 def _failed_rows(spec: ShardSpec, exc: BaseException) -> list[dict]:
-    detail = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
-    return [{k: row.get(k) for k in ("key", "split", "dialogue_id", "utterance_id", "label", "emotion",
-                                      "sentiment", "csv_line", "source")}
-            | {"status": "rejected", "reason": "task_failed", "detail": detail} for row in spec.rows]
+    detail = f"{type(exc).__name__}: {exc}"
+    return [manifest_row(row, status="rejected", reason="task_failed", detail=detail) for row in spec.rows]
 
 
 def _remove_stale(out: Path, split: str, keep: set[str]) -> None:

@@ -80,11 +80,14 @@ def _decode_one(row: dict, probe: ProbeResult, cfg: BuildConfig) -> Decoded | st
         return str(exc)
 
 
-def _manifest_row(spec: ShardSpec, row: dict, **values) -> dict:
+def manifest_row(row: dict, **values) -> dict:
+    """A label row's manifest row with `values` (status, reason, ...); a detail is made one line of <= 300 chars."""
     out = {k: row.get(k) for k in ("key", "split", "dialogue_id", "utterance_id", "label", "emotion",
                                   "sentiment", "csv_line")}
-    out.update(source=row.get("source", ""), duration_s=values.pop("duration_s", None))
+    out.update(source=row.get("source", ""), duration_s=None)
     out.update(values)
+    if "detail" in out:
+        out["detail"] = " ".join(str(out["detail"]).split())[:300]
     return out
 
 
@@ -96,8 +99,7 @@ class _ShardWriter:
         self.rows: list[dict] = []
 
     def reject(self, row: dict, reason: str, detail: str, duration: float | None = None) -> None:
-        self.rows.append(_manifest_row(self.spec, row, status="rejected", reason=reason,
-                                       detail=" ".join(detail.split())[:300], duration_s=duration))
+        self.rows.append(manifest_row(row, status="rejected", reason=reason, detail=detail, duration_s=duration))
 
     def finish(self, row: dict, probe: ProbeResult, decoded: Decoded, dets: list) -> None:
         cfg = self.cfg
@@ -117,8 +119,8 @@ class _ShardWriter:
         except Exception as exc:  # one clip's failure is recorded, never fatal to the shard
             return self.reject(row, "processing_error", f"{type(exc).__name__}: {exc}", probe.duration_s)
         self.tar.write(sample)
-        self.rows.append(_manifest_row(
-            self.spec, row, status="ok", shard=self.spec.tar_name, duration_s=probe.duration_s,
+        self.rows.append(manifest_row(
+            row, status="ok", shard=self.spec.tar_name, duration_s=probe.duration_s,
             n_frames=int(track.mask.shape[0]), n_faces=int(track.mask.sum()), has_audio=mel is not None,
             sample_bytes=sum(len(v) for k, v in sample.items() if not k.startswith("__"))))
 

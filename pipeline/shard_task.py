@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import webdataset as wds
 
@@ -141,13 +140,13 @@ def _run_clips(spec: ShardSpec, cfg: BuildConfig, probes: list[ProbeResult], det
                 writer.finish(row, probe, decoded, dets)
 
     def detect(all_frames: bool) -> None:
-        size = detector.batch_frames
-        while frames and (all_frames or len(frames) >= size):
-            batch, frames[:] = frames[:size], frames[size:]
-            who, owners[:] = owners[:size], owners[size:]
-            for entry, det in zip(who, detector.detect(batch)):
+        """Detect the waiting frames in whole detector batches (FaceDetector.detect cuts them), the rest too
+        when all_frames: the same batches, in the same order, whenever it is called."""
+        n = len(frames) if all_frames else len(frames) // detector.batch_frames * detector.batch_frames
+        if n:
+            for entry, det in zip(owners[:n], detector.detect(frames[:n])):
                 entry[3].append(det)
-            drain()
+            del frames[:n], owners[:n]
 
     with ThreadPoolExecutor(cfg.dask.decode_threads) as pool:
         jobs: deque = deque()

@@ -132,6 +132,10 @@ def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
         _remove_stale(out, split, {s.name for s in specs if s.split == split} | {f"{split}-labels"})
 
     todo = [s for s in specs if not is_done(s)]
+    for spec in todo:  # an older build of it (other rows or settings): its task rewrites both, or fails and
+        # its clips are task_failed; the old part must not stay in the manifest beside them, nor its tar
+        (out / "parts" / f"{spec.name}.parquet").unlink(missing_ok=True)   # the commit record first
+        (out / spec.tar_name).unlink(missing_ok=True)
     summary = BuildSummary(shards_skipped=len(specs) - len(todo))
     n_clips = sum(len(s.rows) for s in todo)
     log(f"build-shards: {sum(len(r) for r in label_rows.values())} rows, {len(specs)} shards "

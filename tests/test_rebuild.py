@@ -73,3 +73,34 @@ def test_a_corrected_csv_text_rebuilds_its_shard_and_a_timeout_rebuilds_nothing(
     third = _build(root, out, warm, "probe.timeout_s=30", "decode.timeout_s=100", "decode.ffmpeg_threads=2",
                    "face.batch_frames=3", "face.device=cpu")
     assert (third.shards_built, third.shards_skipped) == (0, 3)
+
+
+def test_a_failed_rebuild_leaves_one_row_per_key_and_no_stale_shard(tmp_path, warm, monkeypatch):
+    """A shard built before, whose fingerprint changed, fails when rebuilt: its clips are task_failed, once;
+    the old part (the old rows) and the old tar are gone. The next run builds it."""
+    import pipeline.shard_task
+    root, out = _tree(tmp_path / "meld"), tmp_path / "out"
+    assert _build(root, out, warm, splits="[train]").shards_built == 2
+    _tree(root, [*TRAIN_TEXTS[:2], "We were ON A BREAK", "Pivot"])    # changes train-000001 only
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the detector\n  exploded")
+    monkeypatch.setattr(pipeline.shard_task, "_run_clips", broken)   # in the in-process worker, every retry
+    failed = _build(root, out, warm, splits="[train]")
+    assert (failed.shards_built, failed.shards_skipped, failed.shards_failed) == (0, 1, 1)
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert sorted(r["key"] for r in rows) == [f"dia{i}_utt0" for i in range(4)]      # each key once
+    by_key = {r["key"]: r for r in rows}
+    for key in ("dia2_utt0", "dia3_utt0"):
+        assert (by_key[key]["status"], by_key[key]["reason"]) == ("rejected", "task_failed")
+        assert by_key[key]["detail"] == "RuntimeError: the detector exploded"     # one line
+        assert by_key[key]["source"].endswith(f"{key}.mp4") and by_key[key]["shard"] == ""
+    assert by_key["dia0_utt0"]["status"] == by_key["dia1_utt0"]["status"] == "ok"
+    assert not (out / "train-000001.tar").exists() and not (out / "parts" / "train-000001.parquet").exists()
+    assert sorted(p.name for p in out.glob("*.tar")) == ["train-000000.tar"]
+
+    monkeypatch.undo()
+    again = _build(root, out, warm, splits="[train]")
+    assert (again.shards_built, again.shards_skipped, again.shards_failed) == (1, 1, 0)
+    assert _texts(out / "train-000001.tar")["dia2_utt0"] == "We were ON A BREAK"
+    assert [r["status"] for r in pq.read_table(out / "manifest.parquet").to_pylist()] == ["ok"] * 4

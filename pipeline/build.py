@@ -24,7 +24,7 @@ from pipeline.cluster import open_client
 from pipeline.config import BuildConfig
 from pipeline.labels import read_label_csv
 from pipeline.layout import find_csv, find_video_dir, video_path
-from pipeline.shard_task import ShardSpec, build_shard, fingerprint, manifest_row, probe_shard
+from pipeline.shard_task import ShardSpec, build_shard, fingerprint, manifest_row, media_settings, probe_shard
 from pipeline.weights import load_state_dict, resolve_weights
 from shards.atomic import atomic_write_bytes, clean_temporaries
 from shards.manifest import BUILD_CONFIG_NAME, MANIFEST_NAME, make_table, write_table
@@ -111,6 +111,33 @@ def _failed_rows(spec: ShardSpec, exc: BaseException) -> list[dict]:
     return [manifest_row(row, status="rejected", reason="task_failed", detail=detail) for row in spec.rows]
 
 
+class SettingsMismatchError(ValueError):
+    """OUT keeps shards made with other media settings than this run's; reported as one line."""
+
+
+def check_kept_settings(out: Path, cfg: BuildConfig) -> None:
+    """OUT/build_config.json must describe every shard in OUT (training copies it into its checkpoints, so
+    `avemo predict` decodes and crops like the shards). Stop, before anything is written, when this run
+    would keep shards of other splits that were made with other media settings than this run's."""
+    path = out / BUILD_CONFIG_NAME
+    kept = sorted({p.stem.split("-")[0] for p in (out / "parts").glob("*-[0-9]*.parquet")} - set(cfg.splits))
+    if not kept or not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # unreadable: nothing to compare with; this run writes a new one
+    differ = [f"{section}.{key}={saved[section][key]!r} there, {value!r} now"
+              for section, values in media_settings(cfg).items() if isinstance(saved.get(section), dict)
+              for key, value in values.items() if key in saved[section] and saved[section][key] != value]
+    if differ:
+        every = [s for s in ("train", "dev", "test") if s in set(cfg.splits) | set(kept)]
+        raise SettingsMismatchError(
+            f"{out} keeps {' and '.join(kept)} shards built with other media settings ({'; '.join(differ)}), "
+            f"which its {BUILD_CONFIG_NAME} could then no longer describe: rebuild every split with these "
+            f"settings (--splits {','.join(every)}) or use a new --out")
+
+
 def _remove_stale(out: Path, split: str, keep: set[str]) -> None:
     for path in list(out.glob(f"{split}-*.tar")) + list((out / "parts").glob(f"{split}-*.parquet")):
         if path.stem not in keep:
@@ -120,6 +147,7 @@ def _remove_stale(out: Path, split: str, keep: set[str]) -> None:
 def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
     t0 = time.perf_counter()
     out = Path(cfg.out)
+    check_kept_settings(out, cfg)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     for folder in (out, out / "parts"):
         clean_temporaries(folder)

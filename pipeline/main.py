@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from avemo.config import load_config
-from pipeline.build import DISK_FULL, run_build
+from pipeline.build import DISK_FULL, SettingsMismatchError, run_build
 from pipeline.cluster import ClusterError
 from pipeline.config import BuildConfig
 from pipeline.labels import LabelFileError
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
                        "kept: free some space and rerun the same command to resume")
         print(f"avemo build-shards: error: {message}", file=sys.stderr)
         return 2
-    except (LabelFileError, LayoutError, WeightsError, ClusterError) as exc:
+    except (LabelFileError, LayoutError, WeightsError, ClusterError, SettingsMismatchError) as exc:
         print(f"avemo build-shards: error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary.lines()))

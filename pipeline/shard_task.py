@@ -44,7 +44,8 @@ class ShardSpec:
         return f"{self.name}.tar"
 
 
-# knobs that change how fast a shard is made, never its bytes: not in the fingerprint
+# knobs that change how fast a shard is made, never its bytes: not in the fingerprint, nor in the settings
+# a kept shard is checked against (build.check_kept_settings)
 SCHEDULING_KEYS = {"probe": ("timeout_s",), "decode": ("ffmpeg_threads", "timeout_s"),
                    "face": ("device", "batch_frames"), "audio": ()}
 

@@ -12,8 +12,8 @@ import webdataset as wds
 
 from badmedia import clip, csv_row, write_csv
 from conftest import build_config
-from pipeline.build import run_build
-from shards.manifest import sha256_file
+from pipeline.build import SettingsMismatchError, run_build
+from shards.manifest import read_build_config, sha256_file
 
 TRAIN_TEXTS = ["Hello there", "How you doin", "We were on a break", "Pivot"]
 
@@ -104,3 +104,31 @@ def test_a_failed_rebuild_leaves_one_row_per_key_and_no_stale_shard(tmp_path, wa
     assert (again.shards_built, again.shards_skipped, again.shards_failed) == (1, 1, 0)
     assert _texts(out / "train-000001.tar")["dia2_utt0"] == "We were ON A BREAK"
     assert [r["status"] for r in pq.read_table(out / "manifest.parquet").to_pylist()] == ["ok"] * 4
+
+
+def test_kept_shards_of_other_splits_stop_a_build_with_other_media_settings(tmp_path, warm, capsys):
+    """OUT/build_config.json describes every shard in OUT: a run that keeps the train shards (made at
+    decode.fps=4) must not rewrite it for decode.fps=2 dev shards; it stops with one line, OUT untouched."""
+    from pipeline.main import main
+    root, out = _tree(tmp_path / "meld"), tmp_path / "out"
+    assert _build(root, out, warm).shards_built == 3
+    files = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    with pytest.raises(SettingsMismatchError, match=r"keeps train shards .*decode\.fps=4\.0 there, 2\.0 now.*"
+                                                    r"--splits train,dev\) or use a new --out"):
+        _build(root, out, warm, "decode.fps=2", splits="[dev]")
+    capsys.readouterr()                                               # the progress bars of the builds above
+    code = main(["--root", str(root), "--out", str(out), "--splits", "dev,test", "decode.fps=2", "face.crop=box",
+                 "decode.max_frames=8", warm])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"avemo build-shards: error: {out} keeps train shards")
+    assert "decode.fps=4.0 there, 2.0 now; face.crop='align' there, 'box' now" in err[0]
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+    # scheduling settings may differ; so may everything when no other split's shards are kept
+    assert _build(root, out, warm, "decode.timeout_s=99", "face.batch_frames=2", splits="[dev]").shards_skipped == 1
+    rebuilt = _build(root, out, warm, "decode.fps=2")
+    assert (rebuilt.shards_built, rebuilt.shards_skipped) == (3, 0)
+    assert read_build_config(out)["decode"]["fps"] == 2.0
+    fresh = _build(root, tmp_path / "fresh", warm, "decode.fps=2", splits="[dev]")
+    assert fresh.shards_built == 1 and read_build_config(tmp_path / "fresh")["decode"]["fps"] == 2.0

@@ -218,6 +218,8 @@ def assemble_manifest(out: Path, specs: list[ShardSpec], splits, failed_rows: li
     tables = []
     planned = {s.name for s in specs}
     for part in sorted((out / "parts").glob("*.parquet")):
+        # _remove_stale deleted this run's unplanned parts, but a still-running worker of a killed earlier
+        # build (its plan had more shards) can commit one after that: its rows are not this build's
         if part.stem.split("-")[0] in splits and part.stem not in planned and not part.stem.endswith("-labels"):
             continue
         tables.append(pq.read_table(part).replace_schema_metadata(None))

@@ -110,6 +110,45 @@ def test_fewer_shards_than_ranks_is_a_one_line_error(tmp_path, built_shards):
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def _on_rank0_worker(rank: int, port: int, out: Path) -> None:
+    """One rank of a 2-process gloo group: on_rank0 with a result, then with an error."""
+    import json
+    import torch.distributed as dist
+    from shards.manifest import CorruptShardError
+    from train.loop import on_rank0
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+
+    def work(x):
+        (out / f"work-ran-on-{rank}").touch()
+        return {"x": x, "tensor": torch.arange(3) * x}
+
+    got = on_rank0(work, 7)
+
+    def fail():
+        raise CorruptShardError("shard s.tar is missing (set data.corrupt_shards=skip to train without it)")
+    try:
+        on_rank0(fail)
+        error = None
+    except CorruptShardError as exc:
+        error = str(exc)
+    dist.destroy_process_group()
+    (out / f"rank{rank}.json").write_text(json.dumps({"x": got["x"], "tensor": got["tensor"].tolist(),
+                                                      "error": error}))
+
+
+def test_rank0_work_is_broadcast_to_every_rank(tmp_path):
+    """Shard hashing and statistics run on rank 0 only (on_rank0); every rank gets the result, or the error."""
+    import json
+    import torch.multiprocessing as mp
+    mp.spawn(_on_rank0_worker, args=(free_port(), tmp_path), nprocs=2, join=True)
+    assert sorted(p.name for p in tmp_path.glob("work-ran-on-*")) == ["work-ran-on-0"]   # rank 0 alone did it
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {
+            "x": 7, "tensor": [0, 7, 14],
+            "error": "shard s.tar is missing (set data.corrupt_shards=skip to train without it)"}
+
+
 def test_dataloader_workers_are_capped_by_shards_per_rank():
     assert effective_workers(n_shards=8, world=2, wanted=8) == 4
     assert effective_workers(n_shards=4, world=2, wanted=1) == 1

@@ -82,6 +82,7 @@ class EvalConfig:
     split: str = "test"
     out: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"       # auto = bf16 autocast on CUDA; off = float32
     batch_size: int = 32
     workers: int = 2
     ablation: bool = True              # also score face-only and audio-only (the other modality masked)

@@ -3,6 +3,7 @@ confusion.png, and a face-only / audio-only / both ablation (the other modality 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from avemo.config import load_config
+from avemo.config import load_config, resolve_device
 from shards.atomic import atomic_write_bytes
 from shards.labels import EMOTIONS
 from shards.manifest import CorruptShardError, write_table
@@ -23,10 +24,9 @@ from train.metrics import classification_metrics
 MODES = {"both": (True, True), "face_only": (True, False), "audio_only": (False, True)}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def use_bf16(device: torch.device, amp: str) -> bool:
+    """The `amp` setting (auto | bf16 | off) on this device: bf16 autocast on CUDA unless amp=off."""
+    return device.type == "cuda" and amp != "off"
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -34,19 +34,23 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 @torch.inference_mode()
-def predict(model, loader, device, modes=("both",)) -> dict:
-    """{mode: (keys, labels, probs (N, 7))} for each modality mode, in one pass over the data."""
+def predict(model, loader, device, modes=("both",), bf16: bool = False) -> dict:
+    """{mode: (keys, labels, probs (N, 7))} for each modality mode, in one pass over the data. The faces of a
+    batch are embedded once (the costly part), then each mode masks a modality out and runs the rest of the
+    model from the embeddings. bf16: autocast on CUDA, as the training run decided (use_bf16)."""
     model.eval()
     out = {m: ([], [], []) for m in modes}
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
     for batch in loader:
         batch = to_device(batch, device)
+        with autocast:
+            emb = model.embed_faces(batch["faces"])
         for mode in modes:
             use_face, use_audio = MODES[mode]
             face_mask = batch["face_mask"] & use_face
             mel_mask = batch["mel_mask"] & use_audio
             with autocast:
-                logits = model(batch["faces"], face_mask, batch["mel"], mel_mask)
+                logits = model.forward_from_embeddings(emb, face_mask, batch["mel"], mel_mask)
             keys, labels, probs = out[mode]
             keys += batch["key"]
             labels.append(batch["label"].cpu())
@@ -74,21 +78,22 @@ def confusion_png(cm: list[list[int]], path: Path, title: str) -> None:
                     color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, label="row-normalised")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def run_evaluate(cfg: EvalConfig, log=print) -> dict:
     device = resolve_device(cfg.device)
+    bf16 = use_bf16(device, cfg.amp)
     ckpt = load_checkpoint(cfg.checkpoint)
     model = model_from_checkpoint(ckpt).to(device)
     data = ckpt["config"]["data"]
     split = split_shards(cfg.shards, cfg.split, cfg.corrupt_shards, log_fn=log)
     loader = eval_loader(split.urls, cfg.batch_size, cfg.workers, data["max_frames"], data["max_mel_frames"])
     modes = tuple(MODES) if cfg.ablation else ("both",)
-    results = predict(model, loader, device, modes)
+    results = predict(model, loader, device, modes, bf16)
     keys, labels, probs = results["both"]
     preds = probs.argmax(1)
     metrics = classification_metrics(labels, preds)

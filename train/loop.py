@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -24,16 +25,16 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from avemo.config import load_config
+from avemo.config import load_config, resolve_device
 from avemo.memory import keep_heap
 from model.net import build_model, count_parameters, flops_per_clip
 from pipeline.weights import WeightsError
 from shards.atomic import clean_temporaries
 from shards.manifest import CorruptShardError, read_build_config
 from train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from train.config import TrainConfig
+from train.config import OptimConfig, TrainConfig
 from train.data import eval_loader, split_shards, train_loader
-from train.evaluate import predict, resolve_device, to_device
+from train.evaluate import predict, to_device, use_bf16
 from train.metrics import classification_metrics
 
 
@@ -47,6 +48,32 @@ def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
+
+
+def on_rank0(fn, *args, **kwargs):
+    """fn(*args, **kwargs) on rank 0 alone, its result sent to every rank (dist.broadcast_object_list); an
+    exception there is raised on every rank, so none waits forever. Without a process group: a plain call."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return fn(*args, **kwargs)
+    box: list = [None]
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (True, fn(*args, **kwargs))
+        except Exception as exc:
+            error = exc
+            try:
+                pickle.dumps(exc)
+                box[0] = (False, exc)
+            except Exception:
+                box[0] = (False, RuntimeError(str(exc)))
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error                          # rank 0: its own exception, with its traceback
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 def class_weights(counts: list[int], mode: str) -> torch.Tensor | None:
@@ -101,6 +128,45 @@ def mel_statistics(urls: list[str], cfg: TrainConfig, max_batches: int = 8) -> t
     return mean.float(), (sq / n - mean ** 2).clamp(min=1e-4).sqrt().float()
 
 
+def train_step(net, optimizer, scheduler, batch: dict, optim: OptimConfig, weights: torch.Tensor | None = None,
+               autocast=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step: forward (under `autocast`), cross-entropy with class `weights` and
+    optim.label_smoothing, backward, clip to optim.grad_clip, AdamW, LR schedule (when a scheduler is given).
+    -> (loss, logits, grad_norm) as device tensors: nothing here waits for the device."""
+    with autocast or nullcontext():
+        logits = net(batch["faces"], batch["face_mask"], batch["mel"], batch["mel_mask"])
+    loss = F.cross_entropy(logits.float(), batch["label"], weight=weights, label_smoothing=optim.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), optim.grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss, logits, grad_norm
+
+
+# settings a resumed run must share with its checkpoint: the weights' shapes, and what the restored optimiser
+# and LR schedule were computed for (model.face_weights only seeds a new run: a resume loads every weight)
+RESUME_KEYS = [("data", "batch_size"), ("optim", None), ("model", None)]
+RESUME_FREE = {("model", "face_weights")}
+
+
+def resume_mismatches(saved: dict, cfg: TrainConfig) -> list[str]:
+    """`section.key checkpoint -> now` for each RESUME_KEYS setting that differs between the checkpoint's
+    config and this run's (a key the checkpoint lacks counts as its default)."""
+    now, defaults = asdict(cfg), asdict(TrainConfig())
+    changed = []
+    for section, only in RESUME_KEYS:
+        old_section = saved.get(section) or {}
+        for key in ([only] if only else now[section]):
+            if (section, key) in RESUME_FREE:
+                continue
+            old = old_section.get(key, defaults[section][key])
+            if old != now[section][key]:
+                changed.append(f"{section}.{key} {old!r} -> {now[section][key]!r}")
+    return changed
+
+
 class Logger:
     def __init__(self, run: Path, enabled: bool):
         self.enabled = enabled
@@ -128,8 +194,15 @@ class Logger:
 def evaluate_split(model, urls, cfg: TrainConfig, device) -> dict:
     loader = eval_loader(urls, cfg.data.batch_size, min(2, cfg.data.workers), cfg.data.max_frames,
                          cfg.data.max_mel_frames)
-    _, labels, probs = predict(model, loader, device)["both"]
+    _, labels, probs = predict(model, loader, device, bf16=use_bf16(device, cfg.amp))["both"]
     return classification_metrics(labels, probs.argmax(1))
+
+
+def prepare_data(cfg: TrainConfig, log) -> tuple:
+    """(train split, eval split, build config): every shard of both splits hashed against the manifest."""
+    return (split_shards(cfg.shards, cfg.train_split, cfg.data.corrupt_shards, log_fn=log),
+            split_shards(cfg.shards, cfg.eval_split, cfg.data.corrupt_shards, log_fn=log),
+            read_build_config(cfg.shards))   # travels in every checkpoint, for `avemo predict`
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
@@ -140,28 +213,35 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     say = log if main_rank else (lambda *a, **k: None)
     run = Path(cfg.run)
     ckpt_path = run / "last.pt"
+    if main_rank and run.is_dir():
+        clean_temporaries(run)  # a checkpoint save cut short by a kill left its hidden .tmp- file
+    ckpt = load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
+    if resume and ckpt is None:
+        say(f"note: --resume but no {ckpt_path} yet: starting from scratch")
+    if ckpt is not None:
+        changed = resume_mismatches(ckpt["config"], cfg)
+        if changed:
+            raise CheckpointError(f"cannot resume from {ckpt_path}: it was trained with other settings "
+                                  f"({', '.join(changed)}); resume with its settings or start a new run")
     if main_rank:
         run.mkdir(parents=True, exist_ok=True)
-        clean_temporaries(run)  # a checkpoint save cut short by a kill left its hidden .tmp- file
         (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
-    train_split = split_shards(cfg.shards, cfg.train_split, cfg.data.corrupt_shards, log_fn=say)
-    eval_split = split_shards(cfg.shards, cfg.eval_split, cfg.data.corrupt_shards, log_fn=say)
-    build_config = read_build_config(cfg.shards)   # travels in every checkpoint, for `avemo predict`
+    # shard hashing and statistics: rank 0 does them, the other ranks receive its results
+    train_split, eval_split, build_config = on_rank0(prepare_data, cfg, say)
     model = build_model(cfg.model, log=say)
     state = {"epoch": 0, "step": 0, "best": -1.0}
-    ckpt = load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
-    if resume and ckpt is None:
-        say(f"note: --resume but no {ckpt_path} yet: starting from scratch")
     if ckpt is None:
-        model.audio.mel_mean, model.audio.mel_std = mel_statistics(train_split.urls, cfg)
+        model.audio.mel_mean, model.audio.mel_std = on_rank0(mel_statistics, train_split.urls, cfg)
     else:
         model.load_state_dict(ckpt["model"])
     model.to(device)
-    say(f"model: {count_parameters(model) / 1e6:.2f} M parameters, "
-        f"{flops_per_clip(model, cfg.data.max_frames) / 1e9:.2f} GFLOPs per clip ({cfg.data.max_frames} frames)")
+    if main_rank:
+        flops = flops_per_clip(model, cfg.data.max_frames)   # dummy inputs on the model's device
+        say(f"model: {count_parameters(model) / 1e6:.2f} M parameters, {flops / 1e9:.2f} GFLOPs per clip "
+            f"({cfg.data.max_frames} frames)")
     weights = class_weights(train_split.label_counts, cfg.imbalance)
     weights = weights.to(device) if weights is not None else None
     optimizer = make_optimizer(model, cfg)
@@ -178,8 +258,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     if cfg.compile:
         net = torch.compile(net)
-    use_bf16 = device.type == "cuda" and cfg.amp != "off"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    bf16 = use_bf16(device, cfg.amp)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
     logger = Logger(run, main_rank)
     say(f"training on {device} x{world}: {train_split.n_samples} clips, {steps_per_epoch} steps/epoch, "
         f"{len(train_split.urls)} shards; class weights {None if weights is None else weights.tolist()}")
@@ -192,30 +272,29 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         loader, steps = train_loader(train_split, cfg.data, cfg.augment, epoch, cfg.seed, world)
         bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not main_rank,
                    dynamic_ncols=True)
-        seen, correct, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
+        # running sums stay on the device: reading them (.item()) waits for the device, so that happens
+        # only every log_every steps (rank 0) and at the end of the epoch
+        seen, t0 = 0, time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
         for batch in bar:
             batch = to_device(batch, device)
-            with autocast:
-                logits = net(batch["faces"], batch["face_mask"], batch["mel"], batch["mel_mask"])
-            loss = F.cross_entropy(logits.float(), batch["label"], weight=weights,
-                                   label_smoothing=cfg.optim.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            loss, logits, grad_norm = train_step(net, optimizer, scheduler, batch, cfg.optim, weights, autocast)
             state["step"] += 1
             n = batch["label"].shape[0]
             seen += n
-            loss_sum += loss.item() * n
-            correct += int((logits.argmax(1) == batch["label"]).sum())
-            if state["step"] % cfg.log_every == 0:
-                logger.log(state["step"], loss=loss.item(), lr=scheduler.get_last_lr()[0], grad_norm=grad_norm.item())
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            loss_sum += loss.detach().double() * n
+            correct += (logits.detach().argmax(1) == batch["label"]).sum()
+            if main_rank and state["step"] % cfg.log_every == 0:
+                step_loss, norm, loss_total, n_correct = torch.stack(
+                    [loss.detach().double(), grad_norm.detach().double(), loss_sum, correct.double()]).tolist()
+                logger.log(state["step"], loss=step_loss, lr=scheduler.get_last_lr()[0], grad_norm=norm)
+                bar.set_postfix(loss=f"{loss_total / seen:.3f}", acc=f"{n_correct / seen:.3f}")
         elapsed = time.perf_counter() - t0
+        loss_total, n_correct = loss_sum.item(), int(correct.item())
         state["epoch"] = epoch + 1
-        record = {"epoch": state["epoch"], "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                  "samples_per_s": seen * world / max(elapsed, 1e-9)}
+        record = {"epoch": state["epoch"], "train_loss": loss_total / max(1, seen),
+                  "train_acc": n_correct / max(1, seen), "samples_per_s": seen * world / max(elapsed, 1e-9)}
         if main_rank and (state["epoch"] % cfg.eval_every == 0 or state["epoch"] == cfg.optim.epochs):
             metrics = evaluate_split(model, eval_split.urls, cfg, device)
             record.update({f"{cfg.eval_split}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")})

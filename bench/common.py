@@ -254,16 +254,19 @@ def make_model(face_trainable: str, device: str = "cpu"):
     return model, make_optimizer(model, cfg)
 
 
-def train_step(model, optimizer, batch: dict, autocast=None) -> float:
-    """One step exactly as train/loop.py does it (forward, CE, backward, clip, AdamW)."""
-    import contextlib
+def train_step(model, optimizer, batch: dict, autocast=None, weights=None):
+    """One step of train/loop.py's train_step, the function the training loop runs (forward, class-weighted
+    cross-entropy with the default label smoothing, backward, clip at the default grad_clip, AdamW, LR
+    schedule step). weights: the class weights (default: uniform, so the weighted loss of the default
+    imbalance=weighted_loss runs). -> the loss, a device tensor."""
     import torch
-    import torch.nn.functional as F
-    with autocast or contextlib.nullcontext():
-        logits = model(batch["faces"], batch["face_mask"], batch["mel"], batch["mel_mask"])
-    loss = F.cross_entropy(logits.float(), batch["label"])
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
+    from shards.labels import EMOTIONS
+    from train.config import TrainConfig
+    from train.loop import lr_lambda, train_step as loop_train_step
+    scheduler = getattr(optimizer, "bench_scheduler", None)
+    if scheduler is None:   # the loop's warm-up + cosine schedule over a long run: a bench stays near its start
+        scheduler = optimizer.bench_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(10**6, 10))
+    if weights is None:
+        weights = torch.ones(len(EMOTIONS), device=batch["label"].device)
+    loss, _, _ = loop_train_step(model, optimizer, scheduler, batch, TrainConfig().optim, weights, autocast)
     return loss

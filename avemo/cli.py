@@ -17,7 +17,8 @@ typical use:
   avemo evaluate --shards shards --checkpoint runs/a/best.pt --split test --out runs/a/test
   avemo predict clip.mp4 --checkpoint runs/a/best.pt
 
-Every command takes --config FILE (a configs/*.yaml) and key=value overrides, e.g. decode.fps=4.
+Every command but export (flags only) takes --config FILE (a configs/*.yaml) and key=value overrides,
+e.g. decode.fps=4; demo's overrides name their section first, e.g. train.optim.epochs=5.
 """
 
 

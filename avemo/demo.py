@@ -8,51 +8,100 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from avemo.config import load_config, read_yaml_section
+from avemo.config import ConfigError, load_config
 from pipeline.build import run_build
 from pipeline.config import BuildConfig
 from pipeline.synth import SynthSpec, make_mini_meld
 from train.config import EvalConfig, TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+SECTIONS = ("demo", "build", "train", "evaluate")
+EPILOG = """overrides name their section first: demo.per_class.train=10 demo.seed=1 build.decode.fps=2
+train.optim.epochs=5 evaluate.batch_size=16 (sections: demo, build, train, evaluate).
+"""
+
+
+@dataclass
+class DemoSplits:                 # generated clips per emotion, per split
+    train: int = 20
+    dev: int = 5
+    test: int = 10
+
+    def __post_init__(self):
+        if min(self.train, self.dev, self.test) < 1:
+            raise ConfigError("demo.per_class: every split needs at least 1 clip per emotion")
 
 
 @dataclass
 class DemoConfig:
-    per_class: dict = field(default_factory=lambda: {"train": 20, "dev": 5, "test": 10})
+    per_class: DemoSplits = field(default_factory=DemoSplits)
     seed: int = 0
 
 
+def section_overrides(overrides: list[str]) -> dict[str, list[str]]:
+    """["train.optim.epochs=5", "demo.seed=1"] -> {"train": ["optim.epochs=5"], "demo": ["seed=1"], ...}"""
+    out: dict[str, list[str]] = {name: [] for name in SECTIONS}
+    for pair in overrides:
+        section, dot, rest = pair.partition(".")
+        if not dot or section not in out or "=" in section:
+            raise ConfigError(f"override '{pair}' must start with its section, one of {', '.join(SECTIONS)} "
+                              "(e.g. train.optim.epochs=5)")
+        out[section].append(rest)
+    return out
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="avemo demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="avemo demo", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo", help="working folder (default: ./demo)")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML with demo/build/train/evaluate sections")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="YAML with demo/build/train/evaluate sections (default: configs/demo.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="e.g. train.optim.epochs=5 demo.per_class.train=10")
     ns = parser.parse_args(argv)
     out = Path(ns.out)
     t0 = time.perf_counter()
-    demo = DemoConfig(**read_yaml_section(ns.config, "demo"))
-    data = out / "meld"
+    # every section is read (and checked) before any work starts
+    over = section_overrides(ns.overrides)
+    demo = load_config(DemoConfig, "demo", ns.config, over["demo"])
+    build = load_config(BuildConfig, "build", ns.config, over["build"],
+                        {"root": str(out / "meld"), "out": str(out / "shards")})
+    train = load_config(TrainConfig, "train", ns.config, over["train"],
+                        {"shards": str(out / "shards"), "run": str(out / "run")})
+    evaluate = load_config(EvalConfig, "evaluate", ns.config, over["evaluate"], {
+        "shards": str(out / "shards"), "checkpoint": str(out / "run" / "best.pt"), "split": "test",
+        "out": str(out / "eval")})
+    from pipeline.cluster import ClusterError
+    from pipeline.weights import WeightsError
+    from shards.manifest import CorruptShardError
+    from train.checkpoint import CheckpointError
+    try:
+        return run_demo(out, demo, build, train, evaluate, t0)
+    except ConfigError:
+        raise                                             # avemo.cli: "avemo demo: config error: ..."
+    except (OSError, CorruptShardError, CheckpointError, WeightsError, ClusterError, ValueError) as exc:
+        print(f"avemo demo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_demo(out: Path, demo: DemoConfig, build: BuildConfig, train: TrainConfig, evaluate: EvalConfig,
+             t0: float) -> int:
+    data = Path(build.root)
     if not (data / "test_sent_emo.csv").is_file():
         print(f"[1/4] generating the embedded dataset in {data} ...", flush=True)
-        make_mini_meld(data, SynthSpec(per_class=demo.per_class, seed=demo.seed))
+        make_mini_meld(data, SynthSpec(per_class=asdict(demo.per_class), seed=demo.seed))
     else:
         print(f"[1/4] using the dataset already in {data}")
     print("[2/4] build-shards", flush=True)
-    build = load_config(BuildConfig, "build", ns.config, extra={"root": str(data), "out": str(out / "shards")})
     print("\n".join(run_build(build).lines()), flush=True)
     print("[3/4] train", flush=True)
     from train.loop import run_train
-    train = load_config(TrainConfig, "train", ns.config, extra={"shards": str(out / "shards"), "run": str(out / "run")})
     run_train(train, resume=True)
     print("[4/4] evaluate on the test split", flush=True)
     from train.evaluate import run_evaluate
-    evaluate = load_config(EvalConfig, "evaluate", ns.config, extra={
-        "shards": str(out / "shards"), "checkpoint": str(out / "run" / "best.pt"), "split": "test",
-        "out": str(out / "eval")})
     metrics = run_evaluate(evaluate)
     summary = {k: round(metrics[k], 4) for k in ("accuracy", "weighted_f1", "macro_f1")}
     print(f"\ntest metrics: {json.dumps(summary)}  ({time.perf_counter() - t0:.0f} s in all)")

@@ -12,11 +12,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from avemo.config import load_config
 from model.net import AVEmotionNet, ModelConfig, count_parameters, flops_per_clip
 from shards.labels import EMOTIONS
-from train.checkpoint import load_checkpoint
+from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.config import EvalConfig, TrainConfig
-from train.data import collate, split_shards, to_tensors, train_loader
-from train.evaluate import run_evaluate
-from train.loop import class_weights, run_train
+from train.data import collate, crop_mel, eval_loader, frame_indices, split_shards, to_tensors, train_loader
+from train.evaluate import MODES, predict, run_evaluate
+from train.loop import class_weights, make_optimizer, run_train
 from train.metrics import classification_metrics
 
 TINY = ["device=cpu", "data.batch_size=4", "data.workers=0", "data.max_frames=4", "data.max_mel_frames=300",
@@ -101,6 +101,60 @@ def test_model_is_light():
     assert 1e9 < flops_per_clip(model, frames=16) < 20e9
 
 
+def test_flops_dummy_inputs_follow_the_model_device():
+    """The loop counts FLOPs after model.to(device): the dummy clip must be made on the parameters' device
+    (a CUDA run crashed with a device mismatch). "meta" stands in for a device other than the CPU."""
+    model = AVEmotionNet(ModelConfig(face_trainable="none")).to(torch.device("cpu"))
+    on_cpu = flops_per_clip(model, frames=4)
+    on_meta = flops_per_clip(model.to("meta"), frames=4)   # failed: "Tensor on device meta is not on ... cpu"
+    assert on_meta == pytest.approx(on_cpu, rel=0.05)
+
+
+def test_one_forward_is_embed_faces_then_forward_from_embeddings(built_shards):
+    """forward (modality dropout aside) is exactly the two halves that evaluate and predict call."""
+    batch = next(iter(eval_loader(split_shards(built_shards, "train").urls, 4, 0, 4, 300)))
+    model = AVEmotionNet(ModelConfig(face_trainable="none")).eval()
+    args = (batch["face_mask"], batch["mel"], batch["mel_mask"])
+    with torch.inference_mode():
+        assert torch.equal(model(batch["faces"], *args),
+                           model.forward_from_embeddings(model.embed_faces(batch["faces"]), *args))
+
+
+def test_frame_and_mel_helpers_shared_with_predict():
+    np.testing.assert_array_equal(frame_indices(3, 4), [0, 1, 2])
+    np.testing.assert_array_equal(frame_indices(10, 4), [0, 3, 6, 9])
+    mel = torch.arange(20.0).view(2, 10)
+    assert torch.equal(crop_mel(mel, 4), mel[:, :4]) and crop_mel(mel, 10) is mel
+    torch.manual_seed(0)
+    crops = {int(crop_mel(mel, 4, random_crop=True)[0, 0]) for _ in range(50)}
+    assert crops <= set(range(7)) and len(crops) > 1
+
+
+def test_bench_step_is_the_training_loops_step(monkeypatch):
+    """bench/common.py times train.loop.train_step itself, with the training defaults (no copy to drift)."""
+    import importlib.util
+    from pathlib import Path
+    import train.loop
+    spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).parents[1] / "bench" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    calls = []
+    real = train.loop.train_step
+    monkeypatch.setattr(train.loop, "train_step", lambda *a, **k: calls.append(a) or real(*a, **k))
+    model = AVEmotionNet(ModelConfig(face_trainable="none")).train()
+    opt = make_optimizer(model, TrainConfig())
+    g = torch.Generator().manual_seed(0)
+    batch = {"faces": torch.randint(0, 256, (2, 3, 3, 112, 112), dtype=torch.uint8, generator=g),
+             "face_mask": torch.ones(2, 3, dtype=torch.bool), "mel": torch.randn(2, 64, 128, generator=g),
+             "mel_mask": torch.ones(2, 128, dtype=torch.bool), "label": torch.tensor([0, 4])}
+    for _ in range(2):
+        loss = common.train_step(model, opt, batch)
+    assert len(calls) == 2 and torch.is_tensor(loss) and torch.isfinite(loss)
+    _, optimizer, scheduler, _, optim, weights, _ = calls[0]
+    assert optimizer is opt and optim == TrainConfig().optim and torch.equal(weights, torch.ones(7))
+    assert scheduler is calls[1][2] and scheduler.last_epoch == 2          # one schedule, stepped per step
+
+
 def test_overfits_a_handful_of_real_samples(built_shards, tmp_path):
     run = tmp_path / "overfit"
     cfg = train_cfg(built_shards, run, "optim.epochs=40", "optim.lr=0.003", "optim.warmup_epochs=0.2",
@@ -126,6 +180,77 @@ def test_resume_reaches_the_same_state(built_shards, tmp_path):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"])
     lines = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2, 3]
+    # the running sums kept on the device: per-step lines (log_every=1) and the epoch means agree
+    full_lines = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in full_lines if "epoch" in r]
+    steps = [r for r in full_lines if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, a["step"] + 1))
+    per_epoch = a["step"] // 3
+    for i, record in enumerate(epochs):
+        losses = [r["loss"] for r in steps[i * per_epoch: (i + 1) * per_epoch]]
+        assert record["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)   # full batches of 4
+        assert 0.0 <= record["train_acc"] <= 1.0 and record["samples_per_s"] > 0
+
+
+def test_resume_with_other_settings_is_a_one_line_error(trained, built_shards, tmp_path, capsys):
+    """The checkpoint's model shape, batch size and optimiser settings must match, or the restored weights,
+    optimiser and LR schedule would not fit: one line naming what changed, RUN untouched."""
+    import shutil
+    from train.loop import main
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(trained / "last.pt", run / "last.pt")
+    (run / "config.yaml").write_text("as trained\n")
+    base = ["--shards", str(built_shards), "--run", str(run), "--resume", *TINY, "optim.epochs=2"]
+    code = main([*base, "model.hidden=256", "data.batch_size=8", "optim.lr=0.002"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [
+        f"avemo train: error: cannot resume from {run / 'last.pt'}: it was trained with other settings "
+        "(data.batch_size 4 -> 8, optim.lr 0.001 -> 0.002, model.hidden 128 -> 256); "
+        "resume with its settings or start a new run"], err
+    assert (run / "config.yaml").read_text() == "as trained\n"
+    # model.face_weights only seeds a new run: another value resumes (here: nothing left to do)
+    assert main([*base, "model.face_weights="]) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_device_cuda_without_cuda_is_a_one_line_error(trained, built_shards, tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")          # no CUDA device, on any machine
+    commands = {
+        "train": ["--shards", str(built_shards), "--run", str(tmp_path / "run"), *TINY, "device=cuda"],
+        "evaluate": ["--shards", str(built_shards), "--checkpoint", str(trained / "last.pt"), "--out",
+                     str(tmp_path / "eval"), "device=cuda"],
+    }
+    for command, args in commands.items():
+        result = subprocess.run([sys.executable, "-m", "avemo.cli", command, *args], capture_output=True,
+                                text=True, env=env)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip().splitlines() == [
+            f"avemo {command}: error: device=cuda but no CUDA device is visible (use device=cpu or device=auto)"]
+    assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "eval").exists()
+
+
+def test_evaluate_embeds_each_batch_once_for_all_modes(trained, built_shards):
+    """The ablation's three modes share one face embedding per batch and give what a full forward per mode
+    gives."""
+    model = model_from_checkpoint(load_checkpoint(trained / "last.pt"))
+    urls = split_shards(built_shards, "dev").urls
+    frames = []
+    hook = model.face.cnn.register_forward_hook(lambda m, i, o: frames.append(i[0].shape[0]))
+    results = predict(model, eval_loader(urls, 4, 0, 4, 300), torch.device("cpu"), tuple(MODES))
+    hook.remove()
+    n = len(results["both"][0])
+    assert sum(frames) == n * 4                                # each clip's 4 frames embedded once, not 3 times
+    with torch.inference_mode():
+        for batch_i, batch in enumerate(eval_loader(urls, 4, 0, 4, 300)):
+            for mode, (use_face, use_audio) in MODES.items():
+                logits = model(batch["faces"], batch["face_mask"] & use_face, batch["mel"],
+                               batch["mel_mask"] & use_audio)
+                rows = slice(batch_i * 4, batch_i * 4 + len(batch["key"]))
+                np.testing.assert_array_equal(results[mode][2][rows], torch.softmax(logits.float(), -1).numpy())
 
 
 def test_evaluate_writes_metrics_equal_to_sklearn(trained, built_shards, tmp_path):
@@ -153,6 +278,7 @@ def test_evaluate_writes_metrics_equal_to_sklearn(trained, built_shards, tmp_pat
     assert on_disk["confusion"] == confusion_matrix(y, p, labels=labels).tolist()
     assert set(on_disk["ablation"]) == {"both", "face_only", "audio_only"}
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "metrics.json", "predictions.parquet"]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -111,9 +111,13 @@ def shards_for_split(table: pa.Table, split: str) -> dict[str, str]:
     return dict(sorted(pairs))
 
 
-def verify_shards(shard_dir: str | Path, expected: dict[str, str],
-                  policy: Literal["stop", "skip"] = "stop", log=print) -> list[str]:
-    """Hash each shard once; return the good shard names. A bad one stops or is skipped (and named)."""
+TRAIN_HINT = "set data.corrupt_shards=skip to train without it"
+
+
+def verify_shards(shard_dir: str | Path, expected: dict[str, str], policy: Literal["stop", "skip"] = "stop",
+                  log=print, hint: str = TRAIN_HINT) -> list[str]:
+    """Hash each shard once; return the good shard names. A bad one stops (the error ends with `hint`: the
+    calling command's own setting) or is skipped (and named)."""
     good = []
     for name, sha in expected.items():
         path = Path(shard_dir) / name
@@ -127,6 +131,6 @@ def verify_shards(shard_dir: str | Path, expected: dict[str, str],
             continue
         message = f"shard {path} {problem}"
         if policy == "stop":
-            raise CorruptShardError(message + " (set data.corrupt_shards=skip to train without it)")
+            raise CorruptShardError(f"{message} ({hint})")
         log(f"warning: {message}; skipping it")
     return good

@@ -146,7 +146,8 @@ def test_corrupt_shard_stops_evaluate_with_one_line(damaged, reference, tmp_path
                  "--out", str(tmp_path / "eval"), "device=cpu", "workers=0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    assert err[0].startswith(f"avemo evaluate: error: shard {shards / BAD} does not match its checksum")
+    assert err[0] == (f"avemo evaluate: error: shard {shards / BAD} does not match its checksum in the manifest "
+                      "(corrupt or modified) (set corrupt_shards=skip to evaluate without it)")
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 

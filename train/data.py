@@ -20,7 +20,7 @@ import torch
 import webdataset as wds
 
 from shards.format import FACE_SIZE, decode_sample
-from shards.manifest import read_manifest, shards_for_split, verify_shards
+from shards.manifest import TRAIN_HINT, read_manifest, shards_for_split, verify_shards
 from train.augment import augment_sample
 from train.config import AugmentConfig, DataConfig
 
@@ -35,13 +35,15 @@ class SplitShards:
     label_counts: list[int]   # per emotion id, ok rows of the split
 
 
-def split_shards(shard_dir: str | Path, split: str, policy: str = "stop", log_fn=print) -> SplitShards:
-    """The verified shards of one split (each hashed once against the manifest)."""
+def split_shards(shard_dir: str | Path, split: str, policy: str = "stop", log_fn=print,
+                 hint: str = TRAIN_HINT) -> SplitShards:
+    """The verified shards of one split (each hashed once against the manifest; `hint` ends the error of a
+    bad shard with the calling command's setting)."""
     table = read_manifest(shard_dir)
     expected = shards_for_split(table, split)
     if not expected:
         raise FileNotFoundError(f"no ok samples for split '{split}' in {shard_dir}/manifest.parquet")
-    good = set(verify_shards(shard_dir, expected, policy=policy, log=log_fn))
+    good = set(verify_shards(shard_dir, expected, policy=policy, log=log_fn, hint=hint))
     rows = [r for r in table.select(["split", "status", "shard", "label"]).to_pylist()
             if r["split"] == split and r["status"] == "ok" and r["shard"] in good]
     counts = [0] * 7

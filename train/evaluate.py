@@ -90,7 +90,8 @@ def run_evaluate(cfg: EvalConfig, log=print) -> dict:
     ckpt = load_checkpoint(cfg.checkpoint)
     model = model_from_checkpoint(ckpt).to(device)
     data = ckpt["config"]["data"]
-    split = split_shards(cfg.shards, cfg.split, cfg.corrupt_shards, log_fn=log)
+    split = split_shards(cfg.shards, cfg.split, cfg.corrupt_shards, log_fn=log,
+                         hint="set corrupt_shards=skip to evaluate without it")
     loader = eval_loader(split.urls, cfg.batch_size, cfg.workers, data["max_frames"], data["max_mel_frames"])
     modes = tuple(MODES) if cfg.ablation else ("both",)
     results = predict(model, loader, device, modes, bf16)

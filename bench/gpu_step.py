@@ -88,7 +88,9 @@ def main(argv=None) -> int:
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
 
     def step(batch: dict) -> int:
-        common.train_step(net, opt, batch, autocast()).item()   # .item(): the loop logs the loss every step
+        # .item(): wait for the step; the loop syncs only every log_every steps, so this is a little
+        # pessimistic, alike for both variants
+        common.train_step(net, opt, batch, autocast()).item()
         return batch["label"].shape[0]
 
     def real() -> dict:

@@ -47,7 +47,7 @@ def run_loader(split, data_cfg) -> dict:
 def run_steps(model, opt, batch, steps: int) -> dict:
     t0 = time.perf_counter()
     for _ in range(steps):
-        common.train_step(model, opt, batch).item()   # .item(): train/loop.py reads the loss every step
+        common.train_step(model, opt, batch).item()   # .item(): wait for the step to finish (timing)
     return {"seconds": time.perf_counter() - t0, "items": steps * batch["label"].shape[0]}
 
 

@@ -7,6 +7,7 @@ stop with a one-line ConfigError that names the key, so a typo never silently fa
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
@@ -133,6 +134,16 @@ def merge(base: dict, extra: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+CHECKOUT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def bundled_config(name: str) -> Path:
+    """A configs/*.yaml shipped with avemo: beside the packages in a checkout (or an editable install),
+    else under PREFIX/share/avemo/configs where a wheel install puts them (pyproject's data-files)."""
+    candidates = [CHECKOUT_CONFIGS / name, Path(sys.prefix) / "share" / "avemo" / "configs" / name]
+    return next((p for p in candidates if p.is_file()), candidates[0])
 
 
 def read_yaml_section(path: str | Path, section: str) -> dict:

@@ -11,13 +11,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from avemo.config import ConfigError, load_config
+from avemo.config import ConfigError, bundled_config, load_config
 from pipeline.build import run_build
 from pipeline.config import BuildConfig
 from pipeline.synth import SynthSpec, make_mini_meld
 from train.config import EvalConfig, TrainConfig
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEFAULT_CONFIG = bundled_config("demo.yaml")
 SECTIONS = ("demo", "build", "train", "evaluate")
 EPILOG = """overrides name their section first: demo.per_class.train=10 demo.seed=1 build.decode.fps=2
 train.optim.epochs=5 evaluate.batch_size=16 (sections: demo, build, train, evaluate).

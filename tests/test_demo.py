@@ -18,3 +18,34 @@ def test_demo_learns_end_to_end(tmp_path, capsys):
     assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "last.pt").is_file()
     out = capsys.readouterr().out
     assert "test metrics" in out and str(tmp_path / "eval" / "metrics.json") in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train.optim.epochs=abc"], "optim.epochs"),
+    (["demo.nope=1"], "nope"),
+    (["demo.per_class.train=0"], "at least 1 clip per emotion"),
+    (["epochs=5"], "must start with its section"),
+])
+def test_demo_config_errors_are_one_line_before_any_work(tmp_path, capsys, args, message):
+    assert main(["demo", "--out", str(tmp_path / "d"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("avemo demo: "), err
+    assert not (tmp_path / "d").exists()                  # nothing generated, built or trained
+
+
+def test_configs_ship_with_a_wheel_install(monkeypatch, tmp_path):
+    """pyproject's data-files carry every configs/*.yaml; a non-editable install (the docker images) finds
+    them under PREFIX/share/avemo/configs, where no checkout sits beside the packages."""
+    import sys
+
+    from avemo import config
+    from test_docker import REPO, tomllib
+    shipped = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    assert sorted(shipped["share/avemo/configs"]) == sorted(f"configs/{p.name}" for p in (REPO / "configs").glob("*.yaml"))
+    assert config.bundled_config("demo.yaml") == REPO / "configs" / "demo.yaml"      # a checkout
+    installed = tmp_path / "share" / "avemo" / "configs"
+    installed.mkdir(parents=True)
+    (installed / "demo.yaml").write_text((REPO / "configs" / "demo.yaml").read_text())
+    monkeypatch.setattr(config, "CHECKOUT_CONFIGS", tmp_path / "site-packages" / "configs")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    assert config.bundled_config("demo.yaml") == installed / "demo.yaml"

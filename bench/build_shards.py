@@ -34,8 +34,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")   # run_build's progress bar would in
 
 
 def build_cfg(root: Path, out: Path, shard_clips: int, overrides: list[str]):
-    from avemo.config import load_config
-    from pipeline.config import BuildConfig
+    from avemo.core.config import load_config
+    from avemo.pipeline.config import BuildConfig
     return load_config(BuildConfig, "build", None, ["dask.workers=2", f"shards.max_clips={shard_clips}", *overrides],
                        {"root": str(root), "out": str(out)})
 
@@ -49,7 +49,7 @@ def split_try(text: str) -> tuple[list[str], dict]:
 
 def shard_groups(cfg) -> list[list[str]]:
     """The clip paths of each shard the build plans (the floor decodes the same groups)."""
-    from pipeline.build import load_rows, plan_shards
+    from avemo.pipeline.build import load_rows, plan_shards
     return [[r["source"] for r in spec.rows] for s in cfg.splits for spec in plan_shards(load_rows(cfg, s), s, cfg)]
 
 
@@ -59,15 +59,15 @@ def _init_worker(load_detector: bool) -> None:
     import torch
     torch.set_num_threads(1)          # as the build's dask.torch_threads=1: one core per process
     if load_detector:
-        from pipeline.faces import get_detector
+        from avemo.pipeline.faces import get_detector
         get_detector(common.seed_face_config())
 
 
 def _warm_dask_worker(face: dict, torch_threads: int) -> None:
     """What a long-lived worker has done before MELD's thousands of clips: import torch, load the detector."""
     import torch
-    from pipeline.config import FaceConfig
-    from pipeline.faces import get_detector
+    from avemo.pipeline.config import FaceConfig
+    from avemo.pipeline.faces import get_detector
     torch.set_num_threads(torch_threads)
     get_detector(FaceConfig(**face))
 
@@ -79,10 +79,10 @@ def _ready(_) -> int:
 
 def floor_group(paths: list[str], cfg_dict: dict) -> int:
     """Probe then decode one shard's clips with dask.decode_threads ffmpeg processes; returns frames."""
-    from avemo.config import config_from_dict
-    from pipeline.config import BuildConfig
-    from pipeline.decode import decode_clip, plan_decode
-    from pipeline.probe import ffmpeg_source, probe_clip
+    from avemo.core.config import config_from_dict
+    from avemo.pipeline.config import BuildConfig
+    from avemo.pipeline.decode import decode_clip, plan_decode
+    from avemo.pipeline.probe import ffmpeg_source, probe_clip
     cfg = config_from_dict(BuildConfig, cfg_dict)
     with ThreadPoolExecutor(cfg.dask.decode_threads) as pool:
         probes = list(pool.map(lambda p: probe_clip(Path(p), cfg.probe, cfg.audio), paths))
@@ -92,13 +92,13 @@ def floor_group(paths: list[str], cfg_dict: dict) -> int:
 
 
 def seed_clip(path: str) -> int:
-    from pipeline.faces import get_detector
+    from avemo.pipeline.faces import get_detector
     n_frames, _mel = common.seed_process(Path(path), get_detector(common.seed_face_config()))
     return n_frames
 
 
 def start_pool(load_detector: bool) -> ProcessPoolExecutor:
-    from pipeline.cluster import WORKER_MALLOC_ENV
+    from avemo.pipeline.cluster import WORKER_MALLOC_ENV
     pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(load_detector,))
     with common.environ(WORKER_MALLOC_ENV):                 # the same malloc settings as the build's workers
@@ -110,8 +110,8 @@ def start_pool(load_detector: bool) -> ProcessPoolExecutor:
 
 def run_build_once(cfg, out: Path, n_clips: int, env: dict) -> dict:
     import psutil
-    from pipeline.build import run_build
-    from pipeline.cluster import open_client
+    from avemo.pipeline.build import run_build
+    from avemo.pipeline.cluster import open_client
     shutil.rmtree(out, ignore_errors=True)
     cfg = replace(cfg, out=str(out))
     t0 = time.perf_counter()
@@ -160,11 +160,11 @@ def run_seed_once(pool, paths) -> dict:
 def profile(cfg, paths: list[Path]) -> dict:
     """Serial, one process, 1 torch thread: seconds per clip in each stage of build_shard."""
     import torch
-    from pipeline.audio import log_mel
-    from pipeline.decode import decode_clip, plan_decode
-    from pipeline.faces import get_detector, speaker_faces
-    from pipeline.probe import ffmpeg_source, probe_clip
-    from shards.format import encode_sample
+    from avemo.pipeline.audio import log_mel
+    from avemo.pipeline.decode import decode_clip, plan_decode
+    from avemo.pipeline.faces import get_detector, speaker_faces
+    from avemo.pipeline.probe import ffmpeg_source, probe_clip
+    from avemo.shards.format import encode_sample
     torch.set_num_threads(1)
     detector = get_detector(replace(cfg.face, device="cpu"))
     spent = dict.fromkeys(("probe", "decode", "detect", "crop", "mel", "encode"), 0.0)

@@ -119,7 +119,7 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def write_results(name: str, title: str, record: dict, body: str) -> Path:
     """bench/results/NAME.md (for people) and NAME.json (the same numbers, for machines), atomically."""
-    from shards.atomic import atomic_write_bytes
+    from avemo.core.atomic import atomic_write_bytes
     RESULTS.mkdir(parents=True, exist_ok=True)
     m, load = record["machine"], record["load"]
     head = [f"# {title}", "", f"Rerun: `{record['command']}`", "",
@@ -147,7 +147,7 @@ def clip_set(per_class: dict, width: int = 1280, height: int = 720, fps: int = 2
              seed: int = 3, log=print) -> Path:
     """Generate a MELD-like clip set once into bench/out/clips/TAG (reused by later runs): MELD's
     1280x720 at ~24 fps, clips of min_s..~4 s (MELD averages ~3 s), a real face photo, espeak speech."""
-    from pipeline.synth import SynthSpec, make_mini_meld
+    from avemo.demo.synth import SynthSpec, make_mini_meld
     tag = (f"{width}x{height}@{fps}-min{min_s:g}s-" + "-".join(f"{k}{v}" for k, v in per_class.items())
            + f"-s{seed}")
     root = OUT / "clips" / tag
@@ -163,7 +163,7 @@ def clip_set(per_class: dict, width: int = 1280, height: int = 720, fps: int = 2
 
 
 def clip_paths(root: Path, splits=("train", "dev", "test")) -> list[Path]:
-    from pipeline.layout import VIDEO_DIRS
+    from avemo.pipeline.layout import VIDEO_DIRS
     return [p for s in splits for p in sorted((root / VIDEO_DIRS[s][0]).glob("*.mp4"))]
 
 
@@ -176,7 +176,7 @@ def _ffmpeg_bytes(args: list[str]) -> bytes:
 
 def seed_face_config():
     """The seed's detector: every full-size frame as it is (no shrinking), one image per forward pass."""
-    from pipeline.config import FaceConfig
+    from avemo.pipeline.config import FaceConfig
     return FaceConfig(device="cpu", detect_size=1 << 16, batch_frames=1)
 
 
@@ -184,7 +184,7 @@ def seed_decode(path: Path):
     """Every frame at 15 fps, full size (one ffmpeg for video), and the audio (a second one), as the seed
     did. -> frames (T, H, W, 3) uint8, audio (N,) float32 16 kHz mono."""
     import numpy as np
-    from pipeline.probe import ffmpeg_source, run_ffprobe
+    from avemo.pipeline.probe import ffmpeg_source, run_ffprobe
     info = run_ffprobe(ffmpeg_source(path), 60)
     video = next(s for s in info["streams"] if s["codec_type"] == "video")
     w, h = int(video["width"]), int(video["height"])
@@ -200,9 +200,9 @@ def seed_process(path: Path, detector, max_frames: int = 0):
     """Decode, detect one image at a time, log-mel; with max_frames, also crop the speaker's face in
     max_frames evenly spaced frames (what a seed-style __getitem__ hands the model)."""
     import numpy as np
-    from pipeline.audio import log_mel
-    from pipeline.config import AudioConfig
-    from pipeline.faces import speaker_faces
+    from avemo.pipeline.audio import log_mel
+    from avemo.pipeline.config import AudioConfig
+    from avemo.pipeline.faces import speaker_faces
     frames, audio = seed_decode(path)
     dets = [detector.detect([f])[0] for f in frames]          # no batching: one forward per image
     mel = log_mel(audio, 16000, AudioConfig()) if audio.size else None
@@ -217,9 +217,9 @@ def seed_process(path: Path, detector, max_frames: int = 0):
 
 def bench_shards(root: Path, shard_clips: int = 8, log=print) -> Path:
     """Shards of a clip set built once by the real pipeline (default config, 2 workers); a rerun resumes."""
-    from avemo.config import load_config
-    from pipeline.build import run_build
-    from pipeline.config import BuildConfig
+    from avemo.core.config import load_config
+    from avemo.pipeline.build import run_build
+    from avemo.pipeline.config import BuildConfig
     out = OUT / "shards" / f"{root.name}-max{shard_clips}"
     if not (out / "manifest.parquet").is_file():
         log(f"building shards into {out} (once) ...")
@@ -236,7 +236,7 @@ def train_split(shards: Path, n_samples: int | None = None, batch: int = 0, work
     repeated so that each worker reads >= 4 batches per pass over its shards, as from MELD's 200-clip
     shards (train_loader batches within one pass: a worker whose pass holds less than a batch yields
     nothing, see bench/README.md)."""
-    from train.data import SplitShards, split_shards
+    from avemo.train.data import SplitShards, split_shards
     split = split_shards(shards, "train", log_fn=lambda *_: None)
     if not n_samples:
         return split
@@ -246,9 +246,9 @@ def train_split(shards: Path, n_samples: int | None = None, batch: int = 0, work
 
 def make_model(face_trainable: str, device: str = "cpu"):
     """AVEmotionNet with the pretrained MobileFaceNet and the training loop's AdamW param groups."""
-    from model.net import ModelConfig, build_model
-    from train.config import TrainConfig
-    from train.loop import make_optimizer
+    from avemo.model.net import ModelConfig, build_model
+    from avemo.train.config import TrainConfig
+    from avemo.train.loop import make_optimizer
     cfg = TrainConfig(model=ModelConfig(face_weights="auto", face_trainable=face_trainable))
     model = build_model(cfg.model, log=lambda *_: None).to(device).train()
     return model, make_optimizer(model, cfg)
@@ -260,9 +260,9 @@ def train_step(model, optimizer, batch: dict, autocast=None, weights=None):
     schedule step). weights: the class weights (default: uniform, so the weighted loss of the default
     imbalance=weighted_loss runs). -> the loss, a device tensor."""
     import torch
-    from shards.labels import EMOTIONS
-    from train.config import TrainConfig
-    from train.loop import lr_lambda, train_step as loop_train_step
+    from avemo.shards.labels import EMOTIONS
+    from avemo.train.config import TrainConfig
+    from avemo.train.loop import lr_lambda, train_step as loop_train_step
     scheduler = getattr(optimizer, "bench_scheduler", None)
     if scheduler is None:   # the loop's warm-up + cosine schedule over a long run: a bench stays near its start
         scheduler = optimizer.bench_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(10**6, 10))

@@ -75,8 +75,8 @@ def main(argv=None) -> int:
         raise SystemExit("gpu_step: --device cuda but no CUDA device is visible (use --device cpu for a smoke run)")
     args.name = args.name or "gpu_step" + ("_cpu" if device.type == "cpu" else "") + ("_quick" if args.quick else "")
     record = common.new_record(args)
-    from train.config import AugmentConfig, DataConfig
-    from train.data import train_loader
+    from avemo.train.config import AugmentConfig, DataConfig
+    from avemo.train.data import train_loader
     shards = Path(args.shards) if args.shards else common.bench_shards(common.clip_set({"train": 6, "dev": 1, "test": 2}))
     per_repeat = (args.warmup + args.steps) * args.batch
     split = common.train_split(shards, per_repeat, args.batch, args.workers)

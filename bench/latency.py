@@ -41,10 +41,10 @@ STAGES = ["wait", "detect", "crop", "mel", "embed", "model"]
 
 
 def make_checkpoint(folder: Path) -> Path:
-    from avemo.config import load_config
-    from model.net import build_model
-    from train.checkpoint import save_checkpoint
-    from train.config import TrainConfig
+    from avemo.core.config import load_config
+    from avemo.model.net import build_model
+    from avemo.train.checkpoint import save_checkpoint
+    from avemo.train.config import TrainConfig
     cfg = load_config(TrainConfig, "train", common.REPO / "configs" / "meld.yaml", ["model.face_weights=auto"])
     net = build_model(cfg.model, log=lambda *_: None)
     path = folder / "untrained.pt"
@@ -55,11 +55,11 @@ def make_checkpoint(folder: Path) -> Path:
 def real_window(clip: Path, max_frames: int) -> dict:
     """The first 2 s window of the clip exactly as predict builds it: crops (8, 112, 112, 3), log-mel."""
     import torch
-    from pipeline.audio import log_mel
-    from pipeline.config import BuildConfig
-    from pipeline.faces import get_detector, speaker_faces
-    from pipeline.stream import StreamDecoder, probe_input, resolve_inputs, stream_plan
-    from train.data import collate
+    from avemo.pipeline.audio import log_mel
+    from avemo.pipeline.config import BuildConfig
+    from avemo.pipeline.faces import get_detector, speaker_faces
+    from avemo.inference.stream import StreamDecoder, probe_input, resolve_inputs, stream_plan
+    from avemo.train.data import collate
     cfg = BuildConfig()
     inp = resolve_inputs([str(clip)])[0]
     probe, head = probe_input(inp)
@@ -77,8 +77,8 @@ def real_window(clip: Path, max_frames: int) -> dict:
 
 def model_latency(ckpt: Path, onnx_path: Path, w: dict, threads: int, repeats: int, inner: int) -> dict:
     import torch
-    from avemo.runtime import load_runner
-    from train.checkpoint import load_checkpoint, model_from_checkpoint
+    from avemo.inference.runtime import load_runner
+    from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
     torch.set_num_threads(threads)
     net = model_from_checkpoint(load_checkpoint(ckpt))
     torch_runner, onnx_runner = load_runner(ckpt, "torch", threads), load_runner(onnx_path, "onnx", threads)
@@ -115,8 +115,8 @@ def model_latency(ckpt: Path, onnx_path: Path, w: dict, threads: int, repeats: i
 
 
 def decode_only(clip: Path) -> dict:
-    from pipeline.config import DecodeConfig
-    from pipeline.stream import StreamDecoder, probe_input, resolve_inputs, stream_plan
+    from avemo.pipeline.config import DecodeConfig
+    from avemo.inference.stream import StreamDecoder, probe_input, resolve_inputs, stream_plan
     inp = resolve_inputs([str(clip)])[0]
     t0 = time.perf_counter()
     probe, head = probe_input(inp)
@@ -128,7 +128,7 @@ def decode_only(clip: Path) -> dict:
 
 def predict_command(clip: Path, model: Path, threads: int, out: Path, realtime: bool = False) -> dict:
     """A fresh `avemo predict` process: wall time, its own stream time, and its per-window stage timings."""
-    cmd = [sys.executable, "-m", "avemo.cli", "predict", str(clip), "--checkpoint", str(model), "--timings",
+    cmd = [sys.executable, "-m", "avemo", "predict", str(clip), "--checkpoint", str(model), "--timings",
            "--out", str(out), f"threads={threads}", *(["--realtime"] if realtime else [])]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.REPO)
@@ -176,9 +176,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="avemo-latency-") as tmp:
         tmp = Path(tmp)
         ckpt = Path(args.checkpoint) if args.checkpoint else make_checkpoint(tmp)
-        from avemo.export import export
+        from avemo.inference.export import export
         onnx_path = export(ckpt, "onnx", tmp / "model.onnx")
-        from train.checkpoint import load_checkpoint
+        from avemo.train.checkpoint import load_checkpoint
         max_frames = load_checkpoint(ckpt)["config"]["data"]["max_frames"]
         print("model latency (batch 1, one 2 s window) ...")
         model = model_latency(ckpt, onnx_path, real_window(clip, max_frames), args.threads, args.model_repeats,

@@ -32,8 +32,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")   # run_build's progress bar would in
 
 def _warm(face: dict) -> int:
     """On a worker: build the detector the build will use (cached per process for its lifetime)."""
-    from pipeline.config import FaceConfig
-    from pipeline.faces import LOAD_COUNT, get_detector
+    from avemo.pipeline.config import FaceConfig
+    from avemo.pipeline.faces import LOAD_COUNT, get_detector
     get_detector(FaceConfig(**face))
     return LOAD_COUNT["detector"]
 
@@ -57,13 +57,13 @@ def start_cluster(n_workers: int, cfg):
 
 
 def shard_digests(out: Path) -> dict:
-    from shards.manifest import sha256_file
+    from avemo.shards.manifest import sha256_file
     return {p.name: sha256_file(p) for p in sorted(out.glob("*.tar"))}
 
 
 def build_once(cfg, client, out: Path, n_clips: int) -> tuple[float, float]:
     """Wall seconds of one build, and the CPU seconds its workers spent (other jobs on the machine excluded)."""
-    from pipeline.build import run_build
+    from avemo.pipeline.build import run_build
     shutil.rmtree(out, ignore_errors=True)
     cpu0 = sum(client.run(_cpu_seconds).values())
     t0 = time.perf_counter()
@@ -139,9 +139,9 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("AVEMO_WEIGHTS_DIR", str(REPO.parent / "shared" / "weights"))
     logging.getLogger("distributed").setLevel(logging.WARNING)   # the in-process scheduler's INFO lines
 
-    from avemo.config import load_config
-    from pipeline.config import BuildConfig
-    from pipeline.synth import SynthSpec, make_mini_meld
+    from avemo.core.config import load_config
+    from avemo.pipeline.config import BuildConfig
+    from avemo.demo.synth import SynthSpec, make_mini_meld
 
     work = Path(ns.work)
     shutil.rmtree(work, ignore_errors=True)

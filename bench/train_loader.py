@@ -25,13 +25,13 @@ import torch
 
 
 def data_config(batch: int, workers: int, max_frames: int):
-    from train.config import DataConfig
+    from avemo.train.config import DataConfig
     return DataConfig(batch_size=batch, workers=workers, max_frames=max_frames, pin_memory=False)
 
 
 def run_loader(split, data_cfg) -> dict:
-    from train.config import AugmentConfig
-    from train.data import train_loader
+    from avemo.train.config import AugmentConfig
+    from avemo.train.data import train_loader
     t0 = time.perf_counter()
     loader, _ = train_loader(split, data_cfg, AugmentConfig(), epoch=0, seed=0)
     n, first = 0, None
@@ -92,9 +92,9 @@ class SeedClips(torch.utils.data.Dataset):
 
 
 def seed_loader(shards: Path, batch: int, workers: int, max_frames: int, n: int):
-    from pipeline.faces import get_detector
-    from shards.manifest import read_manifest
-    from train.data import collate
+    from avemo.pipeline.faces import get_detector
+    from avemo.shards.manifest import read_manifest
+    from avemo.train.data import collate
     rows = [r for r in read_manifest(shards).select(["split", "status", "source", "label"]).to_pylist()
             if r["split"] == "train" and r["status"] == "ok"][:n]
     data = SeedClips([(r["source"], r["label"]) for r in rows], get_detector(common.seed_face_config()),
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(common.machine()["nproc"])
     if args.malloc == "heap":
-        from avemo.memory import keep_heap
+        from avemo.core.memory import keep_heap
         keep_heap()
     record = common.new_record(args)
     root = common.clip_set({"train": 6, "dev": 1, "test": 2})     # bench/build_shards.py's clip set
@@ -142,8 +142,8 @@ def main(argv=None) -> int:
     epoch_split = common.train_split(shards)
     epoch_split.n_samples = min(epoch_split.n_samples, args.epoch_clips)   # an epoch of this many clips
     # one real batch of (a)'s shape, reused as the model's input: (B, T, 3, 112, 112) uint8, (B, 64, F) ...
-    from train.data import train_loader
-    from train.config import AugmentConfig
+    from avemo.train.data import train_loader
+    from avemo.train.config import AugmentConfig
     batch = next(iter(train_loader(long_split, data_config(args.batch, 0, args.max_frames), AugmentConfig(), 0, 0)[0]))
     shapes = {k: list(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
     models = {f: common.make_model(f) for f in ("all", "none")}

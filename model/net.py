@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.mobilefacenet import MobileFaceNet
-from shards.labels import EMOTIONS
+from avemo.model.mobilefacenet import MobileFaceNet
+from avemo.shards.labels import EMOTIONS
 
 FACE_MEAN = (0.485, 0.456, 0.406)   # MobileFaceNet was trained on ImageNet-normalised RGB
 FACE_STD = (0.229, 0.224, 0.225)
@@ -32,7 +32,6 @@ class ModelConfig:
     fusion_dim: int = 128
     dropout: float = 0.3
     modality_dropout: float = 0.2                 # per sample, drop one present modality in training
-    num_classes: int = len(EMOTIONS)
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -108,7 +107,7 @@ class AVEmotionNet(nn.Module):
         self.face = FaceEncoder(cfg)
         self.audio = AudioEncoder(cfg)
         self.head = nn.Sequential(nn.Linear(2 * cfg.hidden + 2, cfg.fusion_dim), nn.ReLU(inplace=True),
-                                  nn.Dropout(cfg.dropout), nn.Linear(cfg.fusion_dim, cfg.num_classes))
+                                  nn.Dropout(cfg.dropout), nn.Linear(cfg.fusion_dim, len(EMOTIONS)))  # the shard contract's label map
 
     def _modality_dropout(self, face_mask, mel_mask):
         has_face, has_audio = face_mask.any(1), mel_mask.any(1)
@@ -141,7 +140,7 @@ class AVEmotionNet(nn.Module):
 def build_model(cfg: ModelConfig, log=print) -> AVEmotionNet:
     model = AVEmotionNet(cfg)
     if cfg.face_weights:
-        from pipeline.weights import WeightsError, load_state_dict, resolve_weights
+        from avemo.core.weights import WeightsError, load_state_dict, resolve_weights
         try:
             path = resolve_weights("mobilefacenet", "" if cfg.face_weights == "auto" else cfg.face_weights)
         except WeightsError as exc:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from pipeline.config import AudioConfig
+from avemo.pipeline.config import AudioConfig
 
 LOG_FLOOR = 1e-6
 

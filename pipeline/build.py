@@ -20,14 +20,15 @@ import pyarrow.parquet as pq
 from distributed import as_completed
 from tqdm import tqdm
 
-from pipeline.cluster import open_client
-from pipeline.config import BuildConfig
-from pipeline.labels import read_label_csv
-from pipeline.layout import find_csv, find_video_dir, video_path
-from pipeline.shard_task import ShardSpec, build_shard, fingerprint, manifest_row, media_settings, probe_shard
-from pipeline.weights import load_state_dict, resolve_weights
-from shards.atomic import atomic_write_bytes, clean_temporaries
-from shards.manifest import BUILD_CONFIG_NAME, MANIFEST_NAME, make_table, write_table
+from avemo.core.errors import ConfigError
+from avemo.pipeline.cluster import open_client
+from avemo.pipeline.config import BuildConfig
+from avemo.pipeline.labels import read_label_csv
+from avemo.pipeline.layout import find_csv, find_video_dir, video_path
+from avemo.pipeline.shard_task import ShardSpec, build_shard, fingerprint, manifest_row, media_settings, probe_shard
+from avemo.core.weights import load_state_dict, resolve_weights
+from avemo.core.atomic import atomic_write_bytes, clean_temporaries
+from avemo.shards.manifest import BUILD_CONFIG_NAME, MANIFEST_NAME, make_table, write_table
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 JPEG_BYTES_PER_FACE = 6_000   # for shard size planning only
@@ -111,7 +112,7 @@ def _failed_rows(spec: ShardSpec, exc: BaseException) -> list[dict]:
     return [manifest_row(row, status="rejected", reason="task_failed", detail=detail) for row in spec.rows]
 
 
-class SettingsMismatchError(ValueError):
+class SettingsMismatchError(ConfigError):
     """OUT keeps shards made with other media settings than this run's; reported as one line."""
 
 

@@ -9,8 +9,9 @@ from typing import Iterator
 import dask
 from distributed import Client, LocalCluster
 
-from avemo import memory
-from pipeline.config import BuildConfig
+from avemo.core.errors import ClusterError
+from avemo.core import memory
+from avemo.pipeline.config import BuildConfig
 
 # Dask's nanny pins glibc's mmap threshold at 128 KB, so every detector batch re-faulted its activations
 # (~30% of worker CPU, bench/results/build_shards_sweep.md): keep big blocks on the heap (avemo/memory.py).
@@ -18,8 +19,6 @@ from pipeline.config import BuildConfig
 WORKER_MALLOC_ENV = memory.ENV
 
 
-class ClusterError(RuntimeError):
-    pass
 
 
 @contextlib.contextmanager

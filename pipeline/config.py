@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from avemo.config import ConfigError
+from avemo.core.config import DEVICE_RE, check
 
 
 @dataclass
@@ -12,6 +12,11 @@ class ProbeConfig:
     min_duration_s: float = 0.1      # shorter clips are rejected as too_short
     max_duration_s: float = 330.0    # longer ones as too_long (MELD's longest, test dia38_utt4, is 305 s)
     timeout_s: float = 60.0
+
+    def __post_init__(self):
+        check((self.min_duration_s >= 0, "min_duration_s must be >= 0"),
+              (self.max_duration_s > self.min_duration_s, "max_duration_s must be greater than min_duration_s"),
+              (self.timeout_s > 0, "timeout_s must be > 0"))
 
 
 @dataclass
@@ -24,12 +29,21 @@ class DecodeConfig:
     ffmpeg_threads: int = 1          # threads per ffmpeg process; parallelism comes from many processes
     timeout_s: float = 300.0
 
+    def __post_init__(self):
+        check((self.fps > 0, "fps must be > 0"),
+              (self.max_frames >= 1, "max_frames must be >= 1"),
+              (self.frame_size >= 64, "frame_size must be >= 64"),
+              (self.sample_rate >= 8000, "sample_rate must be >= 8000"),
+              (self.max_audio_s > 0, "max_audio_s must be > 0"),
+              (self.ffmpeg_threads >= 1, "ffmpeg_threads must be >= 1"),
+              (self.timeout_s > 0, "timeout_s must be > 0"))
+
 
 @dataclass
 class FaceConfig:
     backend: Literal["mobilenet0.25", "resnet50"] = "mobilenet0.25"
     weights: str = ""                # explicit file; else $AVEMO_WEIGHTS_DIR, the cache, a download
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"             # auto, cpu, cuda or cuda:N
     batch_frames: int = 0            # frames per detector pass, from many clips; 0 = auto: 8 on CPU, 64 on CUDA
     detect_size: int = 320           # longest side the detector sees (frames are shrunk for it; crops are
                                      # cut from the full decoded frame). Detector cost ~ size^2
@@ -43,6 +57,18 @@ class FaceConfig:
     missing: Literal["keep", "reject"] = "keep"   # clip with no face: keep audio + empty mask, or reject
     jpeg_quality: int = 90
 
+    def __post_init__(self):
+        check((DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
+              (self.batch_frames >= 0, "batch_frames must be >= 0 (0 = auto)"),
+              (self.detect_size >= 64, "detect_size must be >= 64"),
+              (0 < self.score_threshold < 1, "score_threshold must be in (0, 1)"),
+              (0 < self.nms_iou < 1, "nms_iou must be in (0, 1)"),
+              (self.min_face_px >= 0, "min_face_px must be >= 0"),
+              (self.margin >= 0, "margin must be >= 0"),
+              (self.crop_size == 112, "crop_size must be 112 (MobileFaceNet's input)"),
+              (0 <= self.track_iou <= 1, "track_iou must be in [0, 1]"),
+              (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"))
+
 
 @dataclass
 class AudioConfig:
@@ -51,11 +77,19 @@ class AudioConfig:
     n_fft: int = 400
     hop_length: int = 160
 
+    def __post_init__(self):
+        check((self.n_mels >= 8, "n_mels must be >= 8"),
+              (self.n_fft >= 16, "n_fft must be >= 16"),
+              (0 < self.hop_length <= self.n_fft, "hop_length must be in (0, n_fft]"))
+
 
 @dataclass
 class ShardConfig:
     max_clips: int = 200             # a shard holds at most this many clips ...
     max_mb: float = 128.0            # ... and at most about this many MB (estimated from durations)
+
+    def __post_init__(self):
+        check((self.max_clips >= 1, "max_clips must be >= 1"), (self.max_mb > 0, "max_mb must be > 0"))
 
 
 @dataclass
@@ -66,6 +100,12 @@ class DaskConfig:
     retries: int = 2                 # a failed shard task is retried this many times
     gpu_resource: bool = False       # shard tasks need the Dask resource GPU=1 (workers started with --resources GPU=1)
     memory_limit: str = "auto"
+
+    def __post_init__(self):
+        check((self.workers >= 0, "workers must be >= 0 (0 = one per core)"),
+              (self.decode_threads >= 1, "decode_threads must be >= 1"),
+              (self.torch_threads >= 1, "torch_threads must be >= 1"),
+              (self.retries >= 0, "retries must be >= 0"))
 
 
 @dataclass
@@ -83,21 +123,5 @@ class BuildConfig:
     dask: DaskConfig = field(default_factory=DaskConfig)
 
     def __post_init__(self):
-        checks = [
-            (self.decode.fps > 0, "decode.fps must be > 0"),
-            (self.decode.max_frames >= 1, "decode.max_frames must be >= 1"),
-            (self.decode.frame_size >= 64, "decode.frame_size must be >= 64"),
-            (self.face.detect_size >= 64, "face.detect_size must be >= 64"),
-            (self.probe.max_duration_s > self.probe.min_duration_s,
-             "probe.max_duration_s must be greater than probe.min_duration_s"),
-            (0 < self.face.score_threshold < 1, "face.score_threshold must be in (0, 1)"),
-            (self.face.batch_frames >= 0, "face.batch_frames must be >= 0 (0 = auto)"),
-            (self.face.crop_size == 112, "face.crop_size must be 112 (MobileFaceNet's input)"),
-            (self.shards.max_clips >= 1, "shards.max_clips must be >= 1"),
-            (self.dask.decode_threads >= 1, "dask.decode_threads must be >= 1"),
-            (self.dask.retries >= 0, "dask.retries must be >= 0"),
-            (self.audio.hop_length > 0 and self.audio.n_mels > 0, "audio.n_mels and hop_length must be > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        check((self.limit >= 0, "limit must be >= 0 (0 = all rows)"),
+              (len(self.splits) > 0, "splits must name at least one split"))

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import ffmpeg
 import numpy as np
 
-from pipeline.config import DecodeConfig
-from pipeline.probe import ProbeResult, ffmpeg_message
+from avemo.core.errors import DataError
+from avemo.pipeline.config import DecodeConfig
+from avemo.pipeline.probe import ProbeResult, ffmpeg_message
 
 
-class DecodeError(RuntimeError):
+class DecodeError(DataError):
     pass
 
 

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou
 
-from avemo.config import resolve_device
-from pipeline.config import FaceConfig
-from pipeline.retinaface import BACKENDS
-from pipeline.weights import load_state_dict, resolve_weights
+from avemo.core.errors import WeightsError
+from avemo.core.config import resolve_device
+from avemo.pipeline.config import FaceConfig
+from avemo.pipeline.retinaface import BACKENDS
+from avemo.core.weights import load_state_dict, resolve_weights
 
 # ArcFace 112x112 five-point template: eye, eye, nose, mouth corner, mouth corner (image left first)
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -49,7 +50,7 @@ class FaceDetector:
         state = load_state_dict(resolve_weights(cfg.backend, cfg.weights))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise RuntimeError(f"{cfg.backend} weights do not fit the network: missing {list(missing)[:3]}, "
+            raise WeightsError(f"{cfg.backend} weights do not fit the network: missing {list(missing)[:3]}, "
                                f"unexpected {list(unexpected)[:3]}")
         self.model = model.eval().to(self.device)
         # CPU: small batches stay in cache (26.7 -> 14.3 ms/frame at 640x360); a GPU wants many frames per pass

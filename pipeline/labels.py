@@ -10,7 +10,8 @@ import re
 import unicodedata
 from pathlib import Path
 
-from shards.labels import EMOTIONS, emotion_id, sentiment_id
+from avemo.core.errors import DataError
+from avemo.shards.labels import EMOTIONS, emotion_id, sentiment_id
 
 REQUIRED_COLUMNS = ("Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
                     "StartTime", "EndTime")
@@ -23,7 +24,7 @@ _TYPOGRAPHIC = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u20
                               "\u2013": "-", "\u2014": "--", "\u00a0": " "})
 
 
-class LabelFileError(ValueError):
+class LabelFileError(DataError):
     """A CSV that cannot be used at all (missing column, unreadable header)."""
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from avemo.core.errors import DataError
+
 SPLITS = ("train", "dev", "test")
 CSV_NAMES = {s: f"{s}_sent_emo.csv" for s in SPLITS}
 # official archive folder names first, then the flat layout
@@ -13,7 +15,7 @@ VIDEO_DIRS = {
 }
 
 
-class LayoutError(ValueError):
+class LayoutError(DataError):
     pass
 
 

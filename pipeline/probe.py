@@ -9,7 +9,7 @@ from pathlib import Path
 
 import ffmpeg
 
-from pipeline.config import AudioConfig, ProbeConfig
+from avemo.pipeline.config import AudioConfig, ProbeConfig
 
 
 @dataclass

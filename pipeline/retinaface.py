@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avemo.core.errors import ConfigError
+
 
 def _conv_bn(inp: int, oup: int, stride: int = 1, leaky: float = 0.0, kernel: int = 3, act: bool = True):
     layers = [nn.Conv2d(inp, oup, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(oup)]
@@ -150,7 +152,7 @@ class ResNet50RetinaFace(nn.Module):
         try:
             from retinaface.model.retinaface_pth_model import RetinaFace as _Net
         except ImportError as exc:  # the optional accurate backend
-            raise RuntimeError(f"face.backend=resnet50 needs the retina-face package: {exc}") from None
+            raise ConfigError(f"face.backend=resnet50 needs the retina-face package: {exc}") from None
         self.net = _Net()
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):

@@ -15,15 +15,15 @@ from pathlib import Path
 import torch
 import webdataset as wds
 
-from avemo.config import config_from_dict
-from pipeline.audio import log_mel
-from pipeline.config import BuildConfig
-from pipeline.decode import DecodeError, Decoded, decode_clip, plan_decode
-from pipeline.faces import get_detector, speaker_faces
-from pipeline.probe import ProbeResult, ffmpeg_source, probe_clip
-from shards.atomic import atomic_open
-from shards.format import encode_sample
-from shards.manifest import make_table, sha256_file, write_table
+from avemo.core.config import config_from_dict
+from avemo.pipeline.audio import log_mel
+from avemo.pipeline.config import BuildConfig
+from avemo.pipeline.decode import DecodeError, Decoded, decode_clip, plan_decode
+from avemo.pipeline.faces import get_detector, speaker_faces
+from avemo.pipeline.probe import ProbeResult, ffmpeg_source, probe_clip
+from avemo.core.atomic import atomic_open
+from avemo.shards.format import encode_sample
+from avemo.shards.manifest import make_table, sha256_file, write_table
 
 TAR_MTIME = 0.0  # fixed member mtimes: the same inputs give byte-identical shards
 META_FIELDS = ("split", "dialogue_id", "utterance_id", "label", "emotion", "sentiment", "sentiment_id",

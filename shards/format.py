@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shards.labels import LABEL_MAP_VERSION
+from avemo.core.errors import DataError
+from avemo.shards.labels import LABEL_MAP_VERSION
 
 FORMAT_VERSION = 1
 FACE_SIZE = 112
@@ -40,7 +41,7 @@ MEMBERS: dict[str, tuple[str, int] | None] = {
 MAX_MEMBER_BYTES = 64 << 20
 
 
-class UnsafeSampleError(ValueError):
+class UnsafeSampleError(DataError):
     """A shard member that is not part of the known format (name, extension, dtype or shape)."""
 
 

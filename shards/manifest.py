@@ -14,7 +14,8 @@ from typing import Iterable, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards.atomic import atomic_write_bytes
+from avemo.core.errors import DataError
+from avemo.core.atomic import atomic_write_bytes, sha256_file
 
 MANIFEST_NAME = "manifest.parquet"
 BUILD_CONFIG_NAME = "build_config.json"   # the decode/face/audio settings the shards were made with
@@ -81,7 +82,7 @@ def write_table(path: str | Path, table: pa.Table) -> None:
 def read_manifest(shard_dir: str | Path) -> pa.Table:
     path = Path(shard_dir) / MANIFEST_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST_NAME} in {shard_dir}: run `avemo build-shards` first")
+        raise DataError(f"no {MANIFEST_NAME} in {shard_dir}: run `avemo build-shards` first")
     return pq.read_table(path)
 
 
@@ -91,15 +92,7 @@ def read_build_config(shard_dir: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class CorruptShardError(RuntimeError):
+class CorruptShardError(DataError):
     pass
 
 
@@ -111,11 +104,10 @@ def shards_for_split(table: pa.Table, split: str) -> dict[str, str]:
     return dict(sorted(pairs))
 
 
-TRAIN_HINT = "set data.corrupt_shards=skip to train without it"
 
 
 def verify_shards(shard_dir: str | Path, expected: dict[str, str], policy: Literal["stop", "skip"] = "stop",
-                  log=print, hint: str = TRAIN_HINT) -> list[str]:
+                  log=print, hint: str = "") -> list[str]:
     """Hash each shard once; return the good shard names. A bad one stops (the error ends with `hint`: the
     calling command's own setting) or is skipped (and named)."""
     good = []
@@ -131,6 +123,6 @@ def verify_shards(shard_dir: str | Path, expected: dict[str, str], policy: Liter
             continue
         message = f"shard {path} {problem}"
         if policy == "stop":
-            raise CorruptShardError(f"{message} ({hint})")
+            raise CorruptShardError(f"{message} ({hint})" if hint else message)
         log(f"warning: {message}; skipping it")
     return good

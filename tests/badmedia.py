@@ -101,7 +101,7 @@ def link_clip(video_dir: Path, dia: int, utt: int, target: Path) -> None:
 
 def avemo(*args: str, **kwargs) -> subprocess.CompletedProcess:
     """The installed CLI as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "avemo.cli", *args], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "avemo", *args], capture_output=True, text=True, cwd=REPO,
                           **kwargs)
 
 

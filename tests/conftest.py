@@ -1,7 +1,9 @@
 """Shared fixtures: the read-only ../shared material, a generated mini-MELD tree, shards built from it once.
 
-Every test is offline and CPU-only. `../shared` (or $AVEMO_SHARED) must exist: it holds the real weights,
-label CSVs and face videos the tests run on.
+Every test is offline and CPU-only. Two tiers:
+- `unit` (marked explicitly): pure logic, no media, no weights, no ../shared; `make test-unit`, under a minute.
+- everything else is `integration` (marked here): real media, real weights, real Dask clusters, the real
+  files in `../shared` (or $AVEMO_SHARED). Without that folder they are skipped, each with the reason.
 """
 from __future__ import annotations
 
@@ -15,12 +17,30 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AVEMO_SHARED", REPO.parent / "shared")).resolve()
 
 
+HAVE_SHARED = (SHARED / "weights").is_dir()
+
+
 def pytest_configure(config):
-    if not (SHARED / "weights").is_dir():
-        raise pytest.UsageError(f"the tests need the shared material at {SHARED} (set AVEMO_SHARED)")
-    # weights for in-process code, subprocesses and Dask workers alike
-    os.environ["AVEMO_WEIGHTS_DIR"] = str(SHARED / "weights")
+    if HAVE_SHARED:   # weights for in-process code, subprocesses and Dask workers alike
+        os.environ["AVEMO_WEIGHTS_DIR"] = str(SHARED / "weights")
     os.environ.setdefault("AVEMO_CACHE", str(REPO / ".pytest_cache" / "avemo"))
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason=f"integration test: needs the shared weights, media and data at {SHARED} "
+                                   "(set AVEMO_SHARED)")
+    for item in items:
+        if item.get_closest_marker("unit"):
+            continue
+        item.add_marker(pytest.mark.integration)
+        if not HAVE_SHARED:
+            item.add_marker(skip)
+
+
+def command(name: str):
+    """`avemo NAME` in-process as a function of its argv -> exit code (one-line errors on stderr)."""
+    from avemo.cli import main
+    return lambda argv: main([name, *argv])
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +55,8 @@ def media(shared) -> Path:
 
 def add_real_clips(root: Path, media: Path, split: str, clips: dict[str, str]) -> None:
     """Append rows for real videos (file name in ../shared/media -> emotion) to a mini-MELD split."""
-    from pipeline.layout import CSV_NAMES, VIDEO_DIRS
-    from pipeline.synth import SENTIMENT_OF
+    from avemo.pipeline.layout import CSV_NAMES, VIDEO_DIRS
+    from avemo.demo.synth import SENTIMENT_OF
     csv_path = root / CSV_NAMES[split]
     lines = csv_path.read_text(encoding="utf-8").splitlines()
     video_dir = root / VIDEO_DIRS[split][0]
@@ -55,7 +75,7 @@ REAL_CLIPS = {"single_face.mp4": "joy", "WolfgangLanger_Pexels.mp4": "sadness", 
 @pytest.fixture(scope="session")
 def mini_meld(tmp_path_factory, media) -> Path:
     """A small MELD-layout tree: generated clips (real photo faces, espeak speech) + the real videos."""
-    from pipeline.synth import SynthSpec, make_mini_meld
+    from avemo.demo.synth import SynthSpec, make_mini_meld
     root = tmp_path_factory.mktemp("mini_meld")
     make_mini_meld(root, SynthSpec(per_class={"train": 3, "dev": 1, "test": 1}, seed=1,
                                    no_face_frac=0.1, no_audio_frac=0.1))
@@ -64,8 +84,8 @@ def mini_meld(tmp_path_factory, media) -> Path:
 
 
 def build_config(root: Path, out: Path, *overrides: str):
-    from avemo.config import load_config
-    from pipeline.config import BuildConfig
+    from avemo.core.config import load_config
+    from avemo.pipeline.config import BuildConfig
     return load_config(BuildConfig, "build", None,
                        ["dask.workers=2", "shards.max_clips=8", "decode.max_frames=8", *overrides],
                        {"root": str(root), "out": str(out)})
@@ -74,7 +94,7 @@ def build_config(root: Path, out: Path, *overrides: str):
 @pytest.fixture(scope="session")
 def built_shards(tmp_path_factory, mini_meld) -> Path:
     """Shards of the mini-MELD tree, built once by the real Dask pipeline (LocalCluster, 2 workers)."""
-    from pipeline.build import run_build
+    from avemo.pipeline.build import run_build
     out = tmp_path_factory.mktemp("shards")
     summary = run_build(build_config(mini_meld, out))
     assert summary.shards_failed == 0

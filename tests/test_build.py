@@ -11,9 +11,9 @@ import pytest
 import webdataset as wds
 
 from conftest import build_config
-from pipeline.build import run_build
-from shards.format import decode_sample
-from shards.manifest import read_build_config, sha256_file
+from avemo.pipeline.build import run_build
+from avemo.shards.format import decode_sample
+from avemo.shards.manifest import read_build_config, sha256_file
 
 
 def _csv_rows(root):
@@ -96,18 +96,18 @@ def test_interrupted_build_resumes_to_the_same_result(tmp_path, built_shards, mi
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "avemo.cli", "build-shards", "--root", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "avemo", "build-shards", "--root", str(tmp_path),
                              "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "train_sent_emo.csv" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "avemo.cli", "build-shards", "--root", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "avemo", "build-shards", "--root", str(tmp_path),
                              "--out", str(tmp_path / "o"), "decode.fps=fast"], capture_output=True, text=True)
     assert result.returncode == 2 and "decode.fps must be a number" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_bad_splits_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "avemo.cli", "build-shards", "--root", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "avemo", "build-shards", "--root", str(tmp_path),
                              "--out", str(tmp_path / "o"), "--splits", "foo"], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
@@ -116,18 +116,18 @@ def test_bad_splits_is_one_line(tmp_path):
 
 
 def test_help_teaches_a_newcomer():
-    result = subprocess.run([sys.executable, "-m", "avemo.cli", "build-shards", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "avemo", "build-shards", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "MELD_ROOT" in result.stdout and "resumes" in result.stdout
 
 
 def test_gpu_resource_without_gpu_workers_is_a_clear_error(tmp_path, mini_meld):
-    from pipeline.cluster import ClusterError
+    from avemo.pipeline.cluster import ClusterError
     with pytest.raises(ClusterError, match="--resources GPU=1"):
         run_build(build_config(mini_meld, tmp_path / "out", "dask.gpu_resource=true", "dask.workers=1"))
 
 
 def test_unusable_detector_weights_stop_before_any_task(tmp_path, mini_meld):
-    from pipeline.weights import WeightsError
+    from avemo.core.weights import WeightsError
     bad = tmp_path / "weights.pth"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot load weights"):

@@ -20,13 +20,13 @@ from distributed import get_task_stream
 
 from badmedia import dask_cluster
 from conftest import build_config
-from shards.manifest import MANIFEST_NAME, sha256_file
+from avemo.shards.manifest import MANIFEST_NAME, sha256_file
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # for client.run(_detector_loads)
 
 
 def build_cli(root: Path, out: Path, address: str, cfg_file: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "avemo.cli", "build-shards", "--root", str(root), "--out", str(out),
+    cmd = [sys.executable, "-m", "avemo", "build-shards", "--root", str(root), "--out", str(out),
            "--scheduler", address, "--config", str(cfg_file), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
@@ -43,7 +43,7 @@ def fixture_config(tmp: Path, root: Path) -> Path:
 
 def _detector_loads() -> int:
     """Runs inside each worker process (sent by value: workers cannot import this test module)."""
-    from pipeline.faces import LOAD_COUNT
+    from avemo.pipeline.faces import LOAD_COUNT
     return LOAD_COUNT["detector"]
 
 

@@ -1,4 +1,4 @@
-"""Multi-process training for real: `torchrun --nproc_per_node=2 -m avemo.cli train` (gloo on CPU) on the
+"""Multi-process training for real: `torchrun --nproc_per_node=2 -m avemo train` (gloo on CPU) on the
 built shards, and the clear error when there are fewer shards than ranks."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from shards.manifest import MANIFEST_NAME, make_table, write_table
-from train.data import effective_workers
+from avemo.shards.manifest import MANIFEST_NAME, make_table, write_table
+from avemo.train.data import effective_workers
 
 TINY = ["device=cpu", "data.batch_size=4", "data.workers=1", "optim.epochs=1", "model.face_trainable=none",
         "data.max_frames=4"]
@@ -25,7 +25,7 @@ TINY = ["device=cpu", "data.batch_size=4", "data.workers=1", "optim.epochs=1", "
 def torchrun_cmd(shards: Path, run: Path, logs: Path, *launch: str) -> list[str]:
     # --redirects 3: each rank's stdout/stderr to its own file under --log-dir
     return [sys.executable, "-m", "torch.distributed.run", *launch, "--log-dir", str(logs), "--redirects", "3",
-            "-m", "avemo.cli", "train", "--shards", str(shards), "--run-dir", str(run), *TINY]
+            "-m", "avemo", "train", "--shards", str(shards), "--run-dir", str(run), *TINY]
 
 
 def torchrun(shards: Path, run: Path, logs: Path, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -114,8 +114,8 @@ def _on_rank0_worker(rank: int, port: int, out: Path) -> None:
     """One rank of a 2-process gloo group: on_rank0 with a result, then with an error."""
     import json
     import torch.distributed as dist
-    from shards.manifest import CorruptShardError
-    from train.loop import on_rank0
+    from avemo.shards.manifest import CorruptShardError
+    from avemo.train.loop import on_rank0
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
 

@@ -38,7 +38,7 @@ def test_configs_ship_with_a_wheel_install(monkeypatch, tmp_path):
     them under PREFIX/share/avemo/configs, where no checkout sits beside the packages."""
     import sys
 
-    from avemo import config
+    from avemo.core import config
     from test_docker import REPO, tomllib
     shipped = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
     assert sorted(shipped["share/avemo/configs"]) == sorted(f"configs/{p.name}" for p in (REPO / "configs").glob("*.yaml"))

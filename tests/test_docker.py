@@ -138,7 +138,7 @@ def test_compose_config_validates(tmp_path):
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_images_keep_big_blocks_on_the_heap_like_local_workers(dockerfile):
-    from avemo.memory import ENV
+    from avemo.core.memory import ENV
     text = dockerfile.read_text()
     for name, value in ENV.items():
         assert f"{name}={value}" in text, name

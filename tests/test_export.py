@@ -13,11 +13,14 @@ import pytest
 import torch
 from tiny_model import tiny_checkpoint  # noqa: F401  (session fixture)
 
-from avemo.export import OUTPUTS, export, main as export_main
-from avemo.runtime import OnnxRunner, TorchRunner, load_runner
-from shards.labels import EMOTIONS
-from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.data import eval_loader, split_shards
+from avemo.inference.export import OUTPUTS, export
+from conftest import command
+
+export_main = command("export")
+from avemo.inference.runtime import OnnxRunner, TorchRunner, load_runner
+from avemo.shards.labels import EMOTIONS
+from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
+from avemo.train.data import eval_loader, split_shards
 
 ATOL = 1e-4   # float32 graph vs eager: measured ~1e-7 on these inputs
 
@@ -114,13 +117,13 @@ def test_export_cli_and_bad_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert not list(tmp_path.glob(".*tmp*"))                         # written atomically, no temporaries left
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    proc = subprocess.run([sys.executable, "-m", "avemo.cli", "export", "--checkpoint", str(bad)],
+    proc = subprocess.run([sys.executable, "-m", "avemo", "export", "--checkpoint", str(bad)],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "cannot read checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07 definitely not protobuf \xff\xff")
-    proc = subprocess.run([sys.executable, "-m", "avemo.cli", "predict", "clip.mp4", "--checkpoint", str(junk)],
+    proc = subprocess.run([sys.executable, "-m", "avemo", "predict", "clip.mp4", "--checkpoint", str(junk)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "not a readable ONNX file" in proc.stderr and "Traceback" not in proc.stderr

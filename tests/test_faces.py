@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import BuildConfig, FaceConfig
-from pipeline.decode import decode_clip, plan_decode
-from pipeline.faces import LOAD_COUNT, get_detector, speaker_faces
-from pipeline.probe import ffmpeg_source, probe_clip
-from pipeline.weights import WeightsError, resolve_weights
+from avemo.pipeline.config import BuildConfig, FaceConfig
+from avemo.pipeline.decode import decode_clip, plan_decode
+from avemo.pipeline.faces import LOAD_COUNT, get_detector, speaker_faces
+from avemo.pipeline.probe import ffmpeg_source, probe_clip
+from avemo.core.weights import WeightsError, resolve_weights
 
 CFG = BuildConfig()
 
@@ -58,9 +58,9 @@ def test_boxes_are_normalised_and_scored(tracks):
 
 def test_crops_are_the_same_person_per_clip(tracks, shared):
     """Aligned crops through the real MobileFaceNet: same video = same identity, others differ."""
-    from model.mobilefacenet import MobileFaceNet
-    from model.net import FACE_MEAN, FACE_STD
-    from pipeline.weights import load_state_dict
+    from avemo.model.mobilefacenet import MobileFaceNet
+    from avemo.model.net import FACE_MEAN, FACE_STD
+    from avemo.core.weights import load_state_dict
     net = MobileFaceNet().eval()
     net.load_state_dict(load_state_dict(shared / "weights/mobilefacenet/mobilefacenet.pt"))
     mean, std = torch.tensor(FACE_MEAN).view(1, 3, 1, 1), torch.tensor(FACE_STD).view(1, 3, 1, 1)
@@ -103,7 +103,7 @@ def test_weights_resolution_is_explicit_about_failure(tmp_path, monkeypatch):
 def test_resnet50_backend_matches_the_retina_face_package_decoding():
     """Our batched anchor decoding of the retina-face ResNet-50 network equals the package's numpy code."""
     from retinaface.commons import postprocess
-    from pipeline.retinaface import ResNet50RetinaFace
+    from avemo.pipeline.retinaface import ResNet50RetinaFace
     torch.manual_seed(0)
     model = ResNet50RetinaFace().eval()
     frames = torch.randint(0, 255, (2, 3, 96, 128), dtype=torch.uint8)

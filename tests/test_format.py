@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from shards.format import UnsafeSampleError, decode_sample, encode_sample
-from shards.labels import LABEL_MAP_VERSION
+from avemo.shards.format import UnsafeSampleError, decode_sample, encode_sample
+from avemo.shards.labels import LABEL_MAP_VERSION
 
 
 def _sample(n_frames=4, faces_at=(0, 2), mel=True):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.labels import LabelFileError, label_counts, normalise_text, parse_time, read_label_csv
-from shards.labels import EMOTIONS
+from avemo.pipeline.labels import LabelFileError, label_counts, normalise_text, parse_time, read_label_csv
+from avemo.shards.labels import EMOTIONS
 
 # ../shared/README.md: anger disgust fear joy neutral sadness surprise, per split
 EXPECTED = {

@@ -16,10 +16,12 @@ from PIL import Image
 from badmedia import clip, ffmpeg
 from tiny_model import tiny_checkpoint  # noqa: F401  (session fixture)
 
-from avemo.predict import main as predict_main
-from pipeline.config import DecodeConfig
-from pipeline.stream import Input, StreamDecoder, probe_input, resolve_inputs, stream_plan
-from shards.labels import EMOTIONS
+from conftest import command
+
+predict_main = command("predict")
+from avemo.pipeline.config import DecodeConfig
+from avemo.inference.stream import Input, StreamDecoder, probe_input, resolve_inputs, stream_plan
+from avemo.shards.labels import EMOTIONS
 
 WINDOW, HOP = 2.0, 0.5
 LAVFI = "lavfi:testsrc2=size=320x240:rate=25:duration={d}[out0];sine=f=440:sample_rate=16000:duration={d}[out1]"
@@ -119,7 +121,7 @@ def test_stdin_stream_gives_the_file_result(tiny_checkpoint, predicted, media):
     """The same clip through `pipe:0` (mpegts on stdin, one ffmpeg process) as from the file."""
     ts = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(media / "single_face.mp4"), "-c", "copy",
                          "-f", "mpegts", "-"], capture_output=True, check=True).stdout
-    proc = subprocess.run([sys.executable, "-m", "avemo.cli", "predict", "pipe:0", "--checkpoint", str(tiny_checkpoint)],
+    proc = subprocess.run([sys.executable, "-m", "avemo", "predict", "pipe:0", "--checkpoint", str(tiny_checkpoint)],
                           input=ts, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()
     rows = [json.loads(line) for line in proc.stdout.decode().splitlines()]
@@ -131,7 +133,7 @@ def test_stdin_stream_gives_the_file_result(tiny_checkpoint, predicted, media):
 
 
 def test_onnx_model_gives_the_torch_result(tiny_checkpoint, predicted, media, tmp_path, capsys):
-    from avemo.export import export
+    from avemo.inference.export import export
     model = export(tiny_checkpoint, "onnx", tmp_path / "model.onnx")
     code, rows, err = run_predict([str(media / "fer_test.mp4"), "--checkpoint", str(model)], capsys)
     assert code == 0 and "runtime onnx" in err
@@ -179,7 +181,7 @@ def test_stdin_is_probed_with_the_checks_of_a_file(odd_streams):
 
 def test_stdin_without_a_frame_size_is_one_line_not_a_traceback(tiny_checkpoint, odd_streams):
     head = (odd_streams / "c.ts").read_bytes()[:600]
-    proc = subprocess.run([sys.executable, "-m", "avemo.cli", "predict", "pipe:0", "--checkpoint",
+    proc = subprocess.run([sys.executable, "-m", "avemo", "predict", "pipe:0", "--checkpoint",
                            str(tiny_checkpoint)], input=head, capture_output=True, timeout=300)
     err = proc.stderr.decode()
     assert proc.returncode == 1 and proc.stdout == b"" and "Traceback" not in err
@@ -227,7 +229,7 @@ def test_live_source_drops_are_counted_not_silent():
 
 
 def test_media_settings_come_from_the_checkpoint_then_the_build_config(tmp_path):
-    from avemo.predict import load_predict_config
+    from avemo.inference.predict import load_predict_config
     meta = {"n_mels": 64, "build": {"decode": {"fps": 3.0, "frame_size": 480}, "shards": {"max_clips": 5}}}
     cfg = load_predict_config(meta, None, {"window_s": 3.0}, [])
     assert (cfg.decode.fps, cfg.decode.frame_size, cfg.window_s) == (3.0, 480, 3.0)

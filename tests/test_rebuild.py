@@ -12,8 +12,8 @@ import webdataset as wds
 
 from badmedia import clip, csv_row, write_csv
 from conftest import build_config
-from pipeline.build import SettingsMismatchError, run_build
-from shards.manifest import read_build_config, sha256_file
+from avemo.pipeline.build import SettingsMismatchError, run_build
+from avemo.shards.manifest import read_build_config, sha256_file
 
 TRAIN_TEXTS = ["Hello there", "How you doin", "We were on a break", "Pivot"]
 
@@ -78,7 +78,7 @@ def test_a_corrected_csv_text_rebuilds_its_shard_and_a_timeout_rebuilds_nothing(
 def test_a_failed_rebuild_leaves_one_row_per_key_and_no_stale_shard(tmp_path, warm, monkeypatch):
     """A shard built before, whose fingerprint changed, fails when rebuilt: its clips are task_failed, once;
     the old part (the old rows) and the old tar are gone. The next run builds it."""
-    import pipeline.shard_task
+    import avemo.pipeline.shard_task
     root, out = _tree(tmp_path / "meld"), tmp_path / "out"
     assert _build(root, out, warm, splits="[train]").shards_built == 2
     _tree(root, [*TRAIN_TEXTS[:2], "We were ON A BREAK", "Pivot"])    # changes train-000001 only
@@ -109,7 +109,7 @@ def test_a_failed_rebuild_leaves_one_row_per_key_and_no_stale_shard(tmp_path, wa
 def test_kept_shards_of_other_splits_stop_a_build_with_other_media_settings(tmp_path, warm, capsys):
     """OUT/build_config.json describes every shard in OUT: a run that keeps the train shards (made at
     decode.fps=4) must not rewrite it for decode.fps=2 dev shards; it stops with one line, OUT untouched."""
-    from pipeline.main import main
+    from avemo.cli.build_shards import main
     root, out = _tree(tmp_path / "meld"), tmp_path / "out"
     assert _build(root, out, warm).shards_built == 3
     files = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}

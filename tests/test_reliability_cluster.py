@@ -12,8 +12,8 @@ import pytest
 from badmedia import (clip, csv_row, dask_cluster, group_alive, hidden_temporaries, kill_group, start_group,
                       visible_files, wait_for, write_csv)
 from conftest import build_config
-from pipeline.build import run_build
-from shards.manifest import sha256_file
+from avemo.pipeline.build import run_build
+from avemo.shards.manifest import sha256_file
 
 N_CLIPS = 12
 OVERRIDES = ["splits=[train]", "shards.max_clips=2", "decode.max_frames=12", "dask.decode_threads=1"]
@@ -56,7 +56,7 @@ def test_a_dead_worker_loses_nothing(tree, cluster, tmp_path):
 
     out = tmp_path / "out"
     log = tmp_path / "build.log"
-    build = start_group([sys.executable, "-m", "avemo.cli", "build-shards", "--root", str(tree), "--out", str(out),
+    build = start_group([sys.executable, "-m", "avemo", "build-shards", "--root", str(tree), "--out", str(out),
                          "--scheduler", cluster["address"], *OVERRIDES], log)
     try:
         def writer():

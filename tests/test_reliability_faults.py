@@ -23,8 +23,8 @@ import pytest
 from badmedia import (clip, csv_row, group_alive, hidden_temporaries, kill_group, start_group, visible_files,
                       wait_for, write_csv)
 from conftest import build_config
-from pipeline.build import run_build
-from shards.manifest import sha256_file
+from avemo.pipeline.build import run_build
+from avemo.shards.manifest import sha256_file
 
 N_CLIPS = 12
 N_SHARDS = 7        # 6 of 2 readable clips + 1 whose 2 clips are rejected at probe time (a part, no tar)
@@ -74,7 +74,7 @@ def clean(tree, warm):
 
 
 def _cli(tree: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "avemo.cli", "build-shards", "--root", str(tree), "--out", str(out), *OVERRIDES]
+    return [sys.executable, "-m", "avemo", "build-shards", "--root", str(tree), "--out", str(out), *OVERRIDES]
 
 
 def assert_same_as_clean(out: Path, clean: Path) -> None:
@@ -217,7 +217,7 @@ class _QuotaFile:
 
 def install_quota(folder: str, limit: int) -> None:
     """Make every file that shards/atomic.py opens for writing under `folder` obey the quota (any process)."""
-    import shards.atomic
+    import avemo.core.atomic
 
     def quota_open(path, mode="r", *args, **kwargs):
         fh = builtins.open(path, mode, *args, **kwargs)
@@ -226,15 +226,15 @@ def install_quota(folder: str, limit: int) -> None:
 
 
 def remove_quota() -> None:
-    import shards.atomic
+    import avemo.core.atomic
     shards.atomic.__dict__.pop("open", None)
 
 
 @pytest.mark.slow
 def test_injected_enospc_on_the_write_path(tree, clean, warm, tmp_path, monkeypatch, capsys):
     """The same fault without mount rights: ENOSPC raised by the real atomic writer in every Dask worker."""
-    import pipeline.build
-    from pipeline.main import main
+    import avemo.pipeline.build
+    from avemo.cli.build_shards import main
     out = tmp_path / "out"
     real_open_client = pipeline.build.open_client
 

@@ -15,13 +15,13 @@ import webdataset as wds
 from badmedia import (avemo, clip, csv_row, ffmpeg, link_clip, one_frame_clip, quadrant_clip, random_bytes,
                       truncated_clip, vfr_clip, write_csv)
 from conftest import build_config
-from pipeline.build import run_build
-from pipeline.config import BuildConfig
-from pipeline.decode import decode_clip, plan_decode
-from pipeline.labels import read_label_csv
-from pipeline.probe import ffmpeg_source, probe_clip
-from shards.format import decode_sample
-from shards.manifest import REASONS
+from avemo.pipeline.build import run_build
+from avemo.pipeline.config import BuildConfig
+from avemo.pipeline.decode import decode_clip, plan_decode
+from avemo.pipeline.labels import read_label_csv
+from avemo.pipeline.probe import ffmpeg_source, probe_clip
+from avemo.shards.format import decode_sample
+from avemo.shards.manifest import REASONS
 
 # the root folder itself has a leading dash, spaces, quotes, unicode and a shell substitution
 ROOT_NAME = "-MELD copy 'q' \"dq\" é 名 $(touch pwned)"

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from badmedia import REPO, avemo, hidden_temporaries, kill_group, start_group, wait_for
-from shards.manifest import make_table, sha256_file, write_table
-from train.checkpoint import load_checkpoint
+from avemo.shards.manifest import make_table, sha256_file, write_table
+from avemo.train.checkpoint import load_checkpoint
 
 TINY = ["device=cpu", "data.batch_size=4", "data.workers=0", "data.max_frames=4", "data.max_mel_frames=300",
         "model.face_trainable=none", "model.face_weights=auto", "data.shuffle_buffer=16", "log_every=1",
@@ -30,7 +30,7 @@ TINY = ["device=cpu", "data.batch_size=4", "data.workers=0", "data.max_frames=4"
 
 
 def _train_cmd(shards: Path, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "avemo.cli", "train", "--shards", str(shards), "--run", str(run), *TINY, *extra]
+    return [sys.executable, "-m", "avemo", "train", "--shards", str(shards), "--run", str(run), *TINY, *extra]
 
 
 class Evil:
@@ -155,7 +155,7 @@ def test_corrupt_shard_stops_evaluate_with_one_line(damaged, reference, tmp_path
 def skip_train(damaged, tmp_path_factory) -> dict:
     """One `avemo train` epoch (in process) with data.corrupt_shards=skip: stdout, data log, shard hashes."""
     import logging
-    import shards.manifest
+    import avemo.shards.manifest
     from avemo.cli import main
     shard_dir, _ = damaged
     run = tmp_path_factory.mktemp("skip_train") / "run"
@@ -249,7 +249,7 @@ def test_train_sigkilled_mid_epoch_resumes_to_the_same_state(built_shards, refer
 
 SAVER = """
 import sys, torch
-from train.checkpoint import save_checkpoint
+from avemo.train.checkpoint import save_checkpoint
 weights = torch.zeros(8_000_000)                           # 32 MB: a save takes a while
 for step in range(1, 10**9):
     weights.fill_(step)
@@ -318,7 +318,8 @@ def test_pickled_checkpoint_is_refused_with_one_line(reference, built_shards, tm
     run = tmp_path / "run"                                   # the same file as RUN/last.pt, with --resume
     run.mkdir()
     shutil.copyfile(evil, run / "last.pt")
-    from train.loop import main
+    from conftest import command
+    main = command("train")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(["--shards", str(built_shards), "--run", str(run), "--resume", *TINY])
@@ -328,8 +329,9 @@ def test_pickled_checkpoint_is_refused_with_one_line(reference, built_shards, tm
 
 
 def test_pickled_weights_are_refused(built_shards, tmp_path):
-    from pipeline.weights import WeightsError, load_state_dict
-    from train.loop import main
+    from avemo.core.weights import WeightsError, load_state_dict
+    from conftest import command
+    main = command("train")
     marker = tmp_path / "pwned"
     evil = tmp_path / "mobilefacenet.pt"
     torch.save({"conv.weight": torch.zeros(1), "hook": Evil(marker)}, evil)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config import AudioConfig, ProbeConfig
-from pipeline.probe import probe_clip
-from pipeline.synth import SynthSpec, _decoded_face_photo, _write_clip, face_photo
+from avemo.pipeline.config import AudioConfig, ProbeConfig
+from avemo.pipeline.probe import probe_clip
+from avemo.demo.synth import SynthSpec, _decoded_face_photo, _write_clip, face_photo
 
 SPEC = SynthSpec(per_class={}, width=160, height=96, fps=5)
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from avemo.config import load_config
-from model.net import AVEmotionNet, ModelConfig, count_parameters, flops_per_clip
-from shards.labels import EMOTIONS
-from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.config import EvalConfig, TrainConfig
-from train.data import collate, crop_mel, eval_loader, frame_indices, split_shards, to_tensors, train_loader
-from train.evaluate import MODES, predict, run_evaluate
-from train.loop import class_weights, make_optimizer, run_train
-from train.metrics import classification_metrics
+from avemo.core.config import load_config
+from avemo.model.net import AVEmotionNet, ModelConfig, count_parameters, flops_per_clip
+from avemo.shards.labels import EMOTIONS
+from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
+from avemo.train.config import EvalConfig, TrainConfig
+from avemo.train.data import collate, crop_mel, eval_loader, frame_indices, split_shards, to_tensors, train_loader
+from avemo.train.evaluate import MODES, predict, run_evaluate
+from avemo.train.loop import class_weights, make_optimizer, run_train
+from avemo.train.metrics import classification_metrics
 
 TINY = ["device=cpu", "data.batch_size=4", "data.workers=0", "data.max_frames=4", "data.max_mel_frames=300",
         "model.face_trainable=none", "model.face_weights=auto", "data.shuffle_buffer=16", "log_every=1"]
@@ -73,10 +73,10 @@ def test_class_weights_follow_the_label_map():
 def test_no_face_and_silent_clips_pass_through_the_model(built_shards, tmp_path):
     """Real samples: no_face.mp4 (no face frames) and fer_test.mp4 (no audio), plus a silent-track clip."""
     import subprocess
-    from pipeline.audio import log_mel
-    from pipeline.config import AudioConfig, BuildConfig
-    from pipeline.decode import decode_clip, plan_decode
-    from pipeline.probe import ffmpeg_source, probe_clip
+    from avemo.pipeline.audio import log_mel
+    from avemo.pipeline.config import AudioConfig, BuildConfig
+    from avemo.pipeline.decode import decode_clip, plan_decode
+    from avemo.pipeline.probe import ffmpeg_source, probe_clip
     noface, noaudio = (to_tensors(r, 4, 300, False) for r in _raw_samples(built_shards, ["dia902_utt0", "dia903_utt0"]))
     assert not noface["face_mask"].any() and noface["mel"].shape[1] > 0
     assert noaudio["face_mask"].any() and noaudio["mel"].shape[1] == 0
@@ -134,7 +134,7 @@ def test_bench_step_is_the_training_loops_step(monkeypatch):
     """bench/common.py times train.loop.train_step itself, with the training defaults (no copy to drift)."""
     import importlib.util
     from pathlib import Path
-    import train.loop
+    import avemo.train.loop
     spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).parents[1] / "bench" / "common.py")
     common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(common)
@@ -196,7 +196,8 @@ def test_resume_with_other_settings_is_a_one_line_error(trained, built_shards, t
     """The checkpoint's model shape, batch size and optimiser settings must match, or the restored weights,
     optimiser and LR schedule would not fit: one line naming what changed, RUN untouched."""
     import shutil
-    from train.loop import main
+    from conftest import command
+    main = command("train")
     run = tmp_path / "run"
     run.mkdir()
     shutil.copyfile(trained / "last.pt", run / "last.pt")
@@ -225,7 +226,7 @@ def test_device_cuda_without_cuda_is_a_one_line_error(trained, built_shards, tmp
                      str(tmp_path / "eval"), "device=cuda"],
     }
     for command, args in commands.items():
-        result = subprocess.run([sys.executable, "-m", "avemo.cli", command, *args], capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "avemo", command, *args], capture_output=True,
                                 text=True, env=env)
         assert result.returncode == 2, result.stderr[-2000:]
         assert result.stderr.strip().splitlines() == [

@@ -11,9 +11,9 @@ TINY_TRAIN = ["device=cpu", "data.batch_size=4", "data.workers=0", "data.max_fra
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, built_shards):
-    from avemo.config import load_config
-    from train.config import TrainConfig
-    from train.loop import run_train
+    from avemo.core.config import load_config
+    from avemo.train.config import TrainConfig
+    from avemo.train.loop import run_train
     run = tmp_path_factory.mktemp("tiny_run")
     cfg = load_config(TrainConfig, "train", None, TINY_TRAIN, {"shards": str(built_shards), "run": str(run)})
     run_train(cfg, log=lambda *a, **k: None)

@@ -13,7 +13,7 @@ import torch
 import torchaudio.functional as AF
 import torchvision.transforms.v2.functional as TF
 
-from train.config import AugmentConfig
+from avemo.train.config import AugmentConfig
 
 
 def _uniform(lo: float, hi: float) -> float:

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import torch
 
-from avemo.config import config_from_dict
-from model.net import AVEmotionNet, ModelConfig
-from pipeline.weights import unsafe_load_reason
-from shards.atomic import atomic_open
-from shards.labels import EMOTIONS, LABEL_MAP_VERSION
+from avemo.core.errors import CheckpointError
+from avemo.core.config import config_from_dict
+from avemo.model.net import AVEmotionNet, ModelConfig
+from avemo.core.weights import unsafe_load_reason
+from avemo.core.atomic import atomic_open
+from avemo.shards.labels import EMOTIONS, LABEL_MAP_VERSION
 
 
-class CheckpointError(RuntimeError):
-    pass
 
 
 def rng_state() -> dict:
@@ -41,7 +40,7 @@ def save_checkpoint(path: str | Path, **payload) -> None:
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

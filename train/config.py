@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from avemo.config import ConfigError
-from model.net import ModelConfig
+from avemo.core.config import DEVICE_RE, check
+from avemo.model.net import ModelConfig
 
 
 @dataclass
@@ -17,6 +17,11 @@ class DataConfig:
     max_mel_frames: int = 1000         # log-mel frames per clip (10 s at hop 160 / 16 kHz); longer is cropped
     pin_memory: bool = True
     corrupt_shards: Literal["stop", "skip"] = "stop"   # a shard failing its manifest checksum
+
+    def __post_init__(self):
+        check((self.batch_size >= 1, "batch_size must be >= 1"), (self.workers >= 0, "workers must be >= 0"),
+              (self.shuffle_buffer >= 0, "shuffle_buffer must be >= 0"),
+              (self.max_frames >= 1, "max_frames must be >= 1"), (self.max_mel_frames >= 16, "max_mel_frames must be >= 16"))
 
 
 @dataclass
@@ -35,6 +40,13 @@ class AugmentConfig:
     time_mask_width: int = 25
     gain_db: float = 6.0               # random loudness change, +-
 
+    def __post_init__(self):
+        check((0 <= self.flip_p <= 1, "flip_p must be in [0, 1]"),
+              (min(self.brightness, self.contrast, self.saturation, self.rotate_deg, self.translate, self.scale,
+                   self.gain_db) >= 0, "jitter amounts must be >= 0"),
+              (min(self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width) >= 0,
+               "SpecAugment mask counts and widths must be >= 0"))
+
 
 @dataclass
 class OptimConfig:
@@ -46,13 +58,19 @@ class OptimConfig:
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
 
+    def __post_init__(self):
+        check((self.epochs >= 1, "epochs must be >= 1"), (0 < self.lr < 10, "lr must be in (0, 10)"),
+              (self.face_lr_mult >= 0, "face_lr_mult must be >= 0"), (self.weight_decay >= 0, "weight_decay must be >= 0"),
+              (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"), (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
+              (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"))
+
 
 @dataclass
 class TrainConfig:
     shards: str = ""
     run: str = ""
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"                               # auto, cpu, cuda or cuda:N
     amp: Literal["auto", "bf16", "off"] = "auto"       # auto = bf16 autocast on CUDA
     compile: bool = False                              # torch.compile the model
     imbalance: Literal["weighted_loss", "sqrt_weighted_loss", "none"] = "weighted_loss"
@@ -67,12 +85,9 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
-        if self.data.batch_size < 1 or self.data.workers < 0:
-            raise ConfigError("data.batch_size must be >= 1 and data.workers >= 0")
-        if self.optim.epochs < 1 or self.optim.lr <= 0:
-            raise ConfigError("optim.epochs must be >= 1 and optim.lr > 0")
-        if self.data.max_frames < 1 or self.data.max_mel_frames < 16:
-            raise ConfigError("data.max_frames must be >= 1 and data.max_mel_frames >= 16")
+        check((DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
+              (self.log_every >= 1, "log_every must be >= 1"), (self.eval_every >= 1, "eval_every must be >= 1"),
+              (self.stop_after_epochs >= 0, "stop_after_epochs must be >= 0 (0 = never)"))
 
 
 @dataclass
@@ -81,9 +96,13 @@ class EvalConfig:
     checkpoint: str = ""
     split: str = "test"
     out: str = ""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"                               # auto, cpu, cuda or cuda:N
     amp: Literal["auto", "bf16", "off"] = "auto"       # auto = bf16 autocast on CUDA; off = float32
     batch_size: int = 32
     workers: int = 2
     ablation: bool = True              # also score face-only and audio-only (the other modality masked)
     corrupt_shards: Literal["stop", "skip"] = "stop"
+
+    def __post_init__(self):
+        check((DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
+              (self.batch_size >= 1, "batch_size must be >= 1"), (self.workers >= 0, "workers must be >= 0"))

@@ -19,11 +19,14 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from shards.format import FACE_SIZE, decode_sample
-from shards.manifest import TRAIN_HINT, read_manifest, shards_for_split, verify_shards
-from train.augment import augment_sample
-from train.config import AugmentConfig, DataConfig
+from avemo.core.errors import ConfigError, DataError
+from avemo.shards.format import FACE_SIZE, decode_sample
+from avemo.shards.labels import EMOTIONS
+from avemo.shards.manifest import read_manifest, shards_for_split, verify_shards
+from avemo.train.augment import augment_sample
+from avemo.train.config import AugmentConfig, DataConfig
 
+TRAIN_HINT = "set data.corrupt_shards=skip to train without it"   # ends a corrupt-shard error
 log = logging.getLogger("avemo.data")
 MEL_PAD_MULTIPLE = 64  # pad mel length to a multiple of this: few distinct shapes for torch.compile
 
@@ -42,11 +45,11 @@ def split_shards(shard_dir: str | Path, split: str, policy: str = "stop", log_fn
     table = read_manifest(shard_dir)
     expected = shards_for_split(table, split)
     if not expected:
-        raise FileNotFoundError(f"no ok samples for split '{split}' in {shard_dir}/manifest.parquet")
+        raise DataError(f"no ok samples for split '{split}' in {shard_dir}/manifest.parquet")
     good = set(verify_shards(shard_dir, expected, policy=policy, log=log_fn, hint=hint))
     rows = [r for r in table.select(["split", "status", "shard", "label"]).to_pylist()
             if r["split"] == split and r["status"] == "ok" and r["shard"] in good]
-    counts = [0] * 7
+    counts = [0] * len(EMOTIONS)
     for r in rows:
         counts[r["label"]] += 1
     return SplitShards([str(Path(shard_dir) / name) for name in sorted(good)], len(rows), counts)
@@ -121,7 +124,7 @@ def _seeded_shuffle(bufsize: int, seed: int, epoch: int):
 
 def effective_workers(n_shards: int, world: int, wanted: int) -> int:
     if n_shards < world:
-        raise ValueError(f"{n_shards} shard(s) cannot feed {world} ranks: every rank needs at least one shard "
+        raise ConfigError(f"{n_shards} shard(s) cannot feed {world} ranks: every rank needs at least one shard "
                          f"(rebuild with a smaller shards.max_clips, or use fewer ranks)")
     return min(wanted, n_shards // world)
 

@@ -12,14 +12,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from avemo.config import load_config, resolve_device
-from shards.atomic import atomic_write_bytes
-from shards.labels import EMOTIONS
-from shards.manifest import CorruptShardError, write_table
-from train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from train.config import EvalConfig
-from train.data import eval_loader, split_shards
-from train.metrics import classification_metrics
+from avemo.core.config import load_config, resolve_device
+from avemo.core.atomic import atomic_write_bytes
+from avemo.shards.labels import EMOTIONS
+from avemo.shards.manifest import CorruptShardError, write_table
+from avemo.train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from avemo.train.config import EvalConfig
+from avemo.train.data import eval_loader, split_shards
+from avemo.train.metrics import classification_metrics
 
 MODES = {"both": (True, True), "face_only": (True, False), "audio_only": (False, True)}
 
@@ -55,7 +55,7 @@ def predict(model, loader, device, modes=("both",), bf16: bool = False) -> dict:
             keys += batch["key"]
             labels.append(batch["label"].cpu())
             probs.append(torch.softmax(logits.float(), -1).cpu())
-    return {m: (k, torch.cat(l).numpy() if l else np.zeros(0, int), torch.cat(p).numpy() if p else np.zeros((0, 7)))
+    return {m: (k, torch.cat(l).numpy() if l else np.zeros(0, int), torch.cat(p).numpy() if p else np.zeros((0, len(EMOTIONS))))
             for m, (k, l, p) in out.items()}
 
 
@@ -113,28 +113,3 @@ def run_evaluate(cfg: EvalConfig, log=print) -> dict:
     confusion_png(metrics["confusion"], out / "confusion.png",
                   f"{cfg.split}: weighted F1 {metrics['weighted_f1']:.3f}, acc {metrics['accuracy']:.3f}")
     return metrics
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="avemo evaluate",
-                                     description="Score a checkpoint on one split of the shards.")
-    parser.add_argument("--shards", required=True, help="folder written by build-shards")
-    parser.add_argument("--checkpoint", required=True, help="a .pt written by `avemo train` (best.pt or last.pt)")
-    parser.add_argument("--split", default="test", help="train, dev or test (default: test)")
-    parser.add_argument("--out", required=True, help="folder for metrics.json, predictions.parquet, confusion.png")
-    parser.add_argument("--config", default=None, help="YAML file; its `evaluate:` section is used")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    ns = parser.parse_args(argv)
-    cfg = load_config(EvalConfig, "evaluate", ns.config, ns.overrides,
-                      {"shards": ns.shards, "checkpoint": ns.checkpoint, "split": ns.split, "out": ns.out})
-    try:
-        metrics = run_evaluate(cfg)
-    except (FileNotFoundError, CorruptShardError, CheckpointError, ValueError) as exc:
-        print(f"avemo evaluate: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{cfg.split}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} "
-          f"weighted_f1={metrics['weighted_f1']:.4f} macro_f1={metrics['macro_f1']:.4f}")
-    for mode, m in metrics.get("ablation", {}).items():
-        print(f"  {mode:<10} weighted_f1={m['weighted_f1']:.4f} accuracy={m['accuracy']:.4f}")
-    print(f"wrote {cfg.out}/metrics.json, predictions.parquet, confusion.png")
-    return 0

@@ -25,17 +25,17 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from avemo.config import load_config, resolve_device
-from avemo.memory import keep_heap
-from model.net import build_model, count_parameters, flops_per_clip
-from pipeline.weights import WeightsError
-from shards.atomic import clean_temporaries
-from shards.manifest import CorruptShardError, read_build_config
-from train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from train.config import OptimConfig, TrainConfig
-from train.data import eval_loader, split_shards, train_loader
-from train.evaluate import predict, to_device, use_bf16
-from train.metrics import classification_metrics
+from avemo.core.config import load_config, resolve_device
+from avemo.core.memory import keep_heap
+from avemo.model.net import build_model, count_parameters, flops_per_clip
+from avemo.core.weights import WeightsError
+from avemo.core.atomic import clean_temporaries
+from avemo.shards.manifest import CorruptShardError, read_build_config
+from avemo.train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from avemo.train.config import OptimConfig, TrainConfig
+from avemo.train.data import eval_loader, split_shards, train_loader
+from avemo.train.evaluate import predict, to_device, use_bf16
+from avemo.train.metrics import classification_metrics
 
 
 def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
@@ -316,26 +316,3 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if world > 1:
         dist.destroy_process_group()
     return state
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="avemo train", description="Train the audio-visual model from shards.",
-                                     epilog="multi-GPU / multi-node: torchrun --nproc_per_node=N -m avemo.cli train "
-                                            "--shards S --run-dir R ... (see docs/scale.md)")
-    parser.add_argument("--shards", required=True, help="folder written by build-shards")
-    # --run-dir: the spelling to use under torchrun, whose argparse finds `--run` ambiguous (--run-path)
-    parser.add_argument("--run", "--run-dir", dest="run", required=True,
-                        help="output folder for checkpoints, metrics and TensorBoard")
-    parser.add_argument("--config", default=None, help="YAML file; its `train:` section is used (e.g. configs/meld.yaml)")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=3e-4 data.batch_size=64")
-    ns = parser.parse_args(argv)
-    cfg = load_config(TrainConfig, "train", ns.config, ns.overrides, {"shards": ns.shards, "run": ns.run})
-    try:
-        state = run_train(cfg, resume=ns.resume)
-    except (FileNotFoundError, CorruptShardError, CheckpointError, WeightsError, ValueError) as exc:
-        print(f"avemo train: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"done: epoch {state['epoch']}, step {state['step']}, best dev weighted F1 {state['best']:.4f}; "
-          f"checkpoints in {cfg.run}")
-    return 0

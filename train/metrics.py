@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shards.labels import EMOTIONS
+from avemo.shards.labels import EMOTIONS
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, n: int = len(EMOTIONS)) -> np.ndarray:

@@ -22,8 +22,8 @@ import ffmpeg
 import numpy as np
 from PIL import Image
 
-from pipeline.layout import CSV_NAMES, VIDEO_DIRS
-from shards.labels import EMOTIONS
+from avemo.pipeline.layout import CSV_NAMES, VIDEO_DIRS
+from avemo.shards.labels import EMOTIONS
 
 SENTIMENT_OF = {"anger": "negative", "disgust": "negative", "fear": "negative", "joy": "positive",
                 "neutral": "neutral", "sadness": "negative", "surprise": "positive"}

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from avemo.runtime import META_KEY
-from model.net import AVEmotionNet
-from shards.atomic import atomic_write_bytes
+from avemo.inference.runtime import META_KEY
+from avemo.model.net import AVEmotionNet
+from avemo.core.atomic import atomic_write_bytes
 
 INPUTS = ["faces", "face_mask", "mel", "mel_mask"]
 OUTPUTS = ["logits", "face_embeddings"]
@@ -92,28 +92,9 @@ WRITERS = {"onnx": to_onnx_bytes, "torchscript": to_torchscript_bytes}
 
 
 def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> Path:
-    from train.checkpoint import load_checkpoint, model_from_checkpoint
+    from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
     ckpt = load_checkpoint(checkpoint)
     net = model_from_checkpoint(ckpt)
     out = Path(out) if out else Path(checkpoint).with_suffix(FORMATS[fmt])
     atomic_write_bytes(out, WRITERS[fmt](net, model_meta(ckpt, str(checkpoint))))
     return out
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="avemo export", description="Export a checkpoint to ONNX or TorchScript.",
-        epilog="then: avemo predict clip.mp4 --checkpoint model.onnx   (onnxruntime, the fastest CPU path)")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by avemo train (best.pt)")
-    parser.add_argument("--format", choices=list(FORMATS), default="onnx")
-    parser.add_argument("--out", default=None, help="output file (default: next to the checkpoint, "
-                        + ", ".join(f"{k}: *{v}" for k, v in FORMATS.items()) + ")")
-    ns = parser.parse_args(argv)
-    from train.checkpoint import CheckpointError
-    try:
-        path = export(ns.checkpoint, ns.format, ns.out)
-    except (FileNotFoundError, CheckpointError) as exc:
-        print(f"avemo export: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {ns.format})")
-    return 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.atomic import atomic_write_bytes
+from avemo.core.atomic import atomic_write_bytes
 
 # one fixed colour per emotion, the same in every plot
 COLOURS = {"neutral": "#a6a6a6", "joy": "#f2b701", "surprise": "#f07f13", "anger": "#d62728",

@@ -24,9 +24,10 @@ from typing import BinaryIO, Iterator
 import ffmpeg
 import numpy as np
 
-from pipeline.config import AudioConfig, DecodeConfig, ProbeConfig
-from pipeline.decode import DecodeError, DecodePlan, plan_decode, spawn_ffmpeg
-from pipeline.probe import (PROBE_ERRORS, ProbeResult, check_streams, ffmpeg_message, ffmpeg_source, probe_clip,
+from avemo.core.errors import DataError
+from avemo.pipeline.config import AudioConfig, DecodeConfig, ProbeConfig
+from avemo.pipeline.decode import DecodeError, DecodePlan, plan_decode, spawn_ffmpeg
+from avemo.pipeline.probe import (PROBE_ERRORS, ProbeResult, check_streams, ffmpeg_message, ffmpeg_source, probe_clip,
                             probe_failure, run_ffprobe)
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
@@ -39,7 +40,7 @@ PIPE_HINT = ("; over a pipe use a streaming container (ffmpeg ... -c copy -f mpe
              "with its moov atom first (-movflags +faststart)")
 
 
-class InputError(ValueError):
+class InputError(DataError):
     """An input that cannot be used (missing file, nothing decodable); reported as one line."""
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from shards.manifest import sha256_file
+from avemo.core.errors import WeightsError
+from avemo.core.atomic import sha256_file
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,6 @@ WEIGHTS = {
 }
 
 
-class WeightsError(RuntimeError):
-    pass
 
 
 def cache_dir() -> Path:

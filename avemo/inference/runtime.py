@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from avemo.config import ConfigError
+from avemo.core.errors import CheckpointError
+from avemo.core.config import ConfigError
 
 META_KEY = "avemo"   # ONNX metadata_props key / TorchScript extra file stem holding model_meta() as JSON
 
@@ -34,20 +35,19 @@ class ModelFile:
 def read_model(path: str | Path) -> ModelFile:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model {path} does not exist")
+        raise CheckpointError(f"model {path} does not exist")
     if path.suffix == ".onnx":
         import onnx
         data = path.read_bytes()
         try:
             props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
         except Exception as exc:   # protobuf's DecodeError and friends: not an ONNX file
-            from train.checkpoint import CheckpointError
             raise CheckpointError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
         if META_KEY not in props:
             raise ConfigError(f"{path} was not written by `avemo export` (no avemo metadata)")
         return ModelFile(path, json.loads(props[META_KEY]), onnx=data)
-    from avemo.export import model_meta
-    from train.checkpoint import load_checkpoint
+    from avemo.inference.export import model_meta
+    from avemo.train.checkpoint import load_checkpoint
     ckpt = load_checkpoint(path)
     return ModelFile(path, model_meta(ckpt, str(path)), ckpt=ckpt)
 
@@ -107,10 +107,10 @@ def make_runner(model: ModelFile, runtime: str = "auto", threads: int = 1):
         if runtime == "torch":
             raise ConfigError(f"{model.path} is an ONNX file: it runs with runtime=onnx (or auto)")
         return OnnxRunner(model.onnx, model.meta, threads)
-    from train.checkpoint import model_from_checkpoint
+    from avemo.train.checkpoint import model_from_checkpoint
     net = model_from_checkpoint(model.ckpt)
     if runtime == "onnx":
-        from avemo.export import to_onnx_bytes
+        from avemo.inference.export import to_onnx_bytes
         return OnnxRunner(to_onnx_bytes(net, model.meta), model.meta, threads)
     return TorchRunner(net, model.meta)
 

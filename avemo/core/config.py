@@ -7,7 +7,7 @@ stop with a one-line ConfigError that names the key, so a typo never silently fa
 from __future__ import annotations
 
 import dataclasses
-import sys
+import re
 import types
 import typing
 from pathlib import Path
@@ -15,11 +15,25 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from avemo.core.errors import ConfigError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A configuration problem, reported to the user as one line."""
+
+
+def check(*rules: tuple[bool, str]) -> None:
+    """A config section's own validation, called from its __post_init__: each rule is (ok, message), the
+    message naming the key relative to the section ("fps must be > 0"); whichever command nests the
+    section reports it with its full path ("decode.fps must be > 0")."""
+    for ok, message in rules:
+        if not ok:
+            exc = ConfigError(message)
+            exc.relative = True          # type: ignore[attr-defined]
+            raise exc
+
+
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def _type_name(tp: Any) -> str:
@@ -93,8 +107,11 @@ def _build(cls: type[T], data: dict, where: str = "") -> T:
         kwargs[name] = _coerce(value, hints[name], key)
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
+    except ConfigError as exc:
+        # a section's own check names its keys relative to the section: prefix where it sits
+        if where and getattr(exc, "relative", False):
+            exc = ConfigError(f"{where}.{exc}")
+        raise exc from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
 
@@ -136,20 +153,27 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-CHECKOUT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
 def bundled_config(name: str) -> Path:
-    """A configs/*.yaml shipped with avemo: beside the packages in a checkout (or an editable install),
-    else under PREFIX/share/avemo/configs where a wheel install puts them (pyproject's data-files)."""
-    candidates = [CHECKOUT_CONFIGS / name, Path(sys.prefix) / "share" / "avemo" / "configs" / name]
-    return next((p for p in candidates if p.is_file()), candidates[0])
+    """A configs/*.yaml shipped with avemo (the `avemo.configs` package: the checkout's configs/ folder in an
+    editable install, site-packages in a wheel), found with importlib.resources."""
+    from importlib.resources import files
+    return Path(str(files("avemo.configs") / name))
+
+
+def config_path(name: str | Path) -> Path:
+    """`--config` value -> file: an existing path, else a bundled config by name (`meld`, `demo.yaml`)."""
+    path = Path(name)
+    if path.is_file() or path.parent != Path("."):
+        return path
+    bundled = bundled_config(path.name if path.suffix else f"{path.name}.yaml")
+    return bundled if bundled.is_file() else path
 
 
 def read_yaml_section(path: str | Path, section: str) -> dict:
-    path = Path(path)
+    path = config_path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        known = ", ".join(sorted(p.name.removesuffix(".yaml") for p in bundled_config(".").glob("*.yaml")))
+        raise ConfigError(f"config file not found: {path} (bundled configs: {known})")
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -183,6 +207,8 @@ def resolve_device(name: str, key: str = "device"):
     """A device setting ("auto", "cpu", "cuda", "cuda:1") -> torch.device; `key` names the setting in the
     one-line ConfigError when it asks for CUDA on a machine without a visible CUDA device."""
     import torch
+    if not DEVICE_RE.match(name):
+        raise ConfigError(f"{key}={name} is not a device (use auto, cpu, cuda or cuda:N)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -15,37 +15,17 @@ of them, {"source", "start", "end", "dropped_windows": n, "reason"}, and are cou
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import re
-import sys
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
-from avemo.config import ConfigError, load_config, merge, read_yaml_section
-from pipeline.config import AudioConfig, DecodeConfig, FaceConfig
-
-OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
-EPILOG = """\
-inputs: video files, folders (every video in them), pipe:0 (stdin: a streaming container such as
-mpegts or matroska, or an mp4 with its moov atom first), lavfi:GRAPH (ffmpeg generators), URLs
-(rtsp://, http://, ...) and capture devices (/dev/video0).
-
-examples:
-  avemo predict clip.mp4 --checkpoint runs/a/best.pt --plot clip.png
-  avemo predict clips/ --checkpoint model.onnx --out predictions.jsonl
-  ffmpeg -i cam.mp4 -c copy -f mpegts - | avemo predict pipe:0 --checkpoint model.onnx
-  avemo predict /dev/video0 --checkpoint model.onnx --window 2 --hop 0.5
-
-Decode, face and audio settings are build-shards' (the checkpoint's build config when it has one,
-then the `build:` section of --config), so the model sees inputs made as in training.
-"""
-
+from avemo.core.config import check, load_config, merge, read_yaml_section
+from avemo.core.errors import ConfigError
+from avemo.pipeline.config import AudioConfig, DecodeConfig, FaceConfig
 
 @dataclass
 class PredictConfig:
@@ -61,13 +41,10 @@ class PredictConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
 
     def __post_init__(self):
-        if self.window_s <= 0 or self.hop_s <= 0:
-            raise ConfigError("window and hop must be > 0 seconds")
-        if self.buffer_s < self.window_s + self.hop_s:
-            raise ConfigError(f"buffer_s={self.buffer_s} must hold a window plus a hop "
-                              f"(>= {self.window_s + self.hop_s})")
-        if self.threads < 1:
-            raise ConfigError("threads must be >= 1")
+        check((self.window_s > 0 and self.hop_s > 0, "window and hop must be > 0 seconds"),
+              (self.buffer_s >= self.window_s + self.hop_s,
+               f"buffer_s={self.buffer_s} must hold a window plus a hop (>= {self.window_s + self.hop_s})"),
+              (self.threads >= 1, "threads must be >= 1"))
 
 
 def load_predict_config(meta: dict, path: str | None, flags: dict, overrides: list[str]) -> PredictConfig:
@@ -87,7 +64,7 @@ class WindowPredictor:
     """One input's windows -> records; caches detections per frame and embeddings per face crop."""
 
     def __init__(self, runner, cfg: PredictConfig, source: str, sample_rate: int):
-        from pipeline.faces import get_detector
+        from avemo.pipeline.faces import get_detector
         self.runner, self.cfg, self.source, self.rate = runner, cfg, source, sample_rate
         self.labels = runner.meta["labels"]
         self.max_frames, self.max_mel = runner.meta["max_frames"], runner.meta["max_mel_frames"]
@@ -108,7 +85,7 @@ class WindowPredictor:
     def _faces(self, ids: np.ndarray, frames: np.ndarray, lap) -> tuple[np.ndarray, np.ndarray]:
         """Speaker-face mask (T,) bool and embeddings (T, 128), cached per (frame, speaker box): the face
         CNN runs on the new crops only. lap(stage) closes each stage's timing."""
-        from pipeline.faces import speaker_faces
+        from avemo.pipeline.faces import speaker_faces
         emb = np.zeros((len(ids), 128), dtype=np.float32)
         if not len(ids):                 # no frame in this window (e.g. the video ended before the audio)
             return np.zeros(0, dtype=bool), emb
@@ -129,8 +106,8 @@ class WindowPredictor:
 
     def _mel(self, audio: np.ndarray | None):
         import torch
-        from pipeline.audio import log_mel
-        from train.data import crop_mel
+        from avemo.pipeline.audio import log_mel
+        from avemo.train.data import crop_mel
         if audio is None or not len(audio):
             return torch.zeros((self.cfg.audio.n_mels, 0))
         mel = torch.from_numpy(log_mel(audio, self.rate, self.cfg.audio).astype(np.float32))
@@ -138,7 +115,7 @@ class WindowPredictor:
 
     def _probs(self, mask: np.ndarray, emb: np.ndarray, mel) -> np.ndarray:
         import torch
-        from train.data import collate
+        from avemo.train.data import collate
         t = max(1, len(mask))    # the model needs one time step; an all-False mask means "no face"
         # collate pads the mel exactly as training and evaluation batches are padded; faces are not used
         batch = collate([{"key": "", "label": -1, "faces": torch.zeros((t, 3, 1, 1), dtype=torch.uint8),
@@ -161,7 +138,7 @@ class WindowPredictor:
 
         ids, frames = window.frame_ids, window.frames
         if len(ids) > self.max_frames:   # as in training (train.data.to_tensors): frames spread over the window
-            from train.data import frame_indices
+            from avemo.train.data import frame_indices
             keep = frame_indices(len(ids), self.max_frames)
             ids, frames = ids[keep], frames[keep]
         mask, emb = self._faces(ids, frames, lap)
@@ -183,7 +160,7 @@ class WindowPredictor:
 
 def open_input(inp, cfg: PredictConfig):
     """ffprobe the input and start its ffmpeg process -> a running StreamDecoder."""
-    from pipeline.stream import InputError, StreamDecoder, probe_input, stream_plan
+    from avemo.inference.stream import InputError, StreamDecoder, probe_input, stream_plan
     probe, head = probe_input(inp, cfg.decode.timeout_s)
     if not probe.ok:
         raise InputError(f"{probe.reason}: {probe.detail}")
@@ -226,95 +203,36 @@ def predict_input(inp, decoder, runner, cfg: PredictConfig, emit) -> dict:
             "wall_s": round(wall, 3), **stats}
 
 
-def run_inputs(inputs, first, start, runner, cfg: PredictConfig, emit) -> int:
-    """Every input in turn (the first one already started); one stderr line each. -> inputs that failed"""
-    from pipeline.decode import DecodeError
-    from pipeline.stream import InputError
+def run_predict(texts: list[str], model, cfg: PredictConfig, emit: Callable[[dict], None],
+                report: Callable[[str], None] = lambda line: None) -> int:
+    """Predict every input in `texts` (files, folders, pipe:0, URLs, devices) with `model` (read_model's):
+    `emit(record)` each window's line, `report(line)` one summary or error line per input.
+    -> how many inputs failed (unreadable or undecodable; each reported, the others still run)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from avemo.inference.runtime import make_runner
+    from avemo.inference.stream import InputError, resolve_inputs
+    from avemo.pipeline.decode import DecodeError
+    inputs = resolve_inputs(texts, cfg.realtime)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # ffmpeg decodes the first input ahead while torch, torchvision and the networks load
+        first = pool.submit(open_input, inputs[0], cfg)
+        try:
+            runner = make_runner(model, cfg.runtime, cfg.threads)
+        except BaseException:
+            with contextlib.suppress(InputError, DecodeError):
+                first.result().close()
+            raise
     failed = 0
     for i, inp in enumerate(inputs):
-        decoder = first if i == 0 else start(inp)
         try:
-            if isinstance(decoder, Exception):
-                raise decoder
+            decoder = first.result() if i == 0 else open_input(inp, cfg)
             s = predict_input(inp, decoder, runner, cfg, emit)
         except (InputError, DecodeError) as exc:
             failed += 1
-            print(f"avemo predict: {inp.name}: {exc}", file=sys.stderr)
+            report(f"avemo predict: {inp.name}: {exc}")
             continue
         rtf = s["wall_s"] / s["duration_s"] if s["duration_s"] else float("nan")
-        print(f"{inp.name}: {s['windows']} windows, {s['dropped_windows']} dropped, {s['duration_s']:.1f} s "
-              f"in {s['wall_s']:.1f} s (real-time factor {rtf:.2f}, runtime {runner.name})", file=sys.stderr)
+        report(f"{inp.name}: {s['windows']} windows, {s['dropped_windows']} dropped, {s['duration_s']:.1f} s "
+               f"in {s['wall_s']:.1f} s (real-time factor {rtf:.2f}, runtime {runner.name})")
     return failed
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="avemo predict", epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="Emotion over sliding windows of videos or live streams.")
-    parser.add_argument("items", nargs="+", metavar="INPUT | key=value",
-                        help="inputs (file, folder, pipe:0, lavfi:GRAPH, URL, device) and config overrides "
-                             "(e.g. threads=2 face.device=cpu decode.fps=4)")
-    parser.add_argument("--checkpoint", required=True, help="best.pt from avemo train, or model.onnx from avemo export")
-    parser.add_argument("--window", type=float, default=None, help="window length in seconds (default 2.0)")
-    parser.add_argument("--hop", type=float, default=None, help="seconds between window starts (default 0.5)")
-    parser.add_argument("--out", default=None, help="JSON lines file (default: stdout)")
-    parser.add_argument("--plot", default=None, help="PNG timeline of the 7 probabilities")
-    parser.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=None)
-    parser.add_argument("--realtime", action="store_true", default=None,
-                        help="read inputs at their native rate, as a live camera would deliver them")
-    parser.add_argument("--timings", action="store_true", default=None, help="per-stage milliseconds per window")
-    parser.add_argument("--config", default=None, help="YAML file: its build: and predict: sections are used")
-    ns = parser.parse_intermixed_args(argv)
-    overrides = [a for a in ns.items if OVERRIDE_RE.match(a) and not Path(a).exists()]
-    texts = [a for a in ns.items if a not in overrides]
-    if not texts:
-        parser.error("no INPUT given")
-    flags = {k: v for k, v in {"window_s": ns.window, "hop_s": ns.hop, "runtime": ns.runtime,
-                               "realtime": ns.realtime, "timings": ns.timings}.items() if v is not None}
-    from avemo.runtime import make_runner, read_model
-    from pipeline.decode import DecodeError
-    from pipeline.stream import InputError, resolve_inputs
-    from train.checkpoint import CheckpointError
-    try:
-        model = read_model(ns.checkpoint)
-        cfg = load_predict_config(model.meta, ns.config, flags, overrides)
-        inputs = resolve_inputs(texts, cfg.realtime)
-    except (FileNotFoundError, CheckpointError, InputError) as exc:
-        print(f"avemo predict: error: {exc}", file=sys.stderr)
-        return 2
-
-    def start(inp):
-        try:
-            return open_input(inp, cfg)
-        except (InputError, DecodeError) as exc:
-            return exc
-
-    first = start(inputs[0])   # ffmpeg decodes ahead while torch, torchvision and the networks load
-    try:
-        runner = make_runner(model, cfg.runtime, cfg.threads)
-    except BaseException:
-        if not isinstance(first, Exception):
-            first.close()
-        raise
-    out = open(ns.out, "w", encoding="utf-8") if ns.out else sys.stdout
-    records: list[dict] = []
-
-    def emit(record: dict) -> None:
-        out.write(json.dumps(record) + "\n")
-        out.flush()     # a live consumer (or a crash) sees every finished window
-        records.append(record)
-
-    try:
-        failed = run_inputs(inputs, first, start, runner, cfg, emit)
-    except BrokenPipeError:   # whoever read our stdout went away (e.g. `| head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print("avemo predict: output closed, stopped", file=sys.stderr)
-        return 0
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    if ns.plot:
-        from avemo.timeline import plot_timeline
-        plot_timeline(records, ns.plot, runner.meta["labels"])
-        print(f"wrote {ns.plot}", file=sys.stderr)
-    return 1 if failed else 0

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from avemo.core.errors import ConfigError
 from avemo.shards.manifest import MANIFEST_NAME, make_table, write_table
 from avemo.train.data import effective_workers
 
@@ -152,5 +153,5 @@ def test_rank0_work_is_broadcast_to_every_rank(tmp_path):
 def test_dataloader_workers_are_capped_by_shards_per_rank():
     assert effective_workers(n_shards=8, world=2, wanted=8) == 4
     assert effective_workers(n_shards=4, world=2, wanted=1) == 1
-    with pytest.raises(ValueError, match="1 shard\\(s\\) cannot feed 2 ranks"):
+    with pytest.raises(ConfigError, match="1 shard\\(s\\) cannot feed 2 ranks"):
         effective_workers(n_shards=1, world=2, wanted=4)

@@ -12,7 +12,7 @@ export AVEMO_WEIGHTS_DIR ?= $(abspath $(SHARED)/weights)
 export AVEMO_SHARED ?= $(abspath $(SHARED))
 endif
 
-.PHONY: setup system-deps demo test bench lint clean
+.PHONY: setup system-deps demo test test-unit bench lint clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -42,6 +42,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# the unit tier alone: pure logic, no media, no weights, no ../shared (under a minute)
+test-unit: setup
+	$(BIN)/python -m pytest -q -m unit
 
 bench: setup
 	$(BIN)/python bench/build_shards.py

@@ -33,9 +33,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")   # run_build's progress bar would in
 def _warm(face: dict) -> int:
     """On a worker: build the detector the build will use (cached per process for its lifetime)."""
     from avemo.pipeline.config import FaceConfig
-    from avemo.pipeline.faces import LOAD_COUNT, get_detector
+    from avemo.pipeline.faces import _cached_detector, get_detector
     get_detector(FaceConfig(**face))
-    return LOAD_COUNT["detector"]
+    return _cached_detector.cache_info().misses
 
 
 def _cpu_seconds() -> float:

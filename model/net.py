@@ -68,7 +68,7 @@ class AudioEncoder(nn.Module):
 class FaceEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cnn = MobileFaceNet().to(memory_format=torch.channels_last)  # ~1.5x faster convs on CPU and GPU
+        self.cnn = MobileFaceNet().to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # ~1.5x faster convs
         self.trainable = cfg.face_trainable == "all"
         if not self.trainable:
             self.cnn.requires_grad_(False)
@@ -157,7 +157,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_clip(model: nn.Module, frames: int = 16, mel_frames: int = 400) -> int:
+def flops_per_clip(model: "AVEmotionNet", frames: int = 16, mel_frames: int = 400) -> int:
     """Forward FLOPs for one clip (torch's FLOP counter), with dummy inputs on the model's device."""
     from torch.utils.flop_counter import FlopCounterMode
     was_training = model.training
@@ -165,7 +165,7 @@ def flops_per_clip(model: nn.Module, frames: int = 16, mel_frames: int = 400) ->
     device = next(model.parameters()).device
     args = (torch.zeros(1, frames, 3, 112, 112, dtype=torch.uint8, device=device),
             torch.ones(1, frames, dtype=torch.bool, device=device),
-            torch.zeros(1, model.cfg.n_mels, mel_frames, device=device),
+            torch.zeros(1, int(model.cfg.n_mels), mel_frames, device=device),
             torch.ones(1, mel_frames, dtype=torch.bool, device=device))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(*args)

@@ -67,9 +67,9 @@ def ffmpeg_command(source: str, plan: DecodePlan, audio_fd: int | None,
     if audio_fd is not None:
         # pad a late-starting audio track with silence so sample 0 is at t=0, aligned with the frames
         audio = stream["a:0"].filter("aresample", **{"async": 1, "first_pts": 0})
-        limit = {"t": f"{plan.max_audio_s:.3f}"} if plan.max_audio_s > 0 else {}
+        audio_limit = {"t": f"{plan.max_audio_s:.3f}"} if plan.max_audio_s > 0 else {}
         outputs.append(ffmpeg.output(audio, f"pipe:{audio_fd}", format="f32le", ac=1,
-                                     ar=plan.sample_rate, **limit))
+                                     ar=plan.sample_rate, **audio_limit))
     args = ffmpeg.merge_outputs(*outputs).get_args()
     return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *args]
 

@@ -25,9 +25,6 @@ from avemo.core.weights import load_state_dict, resolve_weights
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
 
-LOAD_COUNT = {"detector": 0}  # how many times this process built a detector (tests check reuse)
-
-
 @dataclass
 class FrameDets:
     boxes: np.ndarray      # (n, 4) xyxy pixels of the detector frame
@@ -55,7 +52,6 @@ class FaceDetector:
         self.model = model.eval().to(self.device)
         # CPU: small batches stay in cache (26.7 -> 14.3 ms/frame at 640x360); a GPU wants many frames per pass
         self.batch_frames = cfg.batch_frames or (64 if self.device.type == "cuda" else 8)
-        LOAD_COUNT["detector"] += 1
 
     def _stack(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames -> (B, 3, H, W) float batch on the device, each shrunk to face.detect_size (long side)
@@ -103,11 +99,11 @@ class FaceDetector:
         big = ((b[:, 2] - b[:, 0]) >= self.cfg.min_face_px) & ((b[:, 3] - b[:, 1]) >= self.cfg.min_face_px)
         b, s, lm, frame_idx = b[big], s[big], lm[big], frame_idx[big]
         keep = batched_nms(b, s, frame_idx, self.cfg.nms_iou)   # one NMS call for the whole batch
-        b, s, lm, frame_idx = (t[keep].cpu().numpy() for t in (b, s, lm, frame_idx))
+        boxes, scores, marks, owner = (t[keep].cpu().numpy() for t in (b, s, lm, frame_idx))
         dets = []
         for i in range(len(frames)):
-            sel = frame_idx == i
-            dets.append(FrameDets(b[sel], s[sel], lm[sel]))
+            sel = owner == i
+            dets.append(FrameDets(boxes[sel], scores[sel], marks[sel]))
         return dets
 
 

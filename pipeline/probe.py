@@ -94,7 +94,7 @@ def run_ffprobe(source: str, timeout_s: float, options: dict | None = None, stdi
     # ffmpeg.probe() has no timeout; same argument list, with one (a list, never a shell string)
     flags = [x for k, v in (options or {}).items() for x in ([f"-{k}"] if v is None else [f"-{k}", str(v)])]
     args = ["ffprobe", "-v", "error", *flags, "-show_format", "-show_streams", "-of", "json", source]
-    feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+    feed: dict = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
     proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False, **feed)
     if proc.returncode != 0:
         raise ffmpeg.Error("ffprobe", proc.stdout, proc.stderr)

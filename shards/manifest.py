@@ -5,13 +5,13 @@ why in one line). `shard_sha256` lets readers verify a shard once before streami
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
 from typing import Iterable, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc   # `pa.compute` is only an attribute once something imported it
 import pyarrow.parquet as pq
 
 from avemo.core.errors import DataError
@@ -98,8 +98,7 @@ class CorruptShardError(DataError):
 
 def shards_for_split(table: pa.Table, split: str) -> dict[str, str]:
     """{shard file name: sha256} of the ok rows of one split, in name order."""
-    rows = table.filter(pa.compute.and_(pa.compute.equal(table["split"], split),
-                                        pa.compute.equal(table["status"], "ok")))
+    rows = table.filter(pc.and_(pc.equal(table["split"], split), pc.equal(table["status"], "ok")))
     pairs = set(zip(rows["shard"].to_pylist(), rows["shard_sha256"].to_pylist()))
     return dict(sorted(pairs))
 

@@ -37,6 +37,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def make_users_folder(folder: Path) -> Path:
+    """A user's project with its own train.py, model.py and pipeline/ + shards/ packages, each of which
+    exits loudly if imported: `python -m avemo` and `torchrun -m avemo` must never pick them up."""
+    for pkg in ("pipeline", "shards"):
+        (folder / pkg).mkdir(parents=True, exist_ok=True)
+        (folder / pkg / "__init__.py").write_text("raise SystemExit('the user package was imported')\n")
+    for mod in ("train", "model"):
+        (folder / f"{mod}.py").write_text("raise SystemExit('the user module was imported')\n")
+    return folder
+
+
 def command(name: str):
     """`avemo NAME` in-process as a function of its argv -> exit code (one-line errors on stderr)."""
     from avemo.cli import main

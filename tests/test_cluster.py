@@ -43,8 +43,8 @@ def fixture_config(tmp: Path, root: Path) -> Path:
 
 def _detector_loads() -> int:
     """Runs inside each worker process (sent by value: workers cannot import this test module)."""
-    from avemo.pipeline.faces import LOAD_COUNT
-    return LOAD_COUNT["detector"]
+    from avemo.pipeline.faces import _cached_detector
+    return _cached_detector.cache_info().misses     # detectors this process built
 
 
 def _ran_on(stream: list[dict], prefix: str) -> Counter:

@@ -19,8 +19,10 @@ from avemo.core.errors import ConfigError
 from avemo.shards.manifest import MANIFEST_NAME, make_table, write_table
 from avemo.train.data import effective_workers
 
-TINY = ["device=cpu", "data.batch_size=4", "data.workers=1", "optim.epochs=1", "model.face_trainable=none",
-        "data.max_frames=4"]
+from conftest import make_users_folder
+from tiny_model import TINY as TINY_BASE
+
+TINY = [*TINY_BASE, "data.workers=1", "optim.epochs=1"]
 
 
 def torchrun_cmd(shards: Path, run: Path, logs: Path, *launch: str) -> list[str]:
@@ -32,7 +34,9 @@ def torchrun_cmd(shards: Path, run: Path, logs: Path, *launch: str) -> list[str]
 def torchrun(shards: Path, run: Path, logs: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     # --standalone: a local rendezvous on a free port
     cmd = torchrun_cmd(shards, run, logs, "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # from a user's folder with its own train.py, model.py, pipeline/, shards/: ranks start with `python -m`
+    cwd = make_users_folder(run.parent / "users_project")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 def free_port() -> int:

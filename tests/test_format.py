@@ -13,6 +13,8 @@ from avemo.shards.format import UnsafeSampleError, decode_sample, encode_sample
 from avemo.shards.labels import LABEL_MAP_VERSION
 
 
+pytestmark = pytest.mark.unit   # the shard contract alone: no media, no weights
+
 def _sample(n_frames=4, faces_at=(0, 2), mel=True):
     mask = np.zeros(n_frames, np.uint8)
     mask[list(faces_at)] = 1

@@ -49,6 +49,7 @@ def test_real_quirks(shared):
     assert not any(r["dialogue_id"] == 60 for r in train)
 
 
+@pytest.mark.unit
 def test_text_and_time_helpers():
     assert normalise_text("It\u0092s  fine\u0085") == "It's fine..."
     assert normalise_text("Itâ€™s") == "It's"          # mojibake of a curly apostrophe
@@ -65,6 +66,7 @@ def _row(sr, emotion="joy", dia="1", utt="0", sentiment="positive"):
     return f'{sr},Hello there,Ross,{emotion},{sentiment},{dia},{utt},1,1,"0:00:01,000","0:00:02,500"'
 
 
+@pytest.mark.unit
 def test_bad_rows_are_rejected_with_reasons(tmp_path):
     csv = tmp_path / "dev_sent_emo.csv"
     csv.write_text("\n".join([HEADER, _row(1), "", _row(2, emotion="bored"), _row(3, dia="x"),
@@ -80,6 +82,7 @@ def test_bad_rows_are_rejected_with_reasons(tmp_path):
     assert "bored" in rows[1]["detail"]
 
 
+@pytest.mark.unit
 def test_unicode_digits_in_an_id_are_a_bad_id_not_a_crash(tmp_path):
     csv = tmp_path / "dev_sent_emo.csv"   # '1²' and '٣' pass str.isdigit(); int('1²') raises ValueError
     csv.write_bytes("\r\n".join([HEADER, _row(1, dia="1\u00b2"), _row(2, utt="\u0663"), _row(3)]).encode("utf-8"))
@@ -89,6 +92,7 @@ def test_unicode_digits_in_an_id_are_a_bad_id_not_a_crash(tmp_path):
     assert "1\u00b2" in rows[0]["detail"]
 
 
+@pytest.mark.unit
 def test_missing_column_is_one_clear_error(tmp_path):
     csv = tmp_path / "train_sent_emo.csv"
     csv.write_text(HEADER.replace(",Emotion", "") + "\n", encoding="utf-8")

@@ -24,9 +24,9 @@ from badmedia import REPO, avemo, hidden_temporaries, kill_group, start_group, w
 from avemo.shards.manifest import make_table, sha256_file, write_table
 from avemo.train.checkpoint import load_checkpoint
 
-TINY = ["device=cpu", "data.batch_size=4", "data.workers=0", "data.max_frames=4", "data.max_mel_frames=300",
-        "model.face_trainable=none", "model.face_weights=auto", "data.shuffle_buffer=16", "log_every=1",
-        "optim.epochs=2"]
+from tiny_model import TINY as TINY_BASE
+
+TINY = [*TINY_BASE, "optim.epochs=2"]
 
 
 def _train_cmd(shards: Path, run: Path, *extra: str) -> list[str]:

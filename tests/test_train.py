@@ -19,8 +19,7 @@ from avemo.train.evaluate import MODES, predict, run_evaluate
 from avemo.train.loop import class_weights, make_optimizer, run_train
 from avemo.train.metrics import classification_metrics
 
-TINY = ["device=cpu", "data.batch_size=4", "data.workers=0", "data.max_frames=4", "data.max_mel_frames=300",
-        "model.face_trainable=none", "model.face_weights=auto", "data.shuffle_buffer=16", "log_every=1"]
+from tiny_model import TINY
 
 
 def train_cfg(shards, run, *overrides):

@@ -14,6 +14,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ class SplitShards:
     label_counts: list[int]   # per emotion id, ok rows of the split
 
 
-def split_shards(shard_dir: str | Path, split: str, policy: str = "stop", log_fn=print,
+def split_shards(shard_dir: str | Path, split: str, policy: Literal["stop", "skip"] = "stop", log_fn=print,
                  hint: str = TRAIN_HINT) -> SplitShards:
     """The verified shards of one split (each hashed once against the manifest; `hint` ends the error of a
     bad shard with the calling command's setting)."""

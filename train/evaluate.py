@@ -39,7 +39,7 @@ def predict(model, loader, device, modes=("both",), bf16: bool = False) -> dict:
     batch are embedded once (the costly part), then each mode masks a modality out and runs the rest of the
     model from the embeddings. bf16: autocast on CUDA, as the training run decided (use_bf16)."""
     model.eval()
-    out = {m: ([], [], []) for m in modes}
+    out: dict[str, tuple[list, list, list]] = {m: ([], [], []) for m in modes}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
     for batch in loader:
         batch = to_device(batch, device)
@@ -63,8 +63,8 @@ def confusion_png(cm: list[list[int]], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    cm = np.asarray(cm, dtype=float)
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    counts = np.asarray(cm, dtype=float)
+    norm = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=120)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
@@ -74,7 +74,7 @@ def confusion_png(cm: list[list[int]], path: Path, title: str) -> None:
     ax.set_title(title)
     for i in range(len(EMOTIONS)):
         for j in range(len(EMOTIONS)):
-            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center",
                     color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, label="row-normalised")
     fig.tight_layout()

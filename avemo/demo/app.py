@@ -8,6 +8,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from avemo.core.config import ConfigError, bundled_config, load_config
 from avemo.pipeline.build import run_build
@@ -58,7 +59,7 @@ class DemoRun:
     evaluate: EvalConfig
 
 
-def demo_configs(out: str | Path, config: str | Path = DEFAULT_CONFIG, overrides: list[str] = ()) -> DemoRun:
+def demo_configs(out: str | Path, config: str | Path = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> DemoRun:
     out = Path(out)
     over = section_overrides(list(overrides))
     return DemoRun(

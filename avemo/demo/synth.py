@@ -103,7 +103,7 @@ def _frames(photo: Image.Image, n: int, spec: SynthSpec, rng: np.random.Generato
     ramp = np.linspace(0, 1, w)[None, :, None]
     background = (c0 * (1 - ramp) + c1 * ramp).repeat(h, 0).astype(np.uint8)
     if rng.random() < 0.5:
-        photo = photo.transpose(Image.FLIP_LEFT_RIGHT)
+        photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     size0, size1 = rng.uniform(0.55, 0.8) * h, rng.uniform(0.55, 0.8) * h
     x0, x1 = rng.uniform(0, w - h * 0.8, 2)
     y0, y1 = rng.uniform(0, h * 0.2, 2)
@@ -112,7 +112,7 @@ def _frames(photo: Image.Image, n: int, spec: SynthSpec, rng: np.random.Generato
         frame = Image.fromarray(background)
         if face:
             side = int(size0 * (1 - a) + size1 * a)
-            scaled = photo.resize((side, int(side * photo.height / photo.width)), Image.BILINEAR)
+            scaled = photo.resize((side, int(side * photo.height / photo.width)), Image.Resampling.BILINEAR)
             frame.paste(scaled, (int(x0 * (1 - a) + x1 * a), int(y0 * (1 - a) + y1 * a)))
         yield np.asarray(frame).tobytes()
 
@@ -132,7 +132,7 @@ def _write_clip(path: Path, emotion: str, spec: SynthSpec, seed: int, face: bool
         video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{spec.width}x{spec.height}",
                              r=spec.fps)
         streams = [video] + ([ffmpeg.input(str(wav_path)).audio] if audio else [])
-        kwargs = {"vcodec": "libx264", "preset": "ultrafast", "pix_fmt": "yuv420p", "t": f"{duration:.3f}"}
+        kwargs: dict[str, object] = {"vcodec": "libx264", "preset": "ultrafast", "pix_fmt": "yuv420p", "t": f"{duration:.3f}"}
         if audio:
             kwargs.update(acodec="aac", ar=44100, ac=2)
         args = ffmpeg.output(*streams, str(path), **kwargs).overwrite_output().get_args()

@@ -70,8 +70,8 @@ def to_onnx_bytes(net: AVEmotionNet, meta: dict) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():   # the TorchScript-based exporter warns that LSTM batch sizes are traced
         warnings.simplefilter("ignore")
-        torch.onnx.export(ExportNet(net), example_inputs(net.cfg.n_mels), buf, dynamo=False, opset_version=OPSET,
-                          input_names=INPUTS, output_names=OUTPUTS, dynamic_axes=DYNAMIC_AXES)
+        torch.onnx.export(ExportNet(net), example_inputs(net.cfg.n_mels), buf,  # type: ignore[arg-type]
+                          dynamo=False, opset_version=OPSET, input_names=INPUTS, output_names=OUTPUTS, dynamic_axes=DYNAMIC_AXES)
     proto = onnx.load_from_string(buf.getvalue())
     onnx.checker.check_model(proto)
     entry = proto.metadata_props.add()

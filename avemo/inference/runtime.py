@@ -108,6 +108,7 @@ def make_runner(model: ModelFile, runtime: str = "auto", threads: int = 1):
             raise ConfigError(f"{model.path} is an ONNX file: it runs with runtime=onnx (or auto)")
         return OnnxRunner(model.onnx, model.meta, threads)
     from avemo.train.checkpoint import model_from_checkpoint
+    assert model.ckpt is not None        # read_model gives a graph or a checkpoint
     net = model_from_checkpoint(model.ckpt)
     if runtime == "onnx":
         from avemo.inference.export import to_onnx_bytes

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import ffmpeg
 import numpy as np
@@ -220,7 +220,7 @@ class StreamDecoder:
         self.proc, audio_r = spawn_ffmpeg(self.inp.url, self.plan, self.audio is not None, self.inp.options,
                                           stdin=subprocess.PIPE if piped else subprocess.DEVNULL)
         self.started = time.perf_counter()   # a live source's media time t arrives at about started + t
-        targets = [(self._read_video, ()), (self._read_errors, ())]
+        targets: list[tuple[Callable[..., None], tuple]] = [(self._read_video, ()), (self._read_errors, ())]
         if audio_r is not None:
             targets.append((self._read_audio, (audio_r,)))
         if piped:

@@ -50,7 +50,7 @@ def plot_timeline(records: list[dict], path: str | Path, labels: list[str]) -> N
         ax.set_title(Path(source).name if "://" not in source else source, fontsize=10, loc="left")
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("time (s)")
-    legend = {}
+    legend: dict[str, object] = {}
     for ax in axes[:, 0]:
         for handle, name in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(name, handle)

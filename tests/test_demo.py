@@ -32,20 +32,3 @@ def test_demo_config_errors_are_one_line_before_any_work(tmp_path, capsys, args,
     assert len(err) == 1 and message in err[0] and err[0].startswith("avemo demo: "), err
     assert not (tmp_path / "d").exists()                  # nothing generated, built or trained
 
-
-def test_configs_ship_with_a_wheel_install(monkeypatch, tmp_path):
-    """pyproject's data-files carry every configs/*.yaml; a non-editable install (the docker images) finds
-    them under PREFIX/share/avemo/configs, where no checkout sits beside the packages."""
-    import sys
-
-    from avemo.core import config
-    from test_docker import REPO, tomllib
-    shipped = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
-    assert sorted(shipped["share/avemo/configs"]) == sorted(f"configs/{p.name}" for p in (REPO / "configs").glob("*.yaml"))
-    assert config.bundled_config("demo.yaml") == REPO / "configs" / "demo.yaml"      # a checkout
-    installed = tmp_path / "share" / "avemo" / "configs"
-    installed.mkdir(parents=True)
-    (installed / "demo.yaml").write_text((REPO / "configs" / "demo.yaml").read_text())
-    monkeypatch.setattr(config, "CHECKOUT_CONFIGS", tmp_path / "site-packages" / "configs")
-    monkeypatch.setattr(sys, "prefix", str(tmp_path))
-    assert config.bundled_config("demo.yaml") == installed / "demo.yaml"

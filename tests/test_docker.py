@@ -38,7 +38,8 @@ def torch_pins() -> str:
 
 def package_dirs() -> list[str]:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    return [p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    # the top-level folder of every package-dir mapping (avemo.pipeline -> pipeline, ...)
+    return sorted({d.split("/")[0] for d in pyproject["tool"]["setuptools"]["package-dir"].values()})
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:

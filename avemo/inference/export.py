@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from avemo.inference.runtime import META_KEY
 from avemo.model.net import AVEmotionNet
 from avemo.core.atomic import atomic_write_bytes
 
@@ -32,6 +31,7 @@ DYNAMIC_AXES = {"faces": {0: "batch", 1: "frames"}, "face_mask": {0: "batch", 1:
                 "mel": {0: "batch", 2: "mel_frames"}, "mel_mask": {0: "batch", 1: "mel_frames"},
                 "logits": {0: "batch"}, "face_embeddings": {0: "batch", 1: "frames"}}
 OPSET = 17
+META_KEY = "avemo"   # ONNX metadata_props key / TorchScript extra file stem holding model_meta() as JSON
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 

@@ -20,8 +20,8 @@ import numpy as np
 
 from avemo.core.errors import CheckpointError
 from avemo.core.config import ConfigError
+from avemo.inference.export import META_KEY
 
-META_KEY = "avemo"   # ONNX metadata_props key / TorchScript extra file stem holding model_meta() as JSON
 
 
 @dataclass

@@ -30,13 +30,13 @@ class DecodeConfig:
     timeout_s: float = 300.0
 
     def __post_init__(self):
-        check((self.fps > 0, "fps must be > 0"),
-              (self.max_frames >= 1, "max_frames must be >= 1"),
-              (self.frame_size >= 64, "frame_size must be >= 64"),
-              (self.sample_rate >= 8000, "sample_rate must be >= 8000"),
-              (self.max_audio_s > 0, "max_audio_s must be > 0"),
-              (self.ffmpeg_threads >= 1, "ffmpeg_threads must be >= 1"),
-              (self.timeout_s > 0, "timeout_s must be > 0"))
+        check((self.fps > 0, "fps must be > 0"), (self.fps <= 60, "fps must be <= 60"),
+              (1 <= self.max_frames <= 1024, "max_frames must be in [1, 1024]"),
+              (64 <= self.frame_size <= 4096, "frame_size must be in [64, 4096]"),
+              (8000 <= self.sample_rate <= 48000, "sample_rate must be in [8000, 48000]"),
+              (0 < self.max_audio_s <= 3600, "max_audio_s must be in (0, 3600]"),
+              (1 <= self.ffmpeg_threads <= 64, "ffmpeg_threads must be in [1, 64]"),
+              (0 < self.timeout_s <= 86400, "timeout_s must be in (0, 86400]"))
 
 
 @dataclass
@@ -59,8 +59,8 @@ class FaceConfig:
 
     def __post_init__(self):
         check((DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
-              (self.batch_frames >= 0, "batch_frames must be >= 0 (0 = auto)"),
-              (self.detect_size >= 64, "detect_size must be >= 64"),
+              (0 <= self.batch_frames <= 1024, "batch_frames must be in [0, 1024] (0 = auto)"),
+              (64 <= self.detect_size <= 4096, "detect_size must be in [64, 4096]"),
               (0 < self.score_threshold < 1, "score_threshold must be in (0, 1)"),
               (0 < self.nms_iou < 1, "nms_iou must be in (0, 1)"),
               (self.min_face_px >= 0, "min_face_px must be >= 0"),
@@ -78,8 +78,8 @@ class AudioConfig:
     hop_length: int = 160
 
     def __post_init__(self):
-        check((self.n_mels >= 8, "n_mels must be >= 8"),
-              (self.n_fft >= 16, "n_fft must be >= 16"),
+        check((8 <= self.n_mels <= 256, "n_mels must be in [8, 256]"),
+              (16 <= self.n_fft <= 8192, "n_fft must be in [16, 8192]"),
               (0 < self.hop_length <= self.n_fft, "hop_length must be in (0, n_fft]"))
 
 
@@ -102,10 +102,10 @@ class DaskConfig:
     memory_limit: str = "auto"
 
     def __post_init__(self):
-        check((self.workers >= 0, "workers must be >= 0 (0 = one per core)"),
-              (self.decode_threads >= 1, "decode_threads must be >= 1"),
-              (self.torch_threads >= 1, "torch_threads must be >= 1"),
-              (self.retries >= 0, "retries must be >= 0"))
+        check((0 <= self.workers <= 1024, "workers must be in [0, 1024] (0 = one per core)"),
+              (1 <= self.decode_threads <= 64, "decode_threads must be in [1, 64]"),
+              (1 <= self.torch_threads <= 256, "torch_threads must be in [1, 256]"),
+              (0 <= self.retries <= 100, "retries must be in [0, 100]"))
 
 
 @dataclass

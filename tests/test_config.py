@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.mark.parametrize("override, message", [
     ("decode.fps=0", "decode.fps must be > 0"),
-    ("face.detect_size=1", "face.detect_size must be >= 64"),
+    ("face.detect_size=1", "face.detect_size must be in [64, 4096]"),
     ("face.crop_size=64", "face.crop_size must be 112 (MobileFaceNet's input)"),
     ("audio.hop_length=0", "audio.hop_length must be in (0, n_fft]"),
     ("face.device=gpu", "face.device=gpu is not auto, cpu, cuda or cuda:N"),
@@ -35,7 +35,7 @@ def test_predict_reuses_the_sections_and_their_checks(override, message):
 
 
 @pytest.mark.parametrize("cls_path, section, override, message", [
-    ("avemo.pipeline.config:BuildConfig", "build", "dask.retries=-1", "dask.retries must be >= 0"),
+    ("avemo.pipeline.config:BuildConfig", "build", "dask.retries=-1", "dask.retries must be in [0, 100]"),
     ("avemo.pipeline.config:BuildConfig", "build", "limit=-1", "limit must be >= 0 (0 = all rows)"),
     ("avemo.train.config:TrainConfig", "train", "optim.epochs=0", "optim.epochs must be >= 1"),
     ("avemo.train.config:TrainConfig", "train", "eval_every=0", "eval_every must be >= 1"),
@@ -124,3 +124,39 @@ def test_version_and_lazy_api():
     assert _cli("--version").stdout.strip() == f"avemo {avemo.__version__}"
     with pytest.raises(AttributeError):
         avemo.no_such_thing  # noqa: B018
+
+
+def test_config_files_are_bounded(tmp_path):
+    """A 724-byte alias bomb ran for minutes at 4.5 GB; errors echo at most a short prefix of a value."""
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    bomb.write_text("\n".join(lines) + "\ntrain: {seed: *a9}\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML: aliases \(\*a0\) are not allowed"):
+        read_yaml_section(bomb, "train")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("train: " + "{a: " * 40 + "1" + "}" * 40 + "\n")
+    with pytest.raises(ConfigError, match="nests deeper than 16 levels"):
+        read_yaml_section(deep, "train")
+    big = tmp_path / "big.yaml"
+    big.write_text("train: {seed: 0}\n" + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match="a config is at most 1048576 bytes"):
+        read_yaml_section(big, "train")
+    from avemo.train.config import TrainConfig
+    with pytest.raises(ConfigError) as info:
+        load_config(TrainConfig, "train", None, ["optim.lr=" + "z" * 5000])
+    assert len(str(info.value)) < 200 and "(5002 characters)" in str(info.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("hop_s=0.000001", "hop must be in [0.05 s, window]"), ("threads=100000", "threads must be <= 256"),
+    ("decode.max_frames=1000000000000000000000", "decode.max_frames must be in [1, 1024]"),
+    ("decode.sample_rate=0", "decode.sample_rate must be in [8000, 48000]"),
+    ("decode.frame_size=0", "decode.frame_size must be in [64, 4096]"),
+])
+def test_numeric_settings_have_sane_ranges(override, message):
+    """`--hop 0.000001` meant millions of windows for a 2 s clip, threads=100000 no output in 120 s."""
+    from avemo.inference.predict import load_predict_config
+    with pytest.raises(ConfigError) as info:
+        load_predict_config({}, None, {}, [override])
+    assert str(info.value) == message

@@ -36,6 +36,35 @@ def check(*rules: tuple[bool, str]) -> None:
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
+MAX_CONFIG_BYTES = 1 << 20       # a config file is settings, not data
+MAX_CONFIG_DEPTH = 16
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value as echoed in a one-line error: repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+class _SettingsLoader(yaml.SafeLoader):
+    """safe_load without aliases: a 1 KB `&a [*a, *a, ...]` chain expands to gigabytes (billion laughs),
+    and settings never need them."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in config files "
+                                 f"(line {event.start_mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
+def _depth(node: Any, level: int = 0) -> int:
+    if level > MAX_CONFIG_DEPTH:
+        return level
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    return max((_depth(c, level + 1) for c in children), default=level)
+
+
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
@@ -56,31 +85,31 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {_shown(value)}")
     if origin is Literal:
         if value not in get_args(tp):
-            raise ConfigError(f"{where} must be one of {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{where} must be one of {_type_name(tp)}, got {_shown(value)}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
+            raise ConfigError(f"{where} must be a list, got {_shown(value)}")
         (item_tp, *_) = get_args(tp) or (Any,)
         items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+            raise ConfigError(f"{where} must be a mapping, got {_shown(value)}")
         return _build(tp, value, where)
     if tp is Any:
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
+        raise ConfigError(f"{where} must be true or false, got {_shown(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
+        raise ConfigError(f"{where} must be an integer, got {_shown(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -89,11 +118,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+        raise ConfigError(f"{where} must be a number, got {_shown(value)}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{where} must be a string, got {value!r}")
+        raise ConfigError(f"{where} must be a string, got {_shown(value)}")
     raise ConfigError(f"{where}: unsupported config type {tp!r}")
 
 
@@ -179,12 +208,19 @@ def read_yaml_section(path: str | Path, section: str) -> dict:
     if not path.is_file():
         known = ", ".join(sorted(p.name.removesuffix(".yaml") for p in bundled_config(".").glob("*.yaml")))
         raise ConfigError(f"config file not found: {path} (bundled configs: {known})")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {path.stat().st_size} bytes; a config is at most "
+                          f"{MAX_CONFIG_BYTES} bytes")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_SettingsLoader) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"config file {path} must be a mapping of sections")
+    if _depth(doc) > MAX_CONFIG_DEPTH:
+        raise ConfigError(f"config file {path} nests deeper than {MAX_CONFIG_DEPTH} levels")
     data = doc.get(section, {})
     if not isinstance(data, dict):
         raise ConfigError(f"section '{section}' in {path} must be a mapping")

@@ -41,7 +41,10 @@ class PredictConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
 
     def __post_init__(self):
-        check((self.window_s > 0 and self.hop_s > 0, "window and hop must be > 0 seconds"),
+        check((0.25 <= self.window_s <= 60, "window must be in [0.25, 60] seconds"),
+              (0.05 <= self.hop_s <= self.window_s, "hop must be in [0.05 s, window]"),
+              (self.buffer_s <= 600, "buffer_s must be <= 600 seconds"),
+              (self.threads <= 256, "threads must be <= 256"),
               (self.buffer_s >= self.window_s + self.hop_s,
                f"buffer_s={self.buffer_s} must hold a window plus a hop (>= {self.window_s + self.hop_s})"),
               (self.threads >= 1, "threads must be >= 1"))

@@ -41,7 +41,7 @@ def test_readme_api_example_runs(mini_meld, media, tmp_path, monkeypatch):
     code = readme_example()
     config = tiny_config(tmp_path / "tiny.yaml")
     swaps = {'root="MELD"': f'root="{mini_meld}"', 'config="meld"': f'config="{config}"',
-             '"clip.mp4"': f'"{media / "single_face.mp4"}"'}
+             '"clip.mp4"': f'"{media / "single_face.mp4"}"', '"optim.epochs=5"': '"optim.epochs=1"'}
     for old, new in swaps.items():
         assert old in code, f"the README example lost {old!r}"
         code = code.replace(old, new)

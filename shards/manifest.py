@@ -44,6 +44,7 @@ REASONS: dict[str, str] = {
 SCHEMA = pa.schema([
     ("key", pa.string()),
     ("split", pa.string()),
+    ("kind", pa.string()),           # video, audio (no video stream: no faces) or image (one frame, no audio)
     ("dialogue_id", pa.int64()),
     ("utterance_id", pa.int64()),
     ("label", pa.int8()),            # emotion id in shards.labels.EMOTIONS, -1 when unknown
@@ -63,7 +64,7 @@ SCHEMA = pa.schema([
     ("shard_sha256", pa.string()),
 ])
 
-DEFAULTS = {"dialogue_id": None, "utterance_id": None, "label": -1, "emotion": "", "sentiment": "",
+DEFAULTS = {"kind": "video", "dialogue_id": None, "utterance_id": None, "label": -1, "emotion": "", "sentiment": "",
             "reason": "", "detail": "", "shard": "", "source": "", "csv_line": None, "duration_s": None,
             "n_frames": 0, "n_faces": 0, "has_audio": False, "sample_bytes": 0, "shard_sha256": ""}
 

@@ -32,7 +32,7 @@ first, e.g. train.optim.epochs=5.
 
 # command -> (module whose main(argv) runs it, imported only when chosen; one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "build-shards": ("avemo.cli.build_shards", "MELD CSVs + videos -> WebDataset shards + manifest (Dask)"),
+    "build-shards": ("avemo.cli.build_shards", "MELD CSVs + videos, or a media list -> WebDataset shards + manifest (Dask)"),
     "train": ("avemo.cli.train", "train the model from shards"),
     "evaluate": ("avemo.cli.evaluate", "metrics, predictions and plots of a checkpoint on a split"),
     "demo": ("avemo.cli.demo", "end to end on a generated dataset: build-shards -> train -> evaluate"),

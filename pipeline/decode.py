@@ -35,6 +35,8 @@ class DecodePlan:
     threads: int
     video: bool = True  # False: an audio file, nothing but its audio is decoded
     still: bool = False  # an image: its one frame, no frame-rate sampling (ffmpeg's fps filter drops it)
+    start_s: float = 0.0  # decode from here (a media list's `start`) ...
+    window_s: float = 0.0  # ... for this long (its `end` - `start`); 0 = to the end
 
     @property
     def frame_bytes(self) -> int:
@@ -45,7 +47,8 @@ def _even(x: float) -> int:
     return max(2, int(round(x / 2.0)) * 2)
 
 
-def plan_decode(probe: ProbeResult, cfg: DecodeConfig) -> DecodePlan:
+def plan_decode(probe: ProbeResult, cfg: DecodeConfig, start_s: float = 0.0, window_s: float = 0.0) -> DecodePlan:
+    """start_s/window_s: a part of the file (probe.duration_s is then that part's length, see shard_task)."""
     duration = max(probe.duration_s, 1e-3)
     scale = min(1.0, cfg.frame_size / max(probe.width, probe.height, 1))
     still = probe.kind == "image"
@@ -54,6 +57,7 @@ def plan_decode(probe: ProbeResult, cfg: DecodeConfig) -> DecodePlan:
         width=_even(probe.width * scale), height=_even(probe.height * scale),
         audio=probe.has_audio, sample_rate=cfg.sample_rate, max_audio_s=cfg.max_audio_s,
         threads=cfg.ffmpeg_threads, video=probe.kind != "audio", still=still,
+        start_s=0.0 if still else start_s, window_s=0.0 if still else window_s,
     )
 
 
@@ -61,7 +65,10 @@ def ffmpeg_command(source: str, plan: DecodePlan, audio_fd: int | None,
                    input_options: dict | None = None) -> list[str]:
     """input_options: extra input flags, e.g. {"f": "lavfi"} or {"re": None} (pipeline/stream.py).
     plan.max_frames <= 0 / plan.max_audio_s <= 0 mean no limit (a stream decoded to its end)."""
-    stream = ffmpeg.input(source, threads=plan.threads, **(input_options or {}))
+    window = {"ss": f"{plan.start_s:.3f}"} if plan.start_s > 0 else {}
+    if plan.window_s > 0:
+        window["t"] = f"{plan.window_s:.3f}"
+    stream = ffmpeg.input(source, threads=plan.threads, **window, **(input_options or {}))
     outputs = []
     if plan.video:
         video = stream["v:0"] if plan.still else stream["v:0"].filter("fps", fps=f"{plan.fps:.6f}")

@@ -73,12 +73,35 @@ def probe_shard(spec: ShardSpec) -> list[dict]:
     with ThreadPoolExecutor(cfg.dask.decode_threads) as pool:
         results = pool.map(lambda r: probe_clip(Path(r["source"]) if r.get("source") else None,
                                                 cfg.probe, cfg.audio, any_kind="kind" in r), spec.rows)
-        return [r.to_dict() for r in results]
+        return [_window(row, result).to_dict() for row, result in zip(spec.rows, results)]
+
+
+def list_window(row: dict) -> tuple[float, float]:
+    """(start, length; 0 = to the end) of the part of the file a media list's row names with start/end;
+    (0, 0) for MELD's rows, whose StartTime/EndTime place an already cut clip in its episode."""
+    if "kind" not in row:
+        return 0.0, 0.0
+    start = row.get("start_s") or 0.0
+    return start, (row["end_s"] - start) if row.get("end_s") is not None else 0.0
+
+
+def _window(row: dict, probe: ProbeResult) -> ProbeResult:
+    """A probed file's result for the part of it the row names: its length, or bad_time past its end."""
+    start, length = list_window(row)
+    if not probe.ok or probe.kind == "image" or (start == 0 and length == 0):
+        return probe
+    left = probe.duration_s - start
+    if left <= 0:
+        return ProbeResult(False, "bad_time", f"start={start} s is past the end of the file "
+                                              f"({probe.duration_s:.3f} s)", probe.duration_s, kind=probe.kind)
+    probe.duration_s = min(left, length) if length > 0 else left
+    return probe
 
 
 def _decode_one(row: dict, probe: ProbeResult, cfg: BuildConfig) -> Decoded | str:
     try:
-        decoded = decode_clip(ffmpeg_source(row["source"]), plan_decode(probe, cfg.decode), cfg.decode.timeout_s)
+        plan = plan_decode(probe, cfg.decode, *list_window(row))
+        decoded = decode_clip(ffmpeg_source(row["source"]), plan, cfg.decode.timeout_s)
     except DecodeError as exc:
         return str(exc)
     if probe.kind == "image":

@@ -100,6 +100,9 @@ def media_list(tmp_path_factory, shared, media) -> Path:
         "broken.wav,joy,train,,,,",            # unreadable
         "tone.wav,joy,holdout,,,,",            # bad split
         "pattern.png,joy,dev,silent,,,",       # duplicate key
+        "tone.wav,fear,test,tone_part,,0.2,0.7",   # half a second of it
+        f"{media / 'single_face.mp4'},joy,test,video_part,,1.0,2.0",
+        "tone.wav,fear,test,tone_late,,5,",    # starts after its end
     ])
 
 
@@ -119,14 +122,17 @@ def test_list_builds_every_kind_with_reasons(list_shards, media):
     assert video[0] == "video" and video[2] and video[3]
     assert ok["silent"][0] == "video" and ok["silent"][2] and not ok["silent"][3]
     audio = sorted(k for k, v in ok.items() if v[0] == "audio")
-    assert audio[0] == "tone" and audio[1].startswith("tone-") and len(audio) == 2   # .wav and .flac
+    assert audio[0] == "tone" and audio[1].startswith("tone-") and audio[2:] == ["tone_part"]   # .wav, .flac
     assert all(ok[k][1:] == (0, False, True) for k in audio), "audio: no frames, no faces, a log-mel"
     assert ok["pattern"] == ("image", 1, False, False)
     images = {k: v for k, v in ok.items() if v[0] == "image"}
     assert len(images) == 3 and all(v[1] == 1 and not v[3] for v in images.values())
     assert images["fer_face"][2], "the FER face is found (small images are padded before detection)"
+    parts = {r["key"]: r for r in rows if r["key"] in ("tone_part", "video_part")}
+    assert abs(parts["tone_part"]["duration_s"] - 0.5) < 1e-3 and abs(parts["video_part"]["duration_s"] - 1.0) < 1e-3
+    assert parts["video_part"]["n_frames"] == 4 and parts["video_part"]["n_faces"] == 4   # 1 s at decode.fps=4
     reasons = sorted((r["reason"], r["kind"]) for r in rows if r["status"] != "ok")
-    assert reasons == [("bad_split", "audio"), ("duplicate_key", "image"), ("missing_file", "audio"),
+    assert reasons == [("bad_split", "audio"), ("bad_time", "audio"), ("duplicate_key", "image"), ("missing_file", "audio"),
                        ("unknown_label", "audio"), ("unreadable_container", "audio")]
 
 
@@ -140,7 +146,9 @@ def test_list_shards_read_back_safely_and_train(list_shards):
             kind = sample.meta["kind"]
             assert (sample.mel is None) == (kind == "image" or sample.key == "silent")
             assert (sample.facemask.shape[0] == 0) == (kind == "audio")
-    for split in ("train", "dev"):
+            if sample.key == "tone_part":   # 0.5 s at hop 160 / 16 kHz: 51 log-mel frames
+                assert sample.mel.shape == (64, 51)
+    for split in ("train", "dev", "test"):
         shards = split_shards(list_shards, split)
         loader, steps = train_loader(shards, DataConfig(batch_size=2, workers=0, pin_memory=False),
                                      AugmentConfig(), epoch=0, seed=0)

@@ -155,3 +155,17 @@ def test_list_shards_read_back_safely_and_train(list_shards):
         batch = next(iter(loader))
         assert batch["faces"].shape[1:] == (16, 3, 112, 112) and batch["mel"].shape[1] == 64
         assert np.isin(batch["label"].numpy(), range(7)).all()
+
+
+@pytest.mark.unit
+def test_small_images_are_scaled_up_and_centred_on_a_grey_canvas():
+    from avemo.pipeline.config import FaceConfig
+    from avemo.pipeline.faces import PAD_GREY, pad_small_frames
+    frames = np.full((1, 48, 24, 3), 200, dtype=np.uint8)
+    padded = pad_small_frames(frames, FaceConfig())
+    assert padded.shape == (1, 320, 320, 3)
+    assert (padded[0, 80:240, 120:200] == 200).all() and padded[0, 80:240, 119].tolist() == [[PAD_GREY] * 3] * 160
+    assert padded[0, 79, 160].tolist() == [PAD_GREY] * 3
+    assert pad_small_frames(frames, FaceConfig(pad_small_images=False)) is frames
+    big = np.zeros((1, 200, 100, 3), dtype=np.uint8)
+    assert pad_small_frames(big, FaceConfig()) is big

@@ -78,9 +78,9 @@ def ffmpeg_command(source: str, plan: DecodePlan, audio_fd: int | None,
     if audio_fd is not None:
         # pad a late-starting audio track with silence so sample 0 is at t=0, aligned with the frames
         audio = stream["a:0"].filter("aresample", **{"async": 1, "first_pts": 0})
-        limit = {"t": f"{plan.max_audio_s:.3f}"} if plan.max_audio_s > 0 else {}
+        audio_limit = {"t": f"{plan.max_audio_s:.3f}"} if plan.max_audio_s > 0 else {}
         outputs.append(ffmpeg.output(audio, f"pipe:{audio_fd}", format="f32le", ac=1,
-                                     ar=plan.sample_rate, **limit))
+                                     ar=plan.sample_rate, **audio_limit))
     args = ffmpeg.merge_outputs(*outputs).get_args()
     return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *args]
 
@@ -140,10 +140,10 @@ def decode_clip(source: str, plan: DecodePlan, timeout_s: float = 300.0) -> Deco
         raise DecodeError(ffmpeg_message(message) if message else f"ffmpeg exited with {proc.returncode}")
     if not plan.video:
         raw = b"".join(audio_chunks)
-        audio = np.frombuffer(raw[: len(raw) // 4 * 4], dtype=np.float32).copy()
-        if audio.size == 0:
+        samples = np.frombuffer(raw[: len(raw) // 4 * 4], dtype=np.float32).copy()
+        if samples.size == 0:
             raise DecodeError("no audio could be decoded" + (f": {ffmpeg_message(message)}" if message else ""))
-        return Decoded(frames=np.zeros((0, 0, 0, 3), np.uint8), times=np.zeros(0, np.float32), audio=audio)
+        return Decoded(frames=np.zeros((0, 0, 0, 3), np.uint8), times=np.zeros(0, np.float32), audio=samples)
     n = len(out) // plan.frame_bytes
     if n == 0:
         raise DecodeError("no video frame could be decoded" + (f": {ffmpeg_message(message)}" if message else ""))

@@ -234,9 +234,9 @@ def pad_small_frames(frames: np.ndarray, cfg: FaceConfig) -> np.ndarray:
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     block = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()      # (T, 3, h, w)
     block = F.interpolate(block, size=(nh, nw), mode="bicubic", align_corners=False)
-    block = block.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()          # (T, nh, nw, 3)
+    scaled = block.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()         # (T, nh, nw, 3)
     side = cfg.pad_canvas_px
     canvas = np.full((t, side, side, 3), PAD_GREY, dtype=np.uint8)
     top, left = (side - nh) // 2, (side - nw) // 2
-    canvas[:, top: top + nh, left: left + nw] = block
+    canvas[:, top: top + nh, left: left + nw] = scaled
     return canvas

@@ -193,7 +193,7 @@ def image_folders(root: Path, numbering: str = "", ignore_split_folders: bool = 
         elif label is None:
             out.skipped[f"class {parts[-2]!r} (no MELD class)"] += 1
         else:
-            found.append((path, label, SPLIT_FOLDERS[parts[0].lower()] if by_split else ""))
+            found.append((path, str(label), SPLIT_FOLDERS[parts[0].lower()] if by_split else ""))
     if not by_split or ignore_split_folders:
         check_fractions(dev_fraction, test_fraction)
         for label in sorted({lab for _, lab, _ in found}):   # per class: every class in every split

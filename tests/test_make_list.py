@@ -121,3 +121,23 @@ def test_shared_fer2013_list_matches_its_labels_csv(shared):
     assert {r["split"] for r in result.rows} == {"dev"} and not result.skipped
     pooled = lists.image_folders(root / "validation", dev_fraction=0.5, seed=0)
     assert Counter(r["split"] for r in pooled.rows) == {"train": 1793, "dev": 1796}
+
+
+def test_shared_corpora_lists_build_shards(shared, tmp_path, capsys):
+    """make-list on the real RAVDESS and FER2013 folders -> one list -> build-shards: voices as audio samples,
+    faces as image samples with the face found."""
+    import pyarrow.parquet as pq
+    ravdess, fer = shared / "data" / "ravdess", shared / "data" / "fer2013" / "validation"
+    if not ravdess.is_dir() or not fer.is_dir():
+        pytest.skip(f"no RAVDESS or FER2013 under {shared / 'data'}")
+    voices = lists.ravdess(ravdess).rows
+    faces = lists.image_folders(fer, dev_fraction=0.5).rows
+    picked = [r for r in voices if r["split"] == "dev"][:3] + [r for r in faces if r["split"] == "dev"][::600][:3]
+    path = tmp_path / "both.csv"
+    path.write_text(lists.MediaList(rows=picked).csv_text(), encoding="utf-8")
+    out = tmp_path / "out"
+    assert command("build-shards")(["--list", str(path), "--out", str(out), "--splits", "dev", "dask.workers=1"]) == 0
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert [(r["kind"], r["status"]) for r in rows] == [("audio", "ok")] * 3 + [("image", "ok")] * 3
+    assert all(r["has_audio"] and r["n_frames"] == 0 for r in rows[:3])
+    assert sum(r["n_faces"] for r in rows[3:]) >= 2, "FER faces are found (padded before detection)"

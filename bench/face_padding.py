@@ -6,7 +6,7 @@ at least one box (score >= face.score_threshold, side >= face.min_face_px) in th
 padding, and (target px, canvas px) pairs; the default is the config's. Detector time per image is the
 median over --repeats interleaved passes (default 1).
 
-    .venv/bin/python bench/face_padding.py            # 300 images, ~5 min on 2 cores
+    .venv/bin/python bench/face_padding.py            # 300 images x 5 variants (30 min at load average 16)
     .venv/bin/python bench/face_padding.py --quick    # 40 images
 """
 from __future__ import annotations

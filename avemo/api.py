@@ -21,10 +21,12 @@ from avemo.train.loop import run_train
 PathLike = str | Path
 
 
-def build_shards(root: PathLike, out: PathLike, config: PathLike | None = None,
-                 overrides: Sequence[str] = ()) -> BuildSummary:
-    """MELD CSVs + videos under `root` -> WebDataset shards + manifest.parquet in `out` (resumable)."""
-    cfg = load_config(BuildConfig, "build", config, list(overrides), {"root": str(root), "out": str(out)})
+def build_shards(root: PathLike | None, out: PathLike, config: PathLike | None = None,
+                 overrides: Sequence[str] = (), media_list: PathLike | None = None) -> BuildSummary:
+    """MELD CSVs + videos under `root`, or the media list CSV `media_list` (then root=None) -> WebDataset
+    shards + manifest.parquet in `out` (resumable)."""
+    source = {"root": str(root or ""), "media_list": str(media_list or "")}
+    cfg = load_config(BuildConfig, "build", config, list(overrides), {**source, "out": str(out)})
     return run_build(cfg)
 
 

@@ -1,7 +1,8 @@
-"""build-shards: MELD CSVs + videos -> OUT/{split}-{NNNNNN}.tar + OUT/manifest.parquet, resumably.
+"""build-shards: MELD CSVs + videos, or a media list -> OUT/{split}-{NNNNNN}.tar + OUT/manifest.parquet,
+resumably.
 
 Stages, composed here and nowhere else:
-    labels (CSV -> rows) -> plan (rows -> shard specs) -> skip finished shards
+    labels (MELD CSVs or a media list -> rows) -> plan (rows -> shard specs) -> skip finished shards
     -> Dask: probe_shard (any worker) -> build_shard (GPU workers when dask.gpu_resource)
     -> manifest (all part parquets + label rejections) -> summary
 """
@@ -24,6 +25,7 @@ from avemo.core.errors import ConfigError
 from avemo.pipeline.cluster import open_client
 from avemo.pipeline.config import BuildConfig
 from avemo.pipeline.labels import read_label_csv
+from avemo.pipeline.media_list import INVALID_SPLIT, read_media_list
 from avemo.pipeline.layout import find_csv, find_video_dir, video_path
 from avemo.pipeline.shard_task import ShardSpec, build_shard, fingerprint, manifest_row, media_settings, probe_shard
 from avemo.core.weights import load_state_dict, resolve_weights
@@ -33,6 +35,7 @@ from avemo.shards.manifest import BUILD_CONFIG_NAME, MANIFEST_NAME, make_table, 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 JPEG_BYTES_PER_FACE = 6_000   # for shard size planning only
 SAMPLE_OVERHEAD = 4_000
+UNKNOWN_DURATION_S = 5.0      # a media list row without start/end: planned as this long
 
 
 @dataclass
@@ -67,8 +70,20 @@ def load_rows(cfg: BuildConfig, split: str) -> list[dict]:
     return rows
 
 
+def load_sources(cfg: BuildConfig) -> tuple[dict[str, list[dict]], list[dict]]:
+    """({split: label rows}, rows of no valid split): MELD's CSVs (the default) or a media list."""
+    if cfg.media_list:
+        return read_media_list(cfg.media_list, cfg.splits, cfg.limit)
+    if not cfg.root:
+        raise ConfigError("no input: give a MELD folder (--root, root=) or a media list (--list, media_list=)")
+    return {s: load_rows(cfg, s) for s in cfg.splits}, []
+
+
 def _estimated_bytes(row: dict, cfg: BuildConfig) -> float:
-    duration = max(0.0, (row.get("end_s") or 0) - (row.get("start_s") or 0))
+    if row.get("kind") and row.get("end_s") is None:
+        duration = 0.0 if row["kind"] == "image" else UNKNOWN_DURATION_S
+    else:
+        duration = max(0.0, (row.get("end_s") or 0) - (row.get("start_s") or 0))
     frames = min(cfg.decode.max_frames, math.ceil(duration * cfg.decode.fps) + 1)
     mel = min(duration, cfg.decode.max_audio_s) * cfg.decode.sample_rate / cfg.audio.hop_length
     return frames * JPEG_BYTES_PER_FACE + mel * cfg.audio.n_mels * 2 + SAMPLE_OVERHEAD
@@ -153,8 +168,13 @@ def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
     for folder in (out, out / "parts"):
         clean_temporaries(folder)
 
-    label_rows: dict[str, list[dict]] = {s: load_rows(cfg, s) for s in cfg.splits}  # CSV errors stop here
+    label_rows, invalid = load_sources(cfg)  # CSV errors stop here
     specs = [spec for s in cfg.splits for spec in plan_shards(label_rows[s], s, cfg)]
+    invalid_part = out / "parts" / f"{INVALID_SPLIT}-labels.parquet"   # a list's rows of no valid split
+    if invalid:
+        write_table(invalid_part, make_table(invalid))
+    else:
+        invalid_part.unlink(missing_ok=True)
     for split in cfg.splits:
         rejected = [r for r in label_rows[split] if r["status"] != "ok"]
         write_table(out / "parts" / f"{split}-labels.parquet", make_table(rejected))
@@ -167,7 +187,7 @@ def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
         (out / spec.tar_name).unlink(missing_ok=True)
     summary = BuildSummary(shards_skipped=len(specs) - len(todo))
     n_clips = sum(len(s.rows) for s in todo)
-    log(f"build-shards: {sum(len(r) for r in label_rows.values())} rows, {len(specs)} shards "
+    log(f"build-shards: {sum(len(r) for r in label_rows.values()) + len(invalid)} rows, {len(specs)} shards "
         f"({summary.shards_skipped} already done), {n_clips} clips to process -> {out}")
     failed_rows: list[dict] = []
     if todo and not cfg.scheduler:
@@ -223,7 +243,8 @@ def assemble_manifest(out: Path, specs: list[ShardSpec], splits, failed_rows: li
         # build (its plan had more shards) can commit one after that: its rows are not this build's
         if part.stem.split("-")[0] in splits and part.stem not in planned and not part.stem.endswith("-labels"):
             continue
-        tables.append(pq.read_table(part).replace_schema_metadata(None))
+        # through make_table: a part written before a column was added (e.g. kind) gets its default
+        tables.append(make_table(pq.read_table(part).to_pylist()))
     if failed_rows:
         tables.append(make_table(failed_rows))
     table = pa.concat_tables(tables) if tables else make_table([])

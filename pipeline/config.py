@@ -56,6 +56,12 @@ class FaceConfig:
     track_iou: float = 0.3           # IoU linking detections of the same face across frames
     missing: Literal["keep", "reject"] = "keep"   # clip with no face: keep audio + empty mask, or reject
     jpeg_quality: int = 90
+    # a tightly cropped face (FER2013's 48x48) fills its whole picture, and the detector, trained on faces in
+    # scenes, misses most of them: an image whose longest side is below pad_target_px is scaled up to it
+    # and centred on a grey pad_canvas_px square before detection (its crops are cut from that frame too)
+    pad_small_images: bool = True
+    pad_target_px: int = 160
+    pad_canvas_px: int = 320
 
     def __post_init__(self):
         check((DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
@@ -67,7 +73,9 @@ class FaceConfig:
               (self.margin >= 0, "margin must be >= 0"),
               (self.crop_size == 112, "crop_size must be 112 (MobileFaceNet's input)"),
               (0 <= self.track_iou <= 1, "track_iou must be in [0, 1]"),
-              (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"))
+              (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
+              (self.pad_target_px >= 16, "pad_target_px must be >= 16"),
+              (self.pad_canvas_px >= self.pad_target_px, "pad_canvas_px must be >= pad_target_px"))
 
 
 @dataclass
@@ -110,7 +118,8 @@ class DaskConfig:
 
 @dataclass
 class BuildConfig:
-    root: str = ""
+    root: str = ""                   # MELD's layout (the default source) ...
+    media_list: str = ""             # ... or a media list CSV: path,label,split[,key,speaker,start,end]
     out: str = ""
     splits: list[str] = field(default_factory=lambda: ["train", "dev", "test"])
     scheduler: str = ""              # address of an existing Dask scheduler; empty = LocalCluster
@@ -124,4 +133,5 @@ class BuildConfig:
 
     def __post_init__(self):
         check((self.limit >= 0, "limit must be >= 0 (0 = all rows)"),
+              (not (self.root and self.media_list), "root and media_list cannot both be given: one source of rows"),
               (len(self.splits) > 0, "splits must name at least one split"))

@@ -33,6 +33,10 @@ class DecodePlan:
     sample_rate: int
     max_audio_s: float
     threads: int
+    video: bool = True  # False: an audio file, nothing but its audio is decoded
+    still: bool = False  # an image: its one frame, no frame-rate sampling (ffmpeg's fps filter drops it)
+    start_s: float = 0.0  # decode from here (a media list's `start`) ...
+    window_s: float = 0.0  # ... for this long (its `end` - `start`); 0 = to the end
 
     @property
     def frame_bytes(self) -> int:
@@ -43,14 +47,17 @@ def _even(x: float) -> int:
     return max(2, int(round(x / 2.0)) * 2)
 
 
-def plan_decode(probe: ProbeResult, cfg: DecodeConfig) -> DecodePlan:
+def plan_decode(probe: ProbeResult, cfg: DecodeConfig, start_s: float = 0.0, window_s: float = 0.0) -> DecodePlan:
+    """start_s/window_s: a part of the file (probe.duration_s is then that part's length, see shard_task)."""
     duration = max(probe.duration_s, 1e-3)
-    scale = min(1.0, cfg.frame_size / max(probe.width, probe.height))
+    scale = min(1.0, cfg.frame_size / max(probe.width, probe.height, 1))
+    still = probe.kind == "image"
     return DecodePlan(
-        fps=min(cfg.fps, cfg.max_frames / duration), max_frames=cfg.max_frames,
+        fps=min(cfg.fps, cfg.max_frames / duration), max_frames=1 if still else cfg.max_frames,
         width=_even(probe.width * scale), height=_even(probe.height * scale),
         audio=probe.has_audio, sample_rate=cfg.sample_rate, max_audio_s=cfg.max_audio_s,
-        threads=cfg.ffmpeg_threads,
+        threads=cfg.ffmpeg_threads, video=probe.kind != "audio", still=still,
+        start_s=0.0 if still else start_s, window_s=0.0 if still else window_s,
     )
 
 
@@ -58,12 +65,16 @@ def ffmpeg_command(source: str, plan: DecodePlan, audio_fd: int | None,
                    input_options: dict | None = None) -> list[str]:
     """input_options: extra input flags, e.g. {"f": "lavfi"} or {"re": None} (pipeline/stream.py).
     plan.max_frames <= 0 / plan.max_audio_s <= 0 mean no limit (a stream decoded to its end)."""
-    stream = ffmpeg.input(source, threads=plan.threads, **(input_options or {}))
-    video = (stream["v:0"]
-             .filter("fps", fps=f"{plan.fps:.6f}")
-             .filter("scale", plan.width, plan.height, flags="bilinear"))
-    limit = {"frames:v": plan.max_frames} if plan.max_frames > 0 else {}
-    outputs = [ffmpeg.output(video, "pipe:1", format="rawvideo", pix_fmt="rgb24", **limit)]
+    window = {"ss": f"{plan.start_s:.3f}"} if plan.start_s > 0 else {}
+    if plan.window_s > 0:
+        window["t"] = f"{plan.window_s:.3f}"
+    stream = ffmpeg.input(source, threads=plan.threads, **window, **(input_options or {}))
+    outputs = []
+    if plan.video:
+        video = stream["v:0"] if plan.still else stream["v:0"].filter("fps", fps=f"{plan.fps:.6f}")
+        video = video.filter("scale", plan.width, plan.height, flags="bilinear")
+        limit = {"frames:v": plan.max_frames} if plan.max_frames > 0 else {}
+        outputs.append(ffmpeg.output(video, "pipe:1", format="rawvideo", pix_fmt="rgb24", **limit))
     if audio_fd is not None:
         # pad a late-starting audio track with silence so sample 0 is at t=0, aligned with the frames
         audio = stream["a:0"].filter("aresample", **{"async": 1, "first_pts": 0})
@@ -76,7 +87,7 @@ def ffmpeg_command(source: str, plan: DecodePlan, audio_fd: int | None,
 
 @dataclass
 class Decoded:
-    frames: np.ndarray          # (T, H, W, 3) uint8
+    frames: np.ndarray          # (T, H, W, 3) uint8; (0, 0, 0, 3) for an audio file
     times: np.ndarray           # (T,) float32 seconds of each sampled frame
     audio: np.ndarray | None    # (N,) float32 in [-1, 1] at plan.sample_rate; None without an audio stream
 
@@ -127,6 +138,12 @@ def decode_clip(source: str, plan: DecodePlan, timeout_s: float = 300.0) -> Deco
     message = err.decode("utf-8", "replace").strip().splitlines()
     if proc.returncode != 0:
         raise DecodeError(ffmpeg_message(message) if message else f"ffmpeg exited with {proc.returncode}")
+    if not plan.video:
+        raw = b"".join(audio_chunks)
+        samples = np.frombuffer(raw[: len(raw) // 4 * 4], dtype=np.float32).copy()
+        if samples.size == 0:
+            raise DecodeError("no audio could be decoded" + (f": {ffmpeg_message(message)}" if message else ""))
+        return Decoded(frames=np.zeros((0, 0, 0, 3), np.uint8), times=np.zeros(0, np.float32), audio=samples)
     n = len(out) // plan.frame_bytes
     if n == 0:
         raise DecodeError("no video frame could be decoded" + (f": {ffmpeg_message(message)}" if message else ""))

@@ -214,3 +214,25 @@ def speaker_faces(frames: np.ndarray, dets: list[FrameDets], cfg: FaceConfig) ->
         matrices.append(crop_transform(dets[t].boxes[d], dets[t].landmarks[d], cfg))
         ids.append(t)
     return FaceTrack(mask=mask, boxes=boxes, crops=crop_faces(frames, matrices, ids, cfg.crop_size))
+
+
+PAD_GREY = 128
+
+
+def pad_small_frames(frames: np.ndarray, cfg: FaceConfig) -> np.ndarray:
+    """(T, h, w, 3) uint8 frames of an image smaller than face.pad_target_px (long side) -> scaled up to it
+    and centred on a grey (T, C, C, 3) canvas, C = face.pad_canvas_px: the margin a detector trained on
+    faces in scenes needs around a tightly cropped face. Larger frames, or the setting off: unchanged."""
+    t, h, w = frames.shape[:3]
+    if not cfg.pad_small_images or t == 0 or max(h, w) >= cfg.pad_target_px:
+        return frames
+    scale = cfg.pad_target_px / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    block = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()      # (T, 3, h, w)
+    block = F.interpolate(block, size=(nh, nw), mode="bicubic", align_corners=False)
+    scaled = block.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()         # (T, nh, nw, 3)
+    side = cfg.pad_canvas_px
+    canvas = np.full((t, side, side, 3), PAD_GREY, dtype=np.uint8)
+    top, left = (side - nh) // 2, (side - nw) // 2
+    canvas[:, top: top + nh, left: left + nw] = scaled
+    return canvas

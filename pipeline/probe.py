@@ -22,6 +22,7 @@ class ProbeResult:
     height: int = 0
     has_audio: bool = False
     video_codec: str = ""
+    kind: str = "video"              # video, audio (no video stream) or image (one still picture)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,24 +112,39 @@ def probe_failure(exc: BaseException, timeout_s: float) -> ProbeResult:
     return ProbeResult(False, "unreadable_container", ffmpeg_message(stderr.decode("utf-8", "replace").splitlines()))
 
 
-def check_streams(info: dict) -> ProbeResult:
+# ffprobe format names of still pictures (image2 is a numbered sequence or one file of a known extension)
+IMAGE_FORMATS = ("image2",)
+IMAGE_FORMAT_SUFFIX = "_pipe"   # png_pipe, jpeg_pipe, webp_pipe, bmp_pipe, tiff_pipe ...
+
+
+def check_streams(info: dict, any_kind: bool = False) -> ProbeResult:
     """ffprobe's output -> the usable video stream (a cover picture is not one) and whether there is audio:
     ok, or no_video_stream / unreadable_container (no frame size: nothing to scale or crop). duration_s is
-    0 when unknown (a live stream); what durations are acceptable is the caller's policy."""
+    0 when unknown (a live stream); what durations are acceptable is the caller's policy.
+    any_kind (media lists): a file with audio but no video stream is an ok `audio` result, a still picture
+    an `image` one; without it (MELD) every file must be a video."""
     streams = info.get("streams", []) if isinstance(info, dict) else []
     video = next((s for s in streams if s.get("codec_type") == "video"
                   and not s.get("disposition", {}).get("attached_pic")), None)
+    has_audio = any(s.get("codec_type") == "audio" for s in streams)
+    if video is None and any_kind and has_audio:
+        return ProbeResult(True, duration_s=_duration(info, {}), has_audio=True, kind="audio")
     if video is None:
         return ProbeResult(False, "no_video_stream", f"streams: {[s.get('codec_type') for s in streams]}")
+    fmt = str(info.get("format", {}).get("format_name", ""))
+    kind = "image" if any_kind and (fmt in IMAGE_FORMATS or fmt.endswith(IMAGE_FORMAT_SUFFIX)) else "video"
     width, height = display_size(video)
     if width <= 0 or height <= 0:
         return ProbeResult(False, "unreadable_container", f"video stream has size {width}x{height}")
+    if kind == "image":   # one frame, no time: the duration checks do not apply
+        return ProbeResult(True, width=width, height=height, video_codec=str(video.get("codec_name", "")),
+                           kind="image")
     return ProbeResult(True, duration_s=_duration(info, video), width=width, height=height,
-                       has_audio=any(s.get("codec_type") == "audio" for s in streams),
-                       video_codec=str(video.get("codec_name", "")))
+                       has_audio=has_audio, video_codec=str(video.get("codec_name", "")))
 
 
-def probe_clip(path: Path | None, cfg: ProbeConfig, audio: AudioConfig) -> ProbeResult:
+def probe_clip(path: Path | None, cfg: ProbeConfig, audio: AudioConfig, any_kind: bool = False) -> ProbeResult:
+    """any_kind: a row of a media list, which may be a video, an audio file or an image (check_streams)."""
     if path is None or not Path(path).is_file():
         return ProbeResult(False, "missing_file", f"no file {path}")
     size = Path(path).stat().st_size
@@ -138,8 +154,8 @@ def probe_clip(path: Path | None, cfg: ProbeConfig, audio: AudioConfig) -> Probe
         info = run_ffprobe(ffmpeg_source(path), cfg.timeout_s)
     except PROBE_ERRORS as exc:
         return probe_failure(exc, cfg.timeout_s)
-    result = check_streams(info)
-    if not result.ok:
+    result = check_streams(info, any_kind)
+    if not result.ok or result.kind == "image":
         return result
     duration = result.duration_s
     if duration <= 0:
@@ -150,6 +166,6 @@ def probe_clip(path: Path | None, cfg: ProbeConfig, audio: AudioConfig) -> Probe
     elif duration > cfg.max_duration_s:
         result.ok, result.reason = False, "too_long"
         result.detail = f"{duration:.1f} s > probe.max_duration_s={cfg.max_duration_s}"
-    elif not result.has_audio and audio.missing == "reject":
+    elif not result.has_audio and audio.missing == "reject" and result.kind == "video":
         result.ok, result.reason, result.detail = False, "no_audio_stream", "no audio stream in the file"
     return result

@@ -19,7 +19,7 @@ from avemo.core.config import config_from_dict
 from avemo.pipeline.audio import log_mel
 from avemo.pipeline.config import BuildConfig
 from avemo.pipeline.decode import DecodeError, Decoded, decode_clip, plan_decode
-from avemo.pipeline.faces import get_detector, speaker_faces
+from avemo.pipeline.faces import get_detector, pad_small_frames, speaker_faces
 from avemo.pipeline.probe import ProbeResult, ffmpeg_source, probe_clip
 from avemo.core.atomic import atomic_open
 from avemo.shards.format import encode_sample
@@ -59,32 +59,61 @@ def media_settings(cfg: BuildConfig) -> dict:
 def fingerprint(rows: list[dict], cfg: BuildConfig) -> str:
     """Hash of everything that changes the shard's bytes (not of scheduling knobs): each row's key, video
     and every field its JSON record holds (a corrected CSV text or time rebuilds the shard), the settings."""
-    payload = {"rows": [[r["key"], r.get("source", ""), *(r.get(k) for k in META_FIELDS)] for r in rows],
+    # a media list's rows add their kind (MELD's rows, all videos, keep the fingerprints they had)
+    payload = {"rows": [[r["key"], r.get("source", ""), *(r.get(k) for k in META_FIELDS),
+                         *([r["kind"]] if "kind" in r else [])] for r in rows],
                **media_settings(cfg)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def probe_shard(spec: ShardSpec) -> list[dict]:
-    """ffprobe every clip of a shard (runs on any worker, CPU only)."""
+    """ffprobe every clip of a shard (runs on any worker, CPU only). A media list's row (it has a `kind`)
+    may be a video, an audio file or an image; a MELD row must be a video."""
     cfg = config_from_dict(BuildConfig, spec.config)
     with ThreadPoolExecutor(cfg.dask.decode_threads) as pool:
         results = pool.map(lambda r: probe_clip(Path(r["source"]) if r.get("source") else None,
-                                                cfg.probe, cfg.audio), spec.rows)
-        return [r.to_dict() for r in results]
+                                                cfg.probe, cfg.audio, any_kind="kind" in r), spec.rows)
+        return [_window(row, result).to_dict() for row, result in zip(spec.rows, results)]
+
+
+def list_window(row: dict) -> tuple[float, float]:
+    """(start, length; 0 = to the end) of the part of the file a media list's row names with start/end;
+    (0, 0) for MELD's rows, whose StartTime/EndTime place an already cut clip in its episode."""
+    if "kind" not in row:
+        return 0.0, 0.0
+    start = row.get("start_s") or 0.0
+    return start, (row["end_s"] - start) if row.get("end_s") is not None else 0.0
+
+
+def _window(row: dict, probe: ProbeResult) -> ProbeResult:
+    """A probed file's result for the part of it the row names: its length, or bad_time past its end."""
+    start, length = list_window(row)
+    if not probe.ok or probe.kind == "image" or (start == 0 and length == 0):
+        return probe
+    left = probe.duration_s - start
+    if left <= 0:
+        return ProbeResult(False, "bad_time", f"start={start} s is past the end of the file "
+                                              f"({probe.duration_s:.3f} s)", probe.duration_s, kind=probe.kind)
+    probe.duration_s = min(left, length) if length > 0 else left
+    return probe
 
 
 def _decode_one(row: dict, probe: ProbeResult, cfg: BuildConfig) -> Decoded | str:
     try:
-        return decode_clip(ffmpeg_source(row["source"]), plan_decode(probe, cfg.decode), cfg.decode.timeout_s)
+        plan = plan_decode(probe, cfg.decode, *list_window(row))
+        decoded = decode_clip(ffmpeg_source(row["source"]), plan, cfg.decode.timeout_s)
     except DecodeError as exc:
         return str(exc)
+    if probe.kind == "image":
+        decoded.frames = pad_small_frames(decoded.frames, cfg.face)
+    return decoded
 
 
 def manifest_row(row: dict, **values) -> dict:
     """A label row's manifest row with `values` (status, reason, ...); a detail is made one line of <= 300 chars."""
     out = {k: row.get(k) for k in ("key", "split", "dialogue_id", "utterance_id", "label", "emotion",
                                   "sentiment", "csv_line")}
-    out.update(source=row.get("source", ""), duration_s=None)
+    out.update(source=row.get("source", ""), duration_s=None, kind=row.get("kind", "video"))
     out.update(values)
     if "detail" in out:
         out["detail"] = " ".join(str(out["detail"]).split())[:300]
@@ -105,11 +134,11 @@ class _ShardWriter:
         cfg = self.cfg
         try:
             track = speaker_faces(decoded.frames, dets, cfg.face)
-            if track.mask.sum() == 0 and cfg.face.missing == "reject":
+            if track.mask.sum() == 0 and cfg.face.missing == "reject" and probe.kind != "audio":
                 return self.reject(row, "no_face", "no face in any sampled frame", probe.duration_s)
             mel = None if decoded.audio is None else log_mel(decoded.audio, cfg.decode.sample_rate, cfg.audio)
             meta = {k: row.get(k) for k in META_FIELDS}
-            meta.update(source=Path(row["source"]).name, duration_s=round(probe.duration_s, 3),
+            meta.update(source=Path(row["source"]).name, duration_s=round(probe.duration_s, 3), kind=probe.kind,
                         frame_times=[round(float(t), 3) for t in decoded.times],
                         frame_size=[int(decoded.frames.shape[2]), int(decoded.frames.shape[1])],
                         sample_rate=cfg.decode.sample_rate, hop_length=cfg.audio.hop_length,
@@ -163,6 +192,8 @@ def _run_clips(spec: ShardSpec, cfg: BuildConfig, probes: list[ProbeResult], det
             submit_next()
         while jobs:
             row, probe, job = jobs.popleft()
+            if probe.ok:
+                row = {**row, "kind": probe.kind}   # what the file turned out to be (a list's rows: by ffprobe)
             submit_next()
             decoded = job.result() if job is not None else None
             if job is None:

@@ -1,6 +1,6 @@
 """The manifest: one parquet row per input CSV row, the contract between build-shards and its readers.
 
-`status` is `ok` (the clip is in `shard`) or `rejected` (`reason` is a code from REASONS, `detail` says
+`status` is `ok` (the clip is in `shard`; `kind` says whether it came from a video, an audio file or an image) or `rejected` (`reason` is a code from REASONS, `detail` says
 why in one line). `shard_sha256` lets readers verify a shard once before streaming it.
 """
 from __future__ import annotations
@@ -23,14 +23,17 @@ BUILD_CONFIG_NAME = "build_config.json"   # the decode/face/audio settings the s
 # reason code -> what it means (README and docs/reliability.md list these)
 REASONS: dict[str, str] = {
     "bad_row": "the CSV line does not split into the header's columns (stray quote or comma) or cannot be parsed",
-    "unknown_label": "Emotion or Sentiment is not in the label map",
+    "unknown_label": "Emotion or Sentiment is not in the label map (a media list: label is not a MELD class)",
     "bad_id": "Dialogue_ID or Utterance_ID is not a non-negative integer",
-    "duplicate_key": "another row has the same (split, Dialogue_ID, Utterance_ID)",
-    "bad_time": "StartTime/EndTime cannot be parsed",
-    "missing_file": "no video file for this row",
-    "empty_file": "the video file has 0 bytes",
+    "duplicate_key": "another row has the same (split, Dialogue_ID, Utterance_ID) (a media list: the same key)",
+    "bad_time": "StartTime/EndTime cannot be parsed (a media list: start/end are not seconds with start < end, "
+                "or start is past the end of the file)",
+    "bad_split": "a media list's split is not train, dev or test",
+    "bad_key": "a media list's key is not 1-128 of A-Z a-z 0-9 _ - starting with a letter or digit",
+    "missing_file": "no media file for this row",
+    "empty_file": "the media file has 0 bytes",
     "unreadable_container": "ffprobe cannot read the container",
-    "no_video_stream": "the file has no video stream",
+    "no_video_stream": "the file has no video stream (a media list's file: neither video nor audio)",
     "no_audio_stream": "the file has no audio stream (policy audio.missing=reject)",
     "zero_duration": "the file's duration is 0 or unknown",
     "too_short": "shorter than probe.min_duration_s",
@@ -44,6 +47,7 @@ REASONS: dict[str, str] = {
 SCHEMA = pa.schema([
     ("key", pa.string()),
     ("split", pa.string()),
+    ("kind", pa.string()),           # video, audio (no video stream: no faces) or image (one frame, no audio)
     ("dialogue_id", pa.int64()),
     ("utterance_id", pa.int64()),
     ("label", pa.int8()),            # emotion id in shards.labels.EMOTIONS, -1 when unknown
@@ -63,7 +67,7 @@ SCHEMA = pa.schema([
     ("shard_sha256", pa.string()),
 ])
 
-DEFAULTS = {"dialogue_id": None, "utterance_id": None, "label": -1, "emotion": "", "sentiment": "",
+DEFAULTS = {"kind": "video", "dialogue_id": None, "utterance_id": None, "label": -1, "emotion": "", "sentiment": "",
             "reason": "", "detail": "", "shard": "", "source": "", "csv_line": None, "duration_s": None,
             "n_frames": 0, "n_faces": 0, "has_audio": False, "sample_bytes": 0, "shard_sha256": ""}
 

@@ -85,7 +85,7 @@ def test_a_failed_rebuild_leaves_one_row_per_key_and_no_stale_shard(tmp_path, wa
 
     def broken(*args, **kwargs):
         raise RuntimeError("the detector\n  exploded")
-    monkeypatch.setattr(pipeline.shard_task, "_run_clips", broken)   # in the in-process worker, every retry
+    monkeypatch.setattr(avemo.pipeline.shard_task, "_run_clips", broken)   # in the in-process worker, every retry
     failed = _build(root, out, warm, splits="[train]")
     assert (failed.shards_built, failed.shards_skipped, failed.shards_failed) == (0, 1, 1)
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
@@ -109,7 +109,8 @@ def test_a_failed_rebuild_leaves_one_row_per_key_and_no_stale_shard(tmp_path, wa
 def test_kept_shards_of_other_splits_stop_a_build_with_other_media_settings(tmp_path, warm, capsys):
     """OUT/build_config.json describes every shard in OUT: a run that keeps the train shards (made at
     decode.fps=4) must not rewrite it for decode.fps=2 dev shards; it stops with one line, OUT untouched."""
-    from avemo.cli.build_shards import main
+    from conftest import command
+    main = command("build-shards")   # as the `avemo` command runs it: errors become one line
     root, out = _tree(tmp_path / "meld"), tmp_path / "out"
     assert _build(root, out, warm).shards_built == 3
     files = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}

@@ -21,18 +21,20 @@ avemo: audio-visual emotion recognition on MELD (face + voice, 7 classes).
 typical use:
   avemo demo                                      # generate a small dataset, build, train, evaluate (CPU, minutes)
   avemo build-shards --root MELD --out data/meld  # MELD videos + CSVs -> WebDataset shards, once
+  avemo make-list ravdess RAVDESS --out r.csv && avemo build-shards --list r.csv --out data/r  # any media
   avemo train --shards data/meld --run runs/a     # train from shards
   avemo evaluate --shards data/meld --checkpoint runs/a/best.pt --split test --out runs/a/test
   avemo predict clip.mp4 --checkpoint runs/a/best.pt
 
-Every command but export (flags only) takes --config FILE|NAME (a YAML file, or a bundled one: meld, demo)
+Every command but export and make-list (flags only) takes --config FILE|NAME (a YAML file, or a bundled one: meld, demo)
 and key=value overrides anywhere among its flags, e.g. decode.fps=4; demo's overrides name their section
 first, e.g. train.optim.epochs=5.
 """
 
 # command -> (module whose main(argv) runs it, imported only when chosen; one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "build-shards": ("avemo.cli.build_shards", "MELD CSVs + videos -> WebDataset shards + manifest (Dask)"),
+    "build-shards": ("avemo.cli.build_shards", "MELD CSVs + videos, or a media list -> WebDataset shards + manifest (Dask)"),
+    "make-list": ("avemo.cli.make_list", "a media list for build-shards --list from RAVDESS, CREMA-D or image folders"),
     "train": ("avemo.cli.train", "train the model from shards"),
     "evaluate": ("avemo.cli.evaluate", "metrics, predictions and plots of a checkpoint on a split"),
     "demo": ("avemo.cli.demo", "end to end on a generated dataset: build-shards -> train -> evaluate"),

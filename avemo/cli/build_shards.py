@@ -11,19 +11,26 @@ examples:
   avemo build-shards --root ~/data/MELD.Raw --out ~/data/meld-shards
   avemo build-shards --root MELD --out OUT --splits dev,test decode.fps=2 face.device=cuda
   avemo build-shards --root MELD --out OUT --scheduler tcp://10.0.0.5:8786 dask.gpu_resource=true
+  avemo make-list ravdess data/ravdess --out ravdess.csv && avemo build-shards --list ravdess.csv --out OUT
 
 MELD_ROOT holds {train,dev,test}_sent_emo.csv beside train_splits/, dev_splits_complete/ and
 output_repeated_splits_test/ (the official archive), or beside flat train/ dev/ test/ folders.
 OUT gets {split}-NNNNNN.tar shards and manifest.parquet (one row per CSV row: status ok or rejected
 + reason). Rerunning the same command resumes: finished shards are skipped.
+
+--list LIST.csv instead of --root: any videos, audio files (no faces) and images (one frame, no audio),
+columns path (absolute or relative to the list's folder), label (a MELD class), split (train/dev/test),
+optional key, speaker, start, end. Small images are padded before face detection (face.pad_small_images).
 """
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="avemo build-shards", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="Turn MELD label CSVs + videos into WebDataset shards, once.")
-    parser.add_argument("--root", required=True, help="MELD folder (CSVs + video folders)")
+                                     description="Turn MELD label CSVs + videos, or a media list, into WebDataset shards, once.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--root", help="MELD folder (CSVs + video folders)")
+    source.add_argument("--list", help="media list CSV: path,label,split[,key,speaker,start,end]")
     parser.add_argument("--out", required=True, help="output folder for shards and manifest.parquet")
     parser.add_argument("--splits", default=None, help="comma list of train,dev,test (default: all)")
     parser.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (default: a LocalCluster)")
@@ -33,7 +40,7 @@ def main(argv: list[str]) -> int:
     from avemo.pipeline.build import run_build
     from avemo.pipeline.config import BuildConfig
     from avemo.pipeline.layout import parse_splits
-    extra = {"root": ns.root, "out": ns.out}
+    extra = {"root": ns.root or "", "media_list": ns.list or "", "out": ns.out}   # the flag names the one source
     if ns.splits:
         extra["splits"] = list(parse_splits(ns.splits))
     if ns.scheduler:

@@ -1,0 +1,136 @@
+"""A media list CSV -> label rows shaped like MELD's (pipeline/labels.py): one more source of rows for the
+same build (probe, decode, faces, audio, shard tasks, resume).
+
+Columns: `path` (absolute, or relative to the list's folder), `label` (a MELD class name), `split` (train,
+dev or test); optional `key`, `speaker`, `start`, `end` (seconds within the file). A path may be a video,
+an audio file or an image: ffprobe decides (shard_task.probe_shard); the file name's extension only gives
+the kind reported for a row rejected before its file is read. Bad rows become rejected rows with a reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from avemo.core.errors import DataError
+from avemo.pipeline.labels import _csv_lines, _malformed, decode_csv_bytes
+from avemo.pipeline.layout import SPLITS
+from avemo.shards.format import KEY_RE
+from avemo.shards.labels import emotion_id
+
+REQUIRED_COLUMNS = ("path", "label", "split")
+OPTIONAL_COLUMNS = ("key", "speaker", "start", "end")
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
+AUDIO_EXTS = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac", ".wma", ".aiff", ".aif"}
+INVALID_SPLIT = "invalid"   # the part parquet name of rows whose split is none of SPLITS
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]+")
+MAX_KEY = 128
+
+
+class MediaListError(DataError):
+    """A list that cannot be used at all (missing file or column)."""
+
+
+def kind_of(path: str) -> str:
+    ext = Path(path).suffix.lower()
+    return "image" if ext in IMAGE_EXTS else "audio" if ext in AUDIO_EXTS else "video"
+
+
+def derive_key(relative: str) -> str:
+    """'Actor_01/03-01-05-01-02-01-12.flac' -> 'Actor_01_03-01-05-01-02-01-12': safe characters only (the
+    shard key rules: no dots, webdataset groups members by the text before the first one), at most 128."""
+    stem = str(Path(relative).with_suffix("")) if Path(relative).suffix else relative
+    key = _UNSAFE.sub("_", stem).lstrip("_-")
+    key = key or "row"
+    if len(key) > MAX_KEY:   # keep the end (the file name), make it unique with a hash of the whole
+        key = key[-(MAX_KEY - 9):].lstrip("_-") or "row"
+        key = f"{hashlib.sha1(relative.encode()).hexdigest()[:8]}-{key}"
+    return key
+
+
+def _seconds(text: str) -> float | None | str:
+    """'' -> None; '1.5' -> 1.5; anything else -> the text (a bad value)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return value if value >= 0 and value == value and value != float("inf") else text
+
+
+def _row(line: int, name: str) -> dict:
+    return {"key": f"line{line}", "split": "", "dialogue_id": None, "utterance_id": None, "label": -1,
+            "emotion": "", "sentiment": "", "sentiment_id": None, "speaker": "", "utterance": "",
+            "season": None, "episode": None, "start_s": None, "end_s": None, "csv_line": line,
+            "csv_file": name, "status": "ok", "reason": "", "detail": "", "source": "", "kind": "video"}
+
+
+def _check(row: dict, get, folder: Path, seen_keys: dict, seen_sources: dict) -> None:
+    """Fill `row` from the line's fields; mark it rejected with the first problem found."""
+    raw_path, raw_label, raw_split = get("path").strip(), get("label").strip(), get("split").strip()
+    source = (folder / raw_path).resolve() if raw_path else None
+    row.update(split=raw_split.lower(), emotion=raw_label.lower(), speaker=" ".join(get("speaker").split()),
+               source=str(source) if source else "", kind=kind_of(raw_path))
+    label = emotion_id(raw_label) if raw_label else None
+    row["label"] = -1 if label is None else label
+    explicit = get("key").strip()
+    start, end = _seconds(get("start")), _seconds(get("end"))
+    if row["split"] not in SPLITS:
+        return row.update(status="rejected", reason="bad_split", detail=f"split={raw_split!r} (train, dev or test)")
+    if label is None:
+        return row.update(status="rejected", reason="unknown_label", detail=f"label={raw_label!r} is not a MELD class")
+    if not raw_path:
+        return row.update(status="rejected", reason="missing_file", detail="empty path")
+    if explicit and not KEY_RE.match(explicit):
+        return row.update(key=explicit[:MAX_KEY], status="rejected", reason="bad_key",
+                          detail=f"key={explicit!r}: 1-128 of A-Z a-z 0-9 _ -, starting with a letter or digit")
+    key = explicit or derive_key(raw_path)
+    if not explicit and key in seen_keys and seen_sources.get(key) != str(source):
+        key = f"{key[:MAX_KEY - 9]}-{hashlib.sha1(raw_path.encode()).hexdigest()[:8]}"  # a.wav beside a.flac
+    row["key"] = key
+    if key in seen_keys:
+        return row.update(status="rejected", reason="duplicate_key",
+                          detail=f"key {key} was already given at line {seen_keys[key]}")
+    seen_keys[key], seen_sources[key] = row["csv_line"], str(source)
+    if isinstance(start, str) or isinstance(end, str) or (start is not None and end is not None and end <= start):
+        return row.update(status="rejected", reason="bad_time",
+                          detail=f"start={get('start')!r} end={get('end')!r} (seconds, start < end)")
+    row.update(start_s=start, end_s=end)
+
+
+def read_media_list(path: str | Path, splits, limit: int = 0) -> tuple[dict[str, list[dict]], list[dict]]:
+    """({split: rows} for the chosen splits, rows whose split is none of train/dev/test). Rows of other
+    valid splits are left out (as MELD's other CSVs are); `limit` keeps the first N rows of each split."""
+    path = Path(path)
+    if not path.is_file():
+        raise MediaListError(f"no media list {path}")
+    lines = _csv_lines(decode_csv_bytes(path.read_bytes()))
+    _, first = next(lines, (1, []))
+    header = [] if isinstance(first, Exception) else [h.strip().lstrip("\ufeff").lower() for h in first]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise MediaListError(f"{path}: missing column '{missing[0]}' (a media list has columns "
+                             f"{', '.join(REQUIRED_COLUMNS)}[, {', '.join(OPTIONAL_COLUMNS)}])")
+    col = {name: i for i, name in enumerate(header)}
+    folder = path.resolve().parent
+    by_split: dict[str, list[dict]] = {s: [] for s in splits}
+    invalid: list[dict] = []
+    seen_keys: dict[str, int] = {}
+    seen_sources: dict[str, str] = {}
+    for line, values in lines:
+        if not isinstance(values, Exception) and all(not v.strip() for v in values):
+            continue
+        row = _row(line, path.name)
+        malformed = _malformed(values, len(header))
+        if malformed:
+            row.update(status="rejected", reason="bad_row", detail=malformed, split=INVALID_SPLIT)
+            invalid.append(row)
+            continue
+        _check(row, lambda name: values[col[name]] if name in col else "", folder, seen_keys, seen_sources)
+        if row["split"] not in SPLITS:
+            invalid.append(row)
+        elif row["split"] in by_split and not (limit and len(by_split[row["split"]]) >= limit):
+            by_split[row["split"]].append(row)
+    return by_split, invalid

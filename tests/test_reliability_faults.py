@@ -236,14 +236,14 @@ def test_injected_enospc_on_the_write_path(tree, clean, warm, tmp_path, monkeypa
     import avemo.pipeline.build
     from avemo.cli.build_shards import main
     out = tmp_path / "out"
-    real_open_client = pipeline.build.open_client
+    real_open_client = avemo.pipeline.build.open_client
 
     @contextlib.contextmanager
     def client_with_quota(cfg, log=print):
         with real_open_client(cfg, log=log) as client:
             client.run(install_quota, str(out), 150_000)   # in each worker process
             yield client
-    monkeypatch.setattr(pipeline.build, "open_client", client_with_quota)
+    monkeypatch.setattr(avemo.pipeline.build, "open_client", client_with_quota)
     install_quota(str(out), 150_000)                       # and here, for the part and manifest parquets
     try:
         code = main(["--root", str(tree), "--out", str(out), *OVERRIDES])
@@ -254,6 +254,6 @@ def test_injected_enospc_on_the_write_path(tree, clean, warm, tmp_path, monkeypa
     assert not hidden_temporaries(out)
     assert_nothing_torn(out, clean)
     assert list(out.glob("*.tar")) and not (out / "manifest.parquet").exists()
-    monkeypatch.setattr(pipeline.build, "open_client", real_open_client)
+    monkeypatch.setattr(avemo.pipeline.build, "open_client", real_open_client)
     rebuild(tree, out, warm)
     assert_same_as_clean(out, clean)

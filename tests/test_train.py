@@ -130,7 +130,7 @@ def test_frame_and_mel_helpers_shared_with_predict():
 
 
 def test_bench_step_is_the_training_loops_step(monkeypatch):
-    """bench/common.py times train.loop.train_step itself, with the training defaults (no copy to drift)."""
+    """bench/common.py times avemo.train.loop.train_step itself, with the training defaults (no copy to drift)."""
     import importlib.util
     from pathlib import Path
     import avemo.train.loop
@@ -138,8 +138,8 @@ def test_bench_step_is_the_training_loops_step(monkeypatch):
     common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(common)
     calls = []
-    real = train.loop.train_step
-    monkeypatch.setattr(train.loop, "train_step", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = avemo.train.loop.train_step
+    monkeypatch.setattr(avemo.train.loop, "train_step", lambda *a, **k: calls.append(a) or real(*a, **k))
     model = AVEmotionNet(ModelConfig(face_trainable="none")).train()
     opt = make_optimizer(model, TrainConfig())
     g = torch.Generator().manual_seed(0)

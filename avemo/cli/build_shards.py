@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Turn MELD label CSVs + videos into WebDataset shards, once.")
     parser.add_argument("--root", required=True, help="MELD folder (CSVs + video folders)")
-    parser.add_argument("--out", required=True, help="output folder for shards and manifest.parquet")
+    parser.add_argument("--out", required=True, help="output folder or bucket URL (s3://b/meld) for shards and manifest.parquet")
     parser.add_argument("--splits", default=None, help="comma list of train,dev,test (default: all)")
     parser.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (default: a LocalCluster)")
     parser.add_argument("--config", default=None, help="YAML file or bundled name (meld); its `build:` section is used")

@@ -11,7 +11,11 @@ import logging
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
+from types import SimpleNamespace
 from typing import Iterator
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -21,14 +25,31 @@ SLOW_DOWN = (b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConten
 
 
 @contextlib.contextmanager
-def moto_s3(bucket: str = "avemo-test") -> Iterator[str]:
-    """Start moto's S3 server on a free port, create `bucket`, set AWS_ENDPOINT_URL and dummy credentials in
-    os.environ (subprocesses and Dask workers inherit them); yield the endpoint URL; restore everything."""
-    from moto.server import ThreadedMotoServer
+def moto_s3(bucket: str = "avemo-test", process: bool = False) -> Iterator[str]:
+    """Start moto's S3 server on a free port (a thread here, or with `process` its own `moto_server` process,
+    as a real endpoint would be: no share of this process's GIL), create `bucket`, set AWS_ENDPOINT_URL and
+    dummy credentials in os.environ (subprocesses and Dask workers inherit them); yield the endpoint URL;
+    restore everything."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    if process:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = SimpleNamespace(stop=lambda: (proc.kill(), proc.wait()))
+        host = "127.0.0.1"
+        deadline = time.time() + 60
+        while not _listening(host, port):
+            if time.time() > deadline or proc.poll() is not None:
+                server.stop()
+                raise RuntimeError("moto_server did not start")
+            time.sleep(0.1)
+    else:
+        from moto.server import ThreadedMotoServer
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
     os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
@@ -104,6 +125,12 @@ class FaultyProxy:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _listening(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
 
 
 def _recv(sock: socket.socket) -> bytes:

@@ -212,7 +212,6 @@ class ResumingReader:
         self.fs, self.path = filesystem(url, options)
         self.offset = 0
         self.fh = None
-        self.reopened = 0
 
     def _open(self):
         fh = self.fs.open(self.path, "rb", block_size=self.block_size, cache_type="readahead")
@@ -227,8 +226,6 @@ class ResumingReader:
             return self.fh.read(n)
         except BaseException:
             self.close()   # the next attempt reopens at self.offset
-            if self.offset:
-                self.reopened += 1
             raise
 
     def read(self, n: int = -1) -> bytes:

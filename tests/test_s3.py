@@ -4,6 +4,7 @@ tampered objects (stop | skip), and a server that resets connections and throttl
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from badmedia import kill_group, start_group, wait_for
-from conftest import build_config
+from conftest import build_config, command
 from s3local import FaultyProxy, moto_s3
 from tiny_model import TINY_TRAIN, tiny_checkpoint  # noqa: F401  (fixture)
 from avemo.core import storage
@@ -22,7 +23,6 @@ from avemo.shards.manifest import CorruptShardError, read_manifest, sha256_file
 from avemo.train.config import EvalConfig, TrainConfig
 from avemo.train.data import eval_loader, split_shards
 from avemo.train.evaluate import run_evaluate
-from avemo.train.loop import run_train
 
 BUCKET = "avemo-test"
 URL = f"s3://{BUCKET}/meld"
@@ -89,21 +89,21 @@ def test_root_must_be_local_and_credentials_stay_out_of_configs(mini_meld, tmp_p
 
 def test_train_and_evaluate_from_the_bucket_equal_a_local_run(s3, bucket, built_shards, tiny_checkpoint,
                                                                  tmp_path):
+    """`avemo train --shards s3://...` gives the very weights of the same run from local shards (tiny_checkpoint:
+    the same TINY_TRAIN settings), and `avemo evaluate --shards s3://... --checkpoint s3://...` its metrics."""
     client, _ = s3
     run = tmp_path / "run"
-    cfg = load_config(TrainConfig, "train", None, TINY_TRAIN, {"shards": URL, "run": str(run)})
-    run_train(cfg, log=lambda *a, **k: None)
+    assert command("train")(["--shards", URL, "--run", str(run), *TINY_TRAIN]) == 0
     mine, local = (torch.load(p, weights_only=True)["model"] for p in (run / "last.pt", tiny_checkpoint))
     assert mine.keys() == local.keys() and all(torch.equal(mine[k], local[k]) for k in mine)
-    # the checkpoint read from the bucket too: `avemo evaluate --shards s3://... --checkpoint s3://...`
     client.put_object(Bucket=BUCKET, Key="runs/a/last.pt", Body=(run / "last.pt").read_bytes())
-    metrics = {}
-    for name, shards, ckpt in (("s3", URL, f"s3://{BUCKET}/runs/a/last.pt"),
-                               ("local", str(built_shards), str(tiny_checkpoint))):
-        metrics[name] = run_evaluate(load_config(EvalConfig, "evaluate", None, ["device=cpu", "workers=2"], {
-            "shards": shards, "checkpoint": ckpt, "split": "dev", "out": str(tmp_path / name)}), log=lambda *a: None)
-    for key in ("accuracy", "weighted_f1", "macro_f1", "confusion", "ablation"):
-        assert metrics["s3"][key] == metrics["local"][key]
+    assert command("evaluate")(["--shards", URL, "--checkpoint", f"s3://{BUCKET}/runs/a/last.pt", "--split", "dev",
+                                "--out", str(tmp_path / "s3"), "device=cpu", "workers=2"]) == 0
+    from_s3 = json.loads((tmp_path / "s3" / "metrics.json").read_text())
+    local = run_evaluate(load_config(EvalConfig, "evaluate", None, ["device=cpu", "workers=2"], {
+        "shards": str(built_shards), "checkpoint": str(tiny_checkpoint), "split": "dev", "out": str(tmp_path / "l")}))
+    for key in ("n", "accuracy", "weighted_f1", "macro_f1", "confusion", "ablation"):
+        assert from_s3[key] == local[key]
 
 
 @pytest.fixture

@@ -119,6 +119,7 @@ def exists(path: str | Path, options: dict | None = None) -> bool:
     if not is_url(path):
         return local(path).is_file()
     fs, p = filesystem(str(path), options)
+    fs.invalidate_cache(p)   # other processes (Dask workers) write here: never answer from a cached listing
     return retrying(lambda: fs.isfile(p), f"checking {path}")
 
 
@@ -166,6 +167,7 @@ def list_names(folder: str | Path, pattern: str, options: dict | None = None) ->
     if not is_url(folder):
         return sorted(p.name for p in local(folder).glob(pattern))
     fs, p = filesystem(str(folder), options)
+    fs.invalidate_cache(p)   # see exists()
     found = retrying(lambda: fs.glob(f"{p.rstrip('/')}/{pattern}"), f"listing {folder}")
     return sorted(name.rsplit("/", 1)[-1] for name in found)
 

@@ -18,7 +18,9 @@ from tiny_model import TINY_TRAIN, tiny_checkpoint  # noqa: F401  (fixture)
 from avemo.core import storage
 from avemo.core.config import load_config
 from avemo.core.errors import ConfigError
+from avemo.inference.runtime import read_model
 from avemo.pipeline.build import run_build
+from avemo.shards.labels import EMOTIONS
 from avemo.shards.manifest import CorruptShardError, read_manifest, sha256_file
 from avemo.train.config import EvalConfig, TrainConfig
 from avemo.train.data import eval_loader, split_shards
@@ -97,6 +99,8 @@ def test_train_and_evaluate_from_the_bucket_equal_a_local_run(s3, bucket, built_
     mine, local = (torch.load(p, weights_only=True)["model"] for p in (run / "last.pt", tiny_checkpoint))
     assert mine.keys() == local.keys() and all(torch.equal(mine[k], local[k]) for k in mine)
     client.put_object(Bucket=BUCKET, Key="runs/a/last.pt", Body=(run / "last.pt").read_bytes())
+    model = read_model(f"s3://{BUCKET}/runs/a/last.pt")                 # `avemo predict --checkpoint s3://...`
+    assert model.path == f"s3://{BUCKET}/runs/a/last.pt" and model.meta["labels"] == list(EMOTIONS)
     assert command("evaluate")(["--shards", URL, "--checkpoint", f"s3://{BUCKET}/runs/a/last.pt", "--split", "dev",
                                 "--out", str(tmp_path / "s3"), "device=cpu", "workers=2"]) == 0
     from_s3 = json.loads((tmp_path / "s3" / "metrics.json").read_text())

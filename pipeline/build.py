@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from distributed import as_completed
 from tqdm import tqdm
 
@@ -28,9 +27,10 @@ from avemo.pipeline.labels import read_label_csv
 from avemo.pipeline.media_list import INVALID_SPLIT, read_media_list
 from avemo.pipeline.layout import find_csv, find_video_dir, video_path
 from avemo.pipeline.shard_task import ShardSpec, build_shard, fingerprint, manifest_row, media_settings, probe_shard
+from avemo.core import storage
+from avemo.core.storage import join
 from avemo.core.weights import load_state_dict, resolve_weights
-from avemo.core.atomic import atomic_write_bytes, clean_temporaries
-from avemo.shards.manifest import BUILD_CONFIG_NAME, MANIFEST_NAME, make_table, write_table
+from avemo.shards.manifest import BUILD_CONFIG_NAME, MANIFEST_NAME, make_table, read_table, write_table
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 JPEG_BYTES_PER_FACE = 6_000   # for shard size planning only
@@ -102,24 +102,25 @@ def plan_shards(rows: list[dict], split: str, cfg: BuildConfig) -> list[ShardSpe
         groups[-1].append(row)
         size += est
     config = asdict(cfg)
-    return [ShardSpec(name=f"{split}-{i:06d}", split=split, out_dir=str(Path(cfg.out).resolve()), rows=g,
+    return [ShardSpec(name=f"{split}-{i:06d}", split=split, out_dir=storage.normalize(cfg.out), rows=g,
                       config=config, fingerprint=fingerprint(g, cfg))
             for i, g in enumerate(groups) if g]
 
 
 def is_done(spec: ShardSpec) -> bool:
-    part = Path(spec.out_dir) / "parts" / f"{spec.name}.parquet"
-    if not part.is_file():
+    """The part parquet is the commit record (written after the tar), locally and in a bucket alike."""
+    options = spec.config.get("storage_options")
+    part = join(spec.out_dir, "parts", f"{spec.name}.parquet")
+    if not storage.exists(part, options):
         return False
     try:
-        meta = pq.read_schema(part).metadata or {}
-        table = pq.read_table(part, columns=["status"])
+        table = read_table(part, options, columns=["status"])
     except (OSError, pa.ArrowInvalid):
         return False
-    if meta.get(b"fingerprint", b"").decode() != spec.fingerprint:
+    if (table.schema.metadata or {}).get(b"fingerprint", b"").decode() != spec.fingerprint:
         return False
     has_ok = "ok" in table["status"].to_pylist()
-    return (not has_ok) or (Path(spec.out_dir) / spec.tar_name).is_file()
+    return (not has_ok) or storage.exists(join(spec.out_dir, spec.tar_name), options)
 
 
 def _failed_rows(spec: ShardSpec, exc: BaseException) -> list[dict]:
@@ -131,16 +132,18 @@ class SettingsMismatchError(ConfigError):
     """OUT keeps shards made with other media settings than this run's; reported as one line."""
 
 
-def check_kept_settings(out: Path, cfg: BuildConfig) -> None:
+def check_kept_settings(out: str, cfg: BuildConfig) -> None:
     """OUT/build_config.json must describe every shard in OUT (training copies it into its checkpoints, so
     `avemo predict` decodes and crops like the shards). Stop, before anything is written, when this run
     would keep shards of other splits that were made with other media settings than this run's."""
-    path = out / BUILD_CONFIG_NAME
-    kept = sorted({p.stem.split("-")[0] for p in (out / "parts").glob("*-[0-9]*.parquet")} - set(cfg.splits))
-    if not kept or not path.is_file():
+    options = cfg.storage_options
+    path = join(out, BUILD_CONFIG_NAME)
+    kept = sorted({n.split("-")[0] for n in storage.list_names(join(out, "parts"), "*-[0-9]*.parquet", options)}
+                  - set(cfg.splits))
+    if not kept or not storage.exists(path, options):
         return
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = json.loads(storage.read_bytes(path, options).decode("utf-8"))
     except (OSError, ValueError):
         return  # unreadable: nothing to compare with; this run writes a new one
     differ = [f"{section}.{key}={saved[section][key]!r} there, {value!r} now"
@@ -154,19 +157,20 @@ def check_kept_settings(out: Path, cfg: BuildConfig) -> None:
             f"settings (--splits {','.join(every)}) or use a new --out")
 
 
-def _remove_stale(out: Path, split: str, keep: set[str]) -> None:
-    for path in list(out.glob(f"{split}-*.tar")) + list((out / "parts").glob(f"{split}-*.parquet")):
-        if path.stem not in keep:
-            path.unlink()
+def _remove_stale(out: str, split: str, keep: set[str], options: dict) -> None:
+    for folder, ext in ((out, "tar"), (join(out, "parts"), "parquet")):
+        for name in storage.list_names(folder, f"{split}-*.{ext}", options):
+            if name.rsplit(".", 1)[0] not in keep:
+                storage.remove(join(folder, name), options)
 
 
 def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
     t0 = time.perf_counter()
-    out = Path(cfg.out)
+    out, options = storage.normalize(cfg.out), cfg.storage_options
     check_kept_settings(out, cfg)
-    (out / "parts").mkdir(parents=True, exist_ok=True)
-    for folder in (out, out / "parts"):
-        clean_temporaries(folder)
+    storage.makedirs(join(out, "parts"))
+    for folder in (out, join(out, "parts")):
+        storage.clean_temporaries(folder)
 
     label_rows, invalid = load_sources(cfg)  # CSV errors stop here
     specs = [spec for s in cfg.splits for spec in plan_shards(label_rows[s], s, cfg)]
@@ -177,14 +181,14 @@ def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
         invalid_part.unlink(missing_ok=True)
     for split in cfg.splits:
         rejected = [r for r in label_rows[split] if r["status"] != "ok"]
-        write_table(out / "parts" / f"{split}-labels.parquet", make_table(rejected))
-        _remove_stale(out, split, {s.name for s in specs if s.split == split} | {f"{split}-labels"})
+        write_table(join(out, "parts", f"{split}-labels.parquet"), make_table(rejected), options)
+        _remove_stale(out, split, {s.name for s in specs if s.split == split} | {f"{split}-labels"}, options)
 
     todo = [s for s in specs if not is_done(s)]
     for spec in todo:  # an older build of it (other rows or settings): its task rewrites both, or fails and
         # its clips are task_failed; the old part must not stay in the manifest beside them, nor its tar
-        (out / "parts" / f"{spec.name}.parquet").unlink(missing_ok=True)   # the commit record first
-        (out / spec.tar_name).unlink(missing_ok=True)
+        storage.remove(join(out, "parts", f"{spec.name}.parquet"), options)   # the commit record first
+        storage.remove(join(out, spec.tar_name), options)
     summary = BuildSummary(shards_skipped=len(specs) - len(todo))
     n_clips = sum(len(s.rows) for s in todo)
     log(f"build-shards: {sum(len(r) for r in label_rows.values()) + len(invalid)} rows, {len(specs)} shards "
@@ -218,12 +222,12 @@ def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
                         log(f"shard {spec.name} failed after {cfg.dask.retries} retries: {exc}")
                     bar.update(len(spec.rows))
 
-    manifest = assemble_manifest(out, specs, cfg.splits, failed_rows)
+    manifest = assemble_manifest(out, specs, cfg.splits, failed_rows, options)
     # what training copies into its checkpoints, so `avemo predict` decodes and crops exactly like this build
     media = {k: v for k, v in asdict(cfg).items() if k in ("probe", "decode", "face", "audio")}
-    atomic_write_bytes(out / BUILD_CONFIG_NAME, json.dumps(media, indent=2, sort_keys=True).encode())
-    for folder in (out, out / "parts"):  # e.g. what a worker that died mid-shard left; its task ran again
-        clean_temporaries(folder)
+    storage.write_bytes(join(out, BUILD_CONFIG_NAME), json.dumps(media, indent=2, sort_keys=True).encode(), options)
+    for folder in (out, join(out, "parts")):  # e.g. what a worker that died mid-shard left; its task ran again
+        storage.clean_temporaries(folder)
     statuses = manifest.column("status").to_pylist()
     summary.rows = len(statuses)
     summary.ok = statuses.count("ok")
@@ -234,22 +238,24 @@ def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
     return summary
 
 
-def assemble_manifest(out: Path, specs: list[ShardSpec], splits, failed_rows: list[dict]) -> pa.Table:
+def assemble_manifest(out: str, specs: list[ShardSpec], splits, failed_rows: list[dict],
+                      options: dict | None = None) -> pa.Table:
     """Manifest = every part parquet in OUT (all splits ever built there) + rows of failed tasks."""
     tables = []
     planned = {s.name for s in specs}
-    for part in sorted((out / "parts").glob("*.parquet")):
+    for name in storage.list_names(join(out, "parts"), "*.parquet", options):
+        stem = name.rsplit(".", 1)[0]
         # _remove_stale deleted this run's unplanned parts, but a still-running worker of a killed earlier
         # build (its plan had more shards) can commit one after that: its rows are not this build's
-        if part.stem.split("-")[0] in splits and part.stem not in planned and not part.stem.endswith("-labels"):
+        if stem.split("-")[0] in splits and stem not in planned and not stem.endswith("-labels"):
             continue
         # through make_table: a part written before a column was added (e.g. kind) gets its default
-        tables.append(make_table(pq.read_table(part).to_pylist()))
+        tables.append(make_table(read_table(join(out, "parts", name), options).to_pylist()))
     if failed_rows:
         tables.append(make_table(failed_rows))
     table = pa.concat_tables(tables) if tables else make_table([])
     order = {"train": 0, "dev": 1, "test": 2}
     rows = sorted(table.to_pylist(), key=lambda r: (order.get(r["split"], 9), r["csv_line"] or 0))
     table = make_table(rows)
-    write_table(out / MANIFEST_NAME, table)
+    write_table(join(out, MANIFEST_NAME), table, options)
     return table

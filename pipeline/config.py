@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from avemo.core.config import DEVICE_RE, check
+from avemo.core.storage import SECRETS_HELP, is_url, secret_keys
 
 
 @dataclass
@@ -130,8 +131,13 @@ class BuildConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     dask: DaskConfig = field(default_factory=DaskConfig)
+    storage_options: dict = field(default_factory=dict)  # fsspec options for a URL --out (no secrets)
 
     def __post_init__(self):
-        check((self.limit >= 0, "limit must be >= 0 (0 = all rows)"),
+        check((not secret_keys(self.storage_options), SECRETS_HELP),
+              (not is_url(self.root), f"root={self.root}: the MELD media must be a local or mounted folder "
+                                      "(only --out, --shards and --checkpoint may be URLs)"),
+              (not is_url(self.media_list), f"media_list={self.media_list}: a media list must be a local file"),
+              (self.limit >= 0, "limit must be >= 0 (0 = all rows)"),
               (not (self.root and self.media_list), "root and media_list cannot both be given: one source of rows"),
               (len(self.splits) > 0, "splits must name at least one split"))

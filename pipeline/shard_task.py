@@ -21,9 +21,9 @@ from avemo.pipeline.config import BuildConfig
 from avemo.pipeline.decode import DecodeError, Decoded, decode_clip, plan_decode
 from avemo.pipeline.faces import get_detector, pad_small_frames, speaker_faces
 from avemo.pipeline.probe import ProbeResult, ffmpeg_source, probe_clip
-from avemo.core.atomic import atomic_open
+from avemo.core import storage
 from avemo.shards.format import encode_sample
-from avemo.shards.manifest import make_table, sha256_file, write_table
+from avemo.shards.manifest import make_table, write_table
 
 TAR_MTIME = 0.0  # fixed member mtimes: the same inputs give byte-identical shards
 META_FIELDS = ("split", "dialogue_id", "utterance_id", "label", "emotion", "sentiment", "sentiment_id",
@@ -34,7 +34,7 @@ META_FIELDS = ("split", "dialogue_id", "utterance_id", "label", "emotion", "sent
 class ShardSpec:
     name: str                 # e.g. "train-000003"
     split: str
-    out_dir: str
+    out_dir: str              # absolute local folder or URL (storage.normalize)
     rows: list[dict]          # label rows (status ok) with "source": absolute video path or ""
     config: dict              # BuildConfig as a dict (plain data: travels to any Dask worker)
     fingerprint: str = field(default="")
@@ -215,25 +215,39 @@ def build_shard(spec: ShardSpec, probes: list[dict]) -> list[dict]:
     """Write one shard and its part parquet; return its manifest rows."""
     cfg = config_from_dict(BuildConfig, spec.config)
     torch.set_num_threads(max(1, cfg.dask.torch_threads))
-    out_dir = Path(spec.out_dir)
+    options = cfg.storage_options
     detector = get_detector(cfg.face)
     probes_ = [ProbeResult(**p) for p in probes]
 
-    tar_path = out_dir / spec.tar_name
-    with atomic_open(tar_path) as fh:
-        tar = wds.TarWriter(fh, encoder=False, mtime=TAR_MTIME)
+    # a temp file renamed (local) or uploaded whole (bucket) at the end: never a partial tar; hashed as written
+    tar_path = storage.join(spec.out_dir, spec.tar_name)
+    digest = hashlib.sha256()
+    with storage.atomic_open(tar_path, options) as fh:
+        tar = wds.TarWriter(_Hashing(fh, digest), encoder=False, mtime=TAR_MTIME)
         writer = _ShardWriter(spec, cfg, tar)
         _run_clips(spec, cfg, probes_, detector, writer)
         tar.close()
         n_ok = sum(r["status"] == "ok" for r in writer.rows)
     if n_ok == 0:
-        tar_path.unlink(missing_ok=True)
-    digest = sha256_file(tar_path) if n_ok else ""
+        storage.remove(tar_path, options)
     for r in writer.rows:
         if r["status"] == "ok":
-            r["shard_sha256"] = digest
-    parts = out_dir / "parts"
-    parts.mkdir(exist_ok=True)
+            r["shard_sha256"] = digest.hexdigest()
+    storage.makedirs(storage.join(spec.out_dir, "parts"))
     table = make_table(writer.rows).replace_schema_metadata({"fingerprint": spec.fingerprint})
-    write_table(parts / f"{spec.name}.parquet", table)
+    write_table(storage.join(spec.out_dir, "parts", f"{spec.name}.parquet"), table, options)   # the commit record
     return writer.rows
+
+
+class _Hashing:
+    """A write-only file that hashes what passes through (the shard's sha256 without reading it back)."""
+
+    def __init__(self, fh, digest):
+        self.fh, self.digest = fh, digest
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()

@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc   # `pa.compute` is only an attribute once something imported it
 import pyarrow.parquet as pq
 
+from avemo.core import storage
 from avemo.core.errors import DataError
-from avemo.core.atomic import atomic_write_bytes, sha256_file
+from avemo.core.atomic import sha256_file
 
 MANIFEST_NAME = "manifest.parquet"
 BUILD_CONFIG_NAME = "build_config.json"   # the decode/face/audio settings the shards were made with
@@ -77,27 +78,39 @@ def make_table(rows: Iterable[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def write_table(path: str | Path, table: pa.Table) -> None:
+def write_table(path: str | Path, table: pa.Table, options: dict | None = None) -> None:
+    """Atomically, to a local path or a URL (storage.write_bytes)."""
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    storage.write_bytes(path, buf.getvalue(), options)
 
 
-def read_manifest(shard_dir: str | Path) -> pa.Table:
-    path = Path(shard_dir) / MANIFEST_NAME
-    if not path.is_file():
+def read_table(path: str | Path, options: dict | None = None, columns: list[str] | None = None) -> pa.Table:
+    if not storage.is_url(path):
+        return pq.read_table(storage.local(path), columns=columns)
+    return pq.read_table(io.BytesIO(storage.read_bytes(path, options)), columns=columns)
+
+
+def read_manifest(shard_dir: str | Path, options: dict | None = None) -> pa.Table:
+    path = storage.join(shard_dir, MANIFEST_NAME)
+    if not storage.exists(path, options):
         raise DataError(f"no {MANIFEST_NAME} in {shard_dir}: run `avemo build-shards` first")
-    return pq.read_table(path)
+    return read_table(path, options)
 
 
-def read_build_config(shard_dir: str | Path) -> dict:
+def read_build_config(shard_dir: str | Path, options: dict | None = None) -> dict:
     """The build settings saved beside the shards ({} for shards from before they were saved)."""
-    path = Path(shard_dir) / BUILD_CONFIG_NAME
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path = storage.join(shard_dir, BUILD_CONFIG_NAME)
+    return json.loads(storage.read_bytes(path, options).decode("utf-8")) if storage.exists(path, options) else {}
 
 
 class CorruptShardError(DataError):
-    pass
+    def __init__(self, message: str = ""):
+        # raised in a DataLoader worker, torch re-raises it as CorruptShardError("Caught ... Original
+        # Traceback ...\n...CorruptShardError: <message>"): keep the one line that says what is wrong
+        last = message.rstrip().rsplit("\n", 1)[-1]
+        marker = f"{type(self).__name__}: "
+        super().__init__(last.split(marker, 1)[1] if message.startswith("Caught ") and marker in last else message)
 
 
 def shards_for_split(table: pa.Table, split: str) -> dict[str, str]:

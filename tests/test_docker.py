@@ -85,8 +85,11 @@ def test_dockerignore_keeps_the_context_small():
 def test_compose_wires_scheduler_workers_and_the_build_job():
     doc = yaml.safe_load(COMPOSE.read_text())
     services = doc["services"]
+    local_s3 = {name: services.pop(name) for name in ("s3", "make-bucket")}     # profile s3 (issue 11)
     assert set(services) == {"scheduler", "cpu-worker", "gpu-worker", "build-shards"}
     assert len({s["image"] for s in services.values()}) == 1            # one image across the cluster
+    assert all(s["profiles"] == ["s3"] for s in local_s3.values())      # not started by a plain `up`
+    assert "AWS_ENDPOINT_URL" in services["build-shards"]["environment"]
     assert services["scheduler"]["command"][:2] == ["dask", "scheduler"]
     gpu, cpu = services["gpu-worker"], services["cpu-worker"]
     assert gpu["command"][:3] == ["dask", "worker", "tcp://scheduler:8786"] and "GPU=1" in gpu["command"]

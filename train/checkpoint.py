@@ -1,6 +1,7 @@
 """Checkpoints: plain tensors, numbers and strings only, written atomically, read with weights_only=True."""
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from avemo.core.errors import CheckpointError
 from avemo.core.config import config_from_dict
 from avemo.model.net import AVEmotionNet, ModelConfig
 from avemo.core.weights import unsafe_load_reason
-from avemo.core.atomic import atomic_open
+from avemo.core import storage
 from avemo.shards.labels import EMOTIONS, LABEL_MAP_VERSION
 
 
@@ -33,16 +34,17 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(path: str | Path, **payload) -> None:
     payload.setdefault("label_map_version", LABEL_MAP_VERSION)
     payload.setdefault("labels", list(EMOTIONS))
-    with atomic_open(path) as fh:
+    with storage.atomic_open(path) as fh:
         torch.save(payload, fh)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
+def load_checkpoint(path: str | Path, options: dict | None = None) -> dict:
+    """From a local path or a URL (storage options from the config; credentials from the environment)."""
+    if not storage.exists(path, options):
         raise CheckpointError(f"checkpoint {path} does not exist")
+    source = io.BytesIO(storage.read_bytes(path, options)) if storage.is_url(path) else storage.local(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path} safely: {unsafe_load_reason(exc)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from avemo.core.config import DEVICE_RE, check
+from avemo.core.storage import SECRETS_HELP, secret_keys
 from avemo.model.net import ModelConfig
 
 
@@ -17,9 +18,11 @@ class DataConfig:
     max_mel_frames: int = 1000         # log-mel frames per clip (10 s at hop 160 / 16 kHz); longer is cropped
     pin_memory: bool = True
     corrupt_shards: Literal["stop", "skip"] = "stop"   # a shard failing its manifest checksum
+    storage_options: dict = field(default_factory=dict)  # fsspec options for a URL --shards (no secrets)
 
     def __post_init__(self):
-        check((self.batch_size >= 1, "batch_size must be >= 1"), (self.workers >= 0, "workers must be >= 0"),
+        check((not secret_keys(self.storage_options), SECRETS_HELP),
+              (self.batch_size >= 1, "batch_size must be >= 1"), (self.workers >= 0, "workers must be >= 0"),
               (self.shuffle_buffer >= 0, "shuffle_buffer must be >= 0"),
               (self.max_frames >= 1, "max_frames must be >= 1"), (self.max_mel_frames >= 16, "max_mel_frames must be >= 16"))
 
@@ -102,7 +105,9 @@ class EvalConfig:
     workers: int = 2
     ablation: bool = True              # also score face-only and audio-only (the other modality masked)
     corrupt_shards: Literal["stop", "skip"] = "stop"
+    storage_options: dict = field(default_factory=dict)  # fsspec options for URL --shards/--checkpoint (no secrets)
 
     def __post_init__(self):
-        check((DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
+        check((not secret_keys(self.storage_options), SECRETS_HELP),
+              (DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
               (self.batch_size >= 1, "batch_size must be >= 1"), (self.workers >= 0, "workers must be >= 0"))

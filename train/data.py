@@ -20,16 +20,27 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from avemo.core import storage
 from avemo.core.errors import ConfigError, DataError
 from avemo.shards.format import FACE_SIZE, decode_sample
 from avemo.shards.labels import EMOTIONS
-from avemo.shards.manifest import read_manifest, shards_for_split, verify_shards
+from avemo.shards.manifest import CorruptShardError, read_manifest, shards_for_split, verify_shards
+from avemo.shards.streaming import verified_samples
 from avemo.train.augment import augment_sample
 from avemo.train.config import AugmentConfig, DataConfig
 
 TRAIN_HINT = "set data.corrupt_shards=skip to train without it"   # ends a corrupt-shard error
 log = logging.getLogger("avemo.data")
 MEL_PAD_MULTIPLE = 64  # pad mel length to a multiple of this: few distinct shapes for torch.compile
+
+
+class ShardList(list):
+    """Shard paths or URLs. For URLs it also carries how to verify them while they stream (the manifest's
+    sha256 per URL, corrupt_shards, storage options): the loaders below read it from here."""
+    checksums: dict[str, str] = {}
+    policy: str = "stop"
+    options: dict = {}
+    hint: str = ""
 
 
 @dataclass
@@ -39,21 +50,49 @@ class SplitShards:
     label_counts: list[int]   # per emotion id, ok rows of the split
 
 
+def present_shards(shard_dir: str, expected: dict[str, str], policy: str, log_fn, hint: str,
+                   options: dict | None) -> list[str]:
+    """A bucket's shards are verified as they stream (shards/streaming.py), not downloaded twice: here only
+    that each one exists (one listing), with corrupt_shards deciding about a missing one."""
+    listed = set(storage.list_names(shard_dir, "*.tar", options))
+    for name in sorted(set(expected) - listed):
+        message = f"shard {storage.join(shard_dir, name)} is missing"
+        if policy == "stop":
+            raise CorruptShardError(f"{message} ({hint})" if hint else message)
+        log_fn(f"warning: {message}; skipping it")
+    return [name for name in expected if name in listed]
+
+
 def split_shards(shard_dir: str | Path, split: str, policy: Literal["stop", "skip"] = "stop", log_fn=print,
-                 hint: str = TRAIN_HINT) -> SplitShards:
-    """The verified shards of one split (each hashed once against the manifest; `hint` ends the error of a
-    bad shard with the calling command's setting)."""
-    table = read_manifest(shard_dir)
+                 hint: str = TRAIN_HINT, options: dict | None = None) -> SplitShards:
+    """The verified shards of one split (local: each hashed once against the manifest; URL: checked while
+    it streams); `hint` ends the error of a bad shard with the calling command's setting."""
+    table = read_manifest(shard_dir, options)
     expected = shards_for_split(table, split)
     if not expected:
-        raise DataError(f"no ok samples for split '{split}' in {shard_dir}/manifest.parquet")
-    good = set(verify_shards(shard_dir, expected, policy=policy, log=log_fn, hint=hint))
+        raise DataError(f"no ok samples for split '{split}' in {storage.join(shard_dir, 'manifest.parquet')}")
+    remote = storage.is_url(shard_dir)
+    if remote:
+        good = set(present_shards(str(shard_dir), expected, policy, log_fn, hint, options))
+    else:
+        good = set(verify_shards(shard_dir, expected, policy=policy, log=log_fn, hint=hint))
     rows = [r for r in table.select(["split", "status", "shard", "label"]).to_pylist()
             if r["split"] == split and r["status"] == "ok" and r["shard"] in good]
     counts = [0] * len(EMOTIONS)
     for r in rows:
         counts[r["label"]] += 1
-    return SplitShards([str(Path(shard_dir) / name) for name in sorted(good)], len(rows), counts)
+    urls = ShardList(storage.join(shard_dir, name) for name in sorted(good))
+    if remote:
+        urls.checksums = {storage.join(shard_dir, name): expected[name] for name in good}
+        urls.policy, urls.options, urls.hint = policy, dict(options or {}), hint
+    return SplitShards(urls, len(rows), counts)
+
+
+def read_shards(urls: list[str]):
+    """The tar -> samples stage: local verified files through webdataset, URLs verified as they stream."""
+    if not getattr(urls, "checksums", None):
+        return wds.tarfile_to_samples(handler=skip_bad_sample)
+    return wds.pipelinefilter(verified_samples)(urls.checksums, urls.policy, urls.options, urls.hint)
 
 
 def skip_bad_sample(exn: Exception) -> bool:
@@ -140,7 +179,7 @@ def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch
         wds.detshuffle(bufsize=len(split.urls), initial=len(split.urls), seed=seed * 1000 + epoch * 10),
         wds.split_by_node,
         wds.split_by_worker,
-        wds.tarfile_to_samples(handler=skip_bad_sample),
+        read_shards(split.urls),
         _seeded_shuffle(data.shuffle_buffer, seed, epoch),
         wds.map(functools.partial(to_tensors, max_frames=data.max_frames, max_mel=data.max_mel_frames,
                                   random_crop=True), handler=skip_bad_sample),
@@ -160,7 +199,7 @@ def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int 
     dataset = wds.DataPipeline(
         wds.SimpleShardList(urls),
         wds.split_by_worker,
-        wds.tarfile_to_samples(handler=skip_bad_sample),
+        read_shards(urls),
         wds.map(functools.partial(to_tensors, max_frames=max_frames, max_mel=max_mel, random_crop=False),
                 handler=skip_bad_sample),
         wds.batched(batch_size, collation_fn=collate, partial=True),

@@ -87,11 +87,11 @@ def confusion_png(cm: list[list[int]], path: Path, title: str) -> None:
 def run_evaluate(cfg: EvalConfig, log=print) -> dict:
     device = resolve_device(cfg.device)
     bf16 = use_bf16(device, cfg.amp)
-    ckpt = load_checkpoint(cfg.checkpoint)
+    ckpt = load_checkpoint(cfg.checkpoint, cfg.storage_options)
     model = model_from_checkpoint(ckpt).to(device)
     data = ckpt["config"]["data"]
     split = split_shards(cfg.shards, cfg.split, cfg.corrupt_shards, log_fn=log,
-                         hint="set corrupt_shards=skip to evaluate without it")
+                         hint="set corrupt_shards=skip to evaluate without it", options=cfg.storage_options)
     loader = eval_loader(split.urls, cfg.batch_size, cfg.workers, data["max_frames"], data["max_mel_frames"])
     modes = tuple(MODES) if cfg.ablation else ("both",)
     results = predict(model, loader, device, modes, bf16)

@@ -200,9 +200,10 @@ def evaluate_split(model, urls, cfg: TrainConfig, device) -> dict:
 
 def prepare_data(cfg: TrainConfig, log) -> tuple:
     """(train split, eval split, build config): every shard of both splits hashed against the manifest."""
-    return (split_shards(cfg.shards, cfg.train_split, cfg.data.corrupt_shards, log_fn=log),
-            split_shards(cfg.shards, cfg.eval_split, cfg.data.corrupt_shards, log_fn=log),
-            read_build_config(cfg.shards))   # travels in every checkpoint, for `avemo predict`
+    options = cfg.data.storage_options    # cfg.shards may be a URL (avemo.core.storage)
+    return (split_shards(cfg.shards, cfg.train_split, cfg.data.corrupt_shards, log_fn=log, options=options),
+            split_shards(cfg.shards, cfg.eval_split, cfg.data.corrupt_shards, log_fn=log, options=options),
+            read_build_config(cfg.shards, options))   # travels in every checkpoint, for `avemo predict`
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--root", help="MELD folder (CSVs + video folders)")
     source.add_argument("--list", help="media list CSV: path,label,split[,key,speaker,start,end]")
-    parser.add_argument("--out", required=True, help="output folder for shards and manifest.parquet")
+    parser.add_argument("--out", required=True, help="output folder or bucket URL (s3://b/meld) for shards and manifest.parquet")
     parser.add_argument("--splits", default=None, help="comma list of train,dev,test (default: all)")
     parser.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (default: a LocalCluster)")
     parser.add_argument("--config", default=None, help="YAML file or bundled name (meld); its `build:` section is used")

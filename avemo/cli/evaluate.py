@@ -9,8 +9,8 @@ from avemo.cli.common import split_overrides
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="avemo evaluate",
                                      description="Score a checkpoint on one split of the shards.")
-    parser.add_argument("--shards", required=True, help="folder written by build-shards")
-    parser.add_argument("--checkpoint", required=True, help="a .pt written by `avemo train` (best.pt or last.pt)")
+    parser.add_argument("--shards", required=True, help="folder or bucket URL (s3://b/meld) written by build-shards")
+    parser.add_argument("--checkpoint", required=True, help="a .pt written by `avemo train` (best.pt or last.pt), a path or a URL")
     parser.add_argument("--split", default="test", help="train, dev or test (default: test)")
     parser.add_argument("--out", required=True, help="folder for metrics.json, predictions.parquet, confusion.png")
     parser.add_argument("--config", default=None, help="YAML file or bundled name; its `evaluate:` section is used")

@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("items", nargs="+", metavar="INPUT | key=value",
                         help="inputs (file, folder, pipe:0, lavfi:GRAPH, URL, device) and config overrides "
                              "(e.g. threads=2 face.device=cpu decode.fps=4)")
-    parser.add_argument("--checkpoint", required=True, help="best.pt from avemo train, or model.onnx from avemo export")
+    parser.add_argument("--checkpoint", required=True, help="best.pt from avemo train, or model.onnx from avemo export (a path or a URL)")
     parser.add_argument("--window", type=float, default=None, help="window length in seconds (default 2.0)")
     parser.add_argument("--hop", type=float, default=None, help="seconds between window starts (default 0.5)")
     parser.add_argument("--out", default=None, help="JSON lines file (default: stdout)")

@@ -10,7 +10,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="avemo train", description="Train the audio-visual model from shards.",
                                      epilog="multi-GPU / multi-node: torchrun --nproc_per_node=N -m avemo train "
                                             "--shards S --run-dir R ... (see docs/scale.md)")
-    parser.add_argument("--shards", required=True, help="folder written by build-shards")
+    parser.add_argument("--shards", required=True, help="folder or bucket URL (s3://b/meld) written by build-shards")
     # --run-dir: the spelling to use under torchrun, whose argparse finds `--run` ambiguous (--run-path)
     parser.add_argument("--run", "--run-dir", dest="run", required=True,
                         help="output folder for checkpoints, metrics and TensorBoard")

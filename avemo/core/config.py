@@ -96,6 +96,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         (item_tp, *_) = get_args(tp) or (Any,)
         items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
+    if tp is dict or origin is dict:   # free-form mappings (storage_options): passed on as given
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {_shown(value)}")
+        return dict(value)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {_shown(value)}")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from avemo.model.net import AVEmotionNet
-from avemo.core.atomic import atomic_write_bytes
+from avemo.core import storage
 
 INPUTS = ["faces", "face_mask", "mel", "mel_mask"]
 OUTPUTS = ["logits", "face_embeddings"]
@@ -91,10 +91,14 @@ def to_torchscript_bytes(net: AVEmotionNet, meta: dict) -> bytes:
 WRITERS = {"onnx": to_onnx_bytes, "torchscript": to_torchscript_bytes}
 
 
-def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> Path | str:
+    """checkpoint and out: local paths or URLs (avemo.core.storage)."""
     from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
     ckpt = load_checkpoint(checkpoint)
     net = model_from_checkpoint(ckpt)
-    out = Path(out) if out else Path(checkpoint).with_suffix(FORMATS[fmt])
-    atomic_write_bytes(out, WRITERS[fmt](net, model_meta(ckpt, str(checkpoint))))
+    if not out:   # beside the checkpoint; a URL keeps its "//" (Path would fold it)
+        out = (str(checkpoint).rsplit(".", 1)[0] + FORMATS[fmt] if storage.is_url(checkpoint)
+               else Path(checkpoint).with_suffix(FORMATS[fmt]))
+    out = out if storage.is_url(out) else Path(out)
+    storage.write_bytes(out, WRITERS[fmt](net, model_meta(ckpt, str(checkpoint))))
     return out

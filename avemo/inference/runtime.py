@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avemo.core import storage
 from avemo.core.errors import CheckpointError
 from avemo.core.config import ConfigError
 from avemo.inference.export import META_KEY
@@ -26,19 +27,20 @@ from avemo.inference.export import META_KEY
 
 @dataclass
 class ModelFile:
-    path: Path
+    path: Path | str                # a local path or a URL
     meta: dict                      # avemo.export.model_meta(): labels, input sizes, configs
     onnx: bytes | None = None       # an exported graph ...
     ckpt: dict | None = None        # ... or a training checkpoint
 
 
 def read_model(path: str | Path) -> ModelFile:
-    path = Path(path)
-    if not path.is_file():
+    """A local path or a URL (s3://..., credentials from the environment: avemo.core.storage)."""
+    if not storage.exists(path):
         raise CheckpointError(f"model {path} does not exist")
-    if path.suffix == ".onnx":
+    path = path if storage.is_url(path) else storage.local(path)
+    if str(path).endswith(".onnx"):
         import onnx
-        data = path.read_bytes()
+        data = storage.read_bytes(path)
         try:
             props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
         except Exception as exc:   # protobuf's DecodeError and friends: not an ONNX file

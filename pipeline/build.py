@@ -174,11 +174,11 @@ def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
 
     label_rows, invalid = load_sources(cfg)  # CSV errors stop here
     specs = [spec for s in cfg.splits for spec in plan_shards(label_rows[s], s, cfg)]
-    invalid_part = out / "parts" / f"{INVALID_SPLIT}-labels.parquet"   # a list's rows of no valid split
+    invalid_part = join(out, "parts", f"{INVALID_SPLIT}-labels.parquet")   # a list's rows of no valid split
     if invalid:
-        write_table(invalid_part, make_table(invalid))
+        write_table(invalid_part, make_table(invalid), options)
     else:
-        invalid_part.unlink(missing_ok=True)
+        storage.remove(invalid_part, options)
     for split in cfg.splits:
         rejected = [r for r in label_rows[split] if r["status"] != "ok"]
         write_table(join(out, "parts", f"{split}-labels.parquet"), make_table(rejected), options)

@@ -11,7 +11,7 @@ from avemo.core.config import DEVICE_RE, check
 class ProbeConfig:
     min_duration_s: float = 0.1      # shorter clips are rejected as too_short
     max_duration_s: float = 330.0    # longer ones as too_long (MELD's longest, test dia38_utt4, is 305 s)
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0          # ffprobe gives up on a file after this long
 
     def __post_init__(self):
         check((self.min_duration_s >= 0, "min_duration_s must be >= 0"),
@@ -24,10 +24,10 @@ class DecodeConfig:
     fps: float = 4.0                 # frames sampled per second ...
     max_frames: int = 16             # ... at most this many, spread over the whole clip
     frame_size: int = 640            # longest side of the decoded frames: faces are cropped from these
-    sample_rate: int = 16000
+    sample_rate: int = 16000         # audio resampled to this rate, mono
     max_audio_s: float = 30.0        # audio kept per clip (the log-mel of longer clips is cut here)
     ffmpeg_threads: int = 1          # threads per ffmpeg process; parallelism comes from many processes
-    timeout_s: float = 300.0
+    timeout_s: float = 300.0         # ffmpeg gives up on a clip after this long (decode_error)
 
     def __post_init__(self):
         check((self.fps > 0, "fps must be > 0"),
@@ -41,21 +41,21 @@ class DecodeConfig:
 
 @dataclass
 class FaceConfig:
-    backend: Literal["mobilenet0.25", "resnet50"] = "mobilenet0.25"
+    backend: Literal["mobilenet0.25", "resnet50"] = "mobilenet0.25"   # RetinaFace backbone (resnet50: slower, more accurate)
     weights: str = ""                # explicit file; else $AVEMO_WEIGHTS_DIR, the cache, a download
     device: str = "auto"             # auto, cpu, cuda or cuda:N
     batch_frames: int = 0            # frames per detector pass, from many clips; 0 = auto: 8 on CPU, 64 on CUDA
     detect_size: int = 320           # longest side the detector sees (frames are shrunk for it; crops are
                                      # cut from the full decoded frame). Detector cost ~ size^2
-    score_threshold: float = 0.8
-    nms_iou: float = 0.4
+    score_threshold: float = 0.8     # detections below this confidence are dropped
+    nms_iou: float = 0.4             # non-maximum suppression overlap
     min_face_px: float = 16.0        # smaller detections (in decoded-frame pixels) are ignored
     crop: Literal["align", "box"] = "align"  # 5-landmark similarity alignment, or box + margin
-    margin: float = 0.2
-    crop_size: int = 112
+    margin: float = 0.2              # extra border around the box (crop=box), fraction of its size
+    crop_size: int = 112             # crop side in pixels (MobileFaceNet takes 112)
     track_iou: float = 0.3           # IoU linking detections of the same face across frames
     missing: Literal["keep", "reject"] = "keep"   # clip with no face: keep audio + empty mask, or reject
-    jpeg_quality: int = 90
+    jpeg_quality: int = 90           # of the face crops stored in the shards
 
     def __post_init__(self):
         check((DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
@@ -73,9 +73,9 @@ class FaceConfig:
 @dataclass
 class AudioConfig:
     missing: Literal["silent", "reject"] = "silent"  # no audio stream: keep with a silent mask, or reject
-    n_mels: int = 64
-    n_fft: int = 400
-    hop_length: int = 160
+    n_mels: int = 64                 # mel bins of the log-mel
+    n_fft: int = 400                 # FFT window (25 ms at 16 kHz)
+    hop_length: int = 160            # hop between mel frames (10 ms at 16 kHz)
 
     def __post_init__(self):
         check((self.n_mels >= 8, "n_mels must be >= 8"),
@@ -99,7 +99,7 @@ class DaskConfig:
     torch_threads: int = 1           # intra-op threads of the CPU detector in each worker
     retries: int = 2                 # a failed shard task is retried this many times
     gpu_resource: bool = False       # shard tasks need the Dask resource GPU=1 (workers started with --resources GPU=1)
-    memory_limit: str = "auto"
+    memory_limit: str = "auto"       # per LocalCluster worker (Dask syntax: "4GB"; auto = share of RAM)
 
     def __post_init__(self):
         check((self.workers >= 0, "workers must be >= 0 (0 = one per core)"),
@@ -110,9 +110,9 @@ class DaskConfig:
 
 @dataclass
 class BuildConfig:
-    root: str = ""
-    out: str = ""
-    splits: list[str] = field(default_factory=lambda: ["train", "dev", "test"])
+    root: str = ""                   # MELD folder: CSVs + video folders (--root)
+    out: str = ""                    # output folder for shards + manifest.parquet (--out)
+    splits: list[str] = field(default_factory=lambda: ["train", "dev", "test"])   # splits to build (--splits)
     scheduler: str = ""              # address of an existing Dask scheduler; empty = LocalCluster
     limit: int = 0                   # only the first N rows of each split (0 = all): smoke runs
     probe: ProbeConfig = field(default_factory=ProbeConfig)

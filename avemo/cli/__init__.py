@@ -68,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     module, _ = COMMANDS[ns.command]
     try:
         return importlib.import_module(module).main(argv[1:])
-    except KeyboardInterrupt:
-        print(f"avemo {ns.command}: interrupted; finished work is kept", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # a command may say how to carry on (train: the --resume command); else the general promise
+        advice = str(exc) or "finished work is kept"
+        print(f"avemo {ns.command}: interrupted; {advice}", file=sys.stderr)
         return 130
     except (AvemoError, OSError) as exc:
         line = error_line(ns.command, exc)

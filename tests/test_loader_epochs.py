@@ -18,7 +18,7 @@ def test_persistent_workers_see_each_epoch_and_shuffle_it_as_before(built_shards
     aug = AugmentConfig(enabled=False)
     fresh = [_keys(train_loader(split, data, aug, epoch, 0)[0]) for epoch in range(3)]
     shared = SharedEpoch(0)
-    loader, steps = train_loader(split, data, aug, shared, 0)
+    loader, _ = train_loader(split, data, aug, shared, 0)
     dataloader = loader.pipeline[0]                              # wds.WebLoader wraps one torch DataLoader
     seen, workers = [], []
     for epoch in range(3):
@@ -27,7 +27,6 @@ def test_persistent_workers_see_each_epoch_and_shuffle_it_as_before(built_shards
         workers.append({w.pid for w in dataloader._iterator._workers if w.is_alive()})
     assert seen == fresh and fresh[0] != fresh[1] != fresh[2]     # the same per-epoch order as before
     assert len(workers[0]) == 2 and workers[0] == workers[1] == workers[2]   # the same 2 worker processes
-    assert all(len(k) == steps * 4 for k in seen)
 
 
 def test_augmentation_draws_depend_on_the_epoch_not_on_when_workers_started(built_shards):

@@ -49,8 +49,14 @@ def load_failure(path: Path, exc: Exception) -> str:
 def save_checkpoint(path: str | Path, **payload) -> None:
     payload.setdefault("label_map_version", LABEL_MAP_VERSION)
     payload.setdefault("labels", list(EMOTIONS))
-    with atomic_open(path) as fh:
-        torch.save(payload, fh)
+    try:
+        with atomic_open(path) as fh:
+            torch.save(payload, fh)
+    except RuntimeError as exc:
+        # Ctrl-C inside torch.save: its zip writer then fails on exit and would hide the interrupt
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise exc.__context__ from None
+        raise
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -227,7 +227,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
     if main_rank:
         write_run_config(run, cfg, world, str(device))
     model = build_model(cfg.model, log=say)
-    state = {"epoch": 0, "step": 0, "best": -1.0}
+    state: dict = {"epoch": 0, "step": 0, "best": -1.0}
     if ckpt is None:
         model.audio.mel_mean, model.audio.mel_std = on_rank0(mel_statistics, train_split.urls, cfg)
     else:
@@ -316,7 +316,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
             save_checkpoint(ckpt_path, **payload)
             if record.get("best"):
                 save_checkpoint(run / "best.pt", **payload)
-            logger.log(state["step"], **record)
+            if logger is not None:
+                logger.log(state["step"], **record)
             say(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
         if world > 1:
             dist.barrier()

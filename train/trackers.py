@@ -13,6 +13,7 @@ import importlib.util
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from avemo.core.atomic import atomic_write_bytes
 from avemo.core.errors import ConfigError
@@ -84,8 +85,9 @@ class TensorBoardTracker:
     def params(self, flat: dict, info: dict) -> None:
         from torch.utils.tensorboard.summary import hparams
         values = {**flat, **info}
+        writer = self.tb._get_file_writer()
         for part in hparams(values, {"dev/weighted_f1": 0.0}):   # the HPARAMS tab, in this run's own folder
-            self.tb.file_writer.add_summary(part)
+            writer.add_summary(part)
         self.tb.add_text("config", "\n".join(f"    {k}: {v}" for k, v in values.items()))
 
     def log(self, step: int, record: dict, metrics: dict) -> None:
@@ -174,7 +176,7 @@ class Trackers:
         state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
         ctx = {"state": state, "project": project, "name": name or run.resolve().name, "mlflow_uri": mlflow_uri,
                "resume_step": resume_step, "flat": flat}
-        self.trackers = [TRACKERS[n](run, ctx) for n in names]
+        self.trackers: list[Any] = [TRACKERS[n](run, ctx) for n in names]
         if state:
             atomic_write_bytes(state_path, json.dumps(state, indent=1).encode("utf-8"))
 

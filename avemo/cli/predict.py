@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
             out.close()
     if ns.plot:
         from avemo.inference.timeline import plot_timeline
-        plot_timeline(list(records), ns.plot, model.meta["labels"])
+        plot_timeline(list(records), ns.plot, model.meta["labels"] if model else [])
         print(f"wrote {ns.plot}", file=sys.stderr)
     if interrupted:
         raise Interrupted("every finished window was written" + (f", and the plot {ns.plot}" if ns.plot else ""))

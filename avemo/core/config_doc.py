@@ -7,7 +7,6 @@ field (`fps: float = 4.0   # frames sampled per second`), so the code stays the 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import io
 import tokenize
@@ -19,10 +18,18 @@ import yaml
 from avemo.core.config import _type_name
 
 
-@functools.lru_cache(maxsize=None)
+_HELP: dict[type, dict[str, str]] = {}
+
+
 def field_help(cls: type) -> dict[str, str]:
     """field name -> its comment: the comment on the field's line, plus comment-only lines right below it
     that start in the same column (a comment wrapped over two lines)."""
+    if cls not in _HELP:
+        _HELP[cls] = _read_help(cls)
+    return _HELP[cls]
+
+
+def _read_help(cls: type) -> dict[str, str]:
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):

@@ -85,8 +85,11 @@ def dataset_changes(out: Path, demo: DemoConfig) -> list[str]:
         return []
     saved = json.loads(path.read_text(encoding="utf-8"))["demo"]
     now = asdict(demo)
-    flat = lambda d, p="": {f"{p}{k}": v for key, val in d.items()
-                            for k, v in (flat(val, f"{key}.").items() if isinstance(val, dict) else [(key, val)])}
+    def flat(d: dict, prefix: str = "") -> dict:
+        out: dict = {}
+        for key, val in d.items():
+            out.update(flat(val, f"{prefix}{key}.") if isinstance(val, dict) else {f"{prefix}{key}": val})
+        return out
     old, new = flat(saved), flat(now)
     return [f"demo.{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 

@@ -27,7 +27,8 @@ typical use:
 
 Every command but export (flags only) takes --config FILE|NAME (a YAML file, or a bundled one: meld, demo)
 and key=value overrides anywhere among its flags, e.g. decode.fps=4; demo's overrides name their section
-first, e.g. train.optim.epochs=5.
+first, e.g. train.optim.epochs=5. COMMAND --print-config prints every setting, resolved, with one line of
+help each (docs/config.md lists them all).
 """
 
 # command -> (module whose main(argv) runs it, imported only when chosen; one-line help)

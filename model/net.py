@@ -26,11 +26,11 @@ FACE_STD = (0.229, 0.224, 0.225)
 class ModelConfig:
     face_weights: str = ""                        # MobileFaceNet init: a file, or "auto" = $AVEMO_WEIGHTS_DIR/cache
     face_trainable: Literal["all", "none"] = "all"  # "none": frozen encoder in eval mode (fast CPU runs)
-    n_mels: int = 64
-    audio_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
-    hidden: int = 128
-    fusion_dim: int = 128
-    dropout: float = 0.3
+    n_mels: int = 64                              # mel bins: must match the shards' audio.n_mels
+    audio_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # audio CNN stage widths
+    hidden: int = 128                             # LSTM hidden size per modality
+    fusion_dim: int = 128                         # width of the fused clip embedding
+    dropout: float = 0.3                          # before the classifier
     modality_dropout: float = 0.2                 # per sample, drop one present modality in training
 
 

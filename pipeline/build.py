@@ -26,8 +26,10 @@ from avemo.pipeline.config import BuildConfig
 from avemo.pipeline.labels import read_label_csv
 from avemo.pipeline.media_list import INVALID_SPLIT, read_media_list
 from avemo.pipeline.layout import find_csv, find_video_dir, video_path
-from avemo.pipeline.shard_task import ShardSpec, build_shard, fingerprint, manifest_row, media_settings, probe_shard
+from avemo.pipeline.shard_task import (PROGRESS_TOPIC, ShardSpec, build_shard, fingerprint, manifest_row,
+                                       media_settings, probe_shard)
 from avemo.core import storage
+from avemo.core.logfile import tee
 from avemo.core.storage import join
 from avemo.core.weights import load_state_dict, resolve_weights
 from avemo.shards.manifest import BUILD_CONFIG_NAME, MANIFEST_NAME, make_table, read_table, write_table
@@ -48,6 +50,18 @@ class BuildSummary:
     shards_failed: int = 0
     elapsed_s: float = 0.0
     clips_per_s: float = 0.0
+    failures: dict = field(default_factory=dict)   # why shard tasks failed: first line -> count
+    rerun_helps: bool = True                       # False when a failure would repeat (a bug or a setting)
+
+    def failure_advice(self) -> str:
+        why = "; ".join(f"{n} x {reason}" for reason, n in self.failures.items())
+        if self.rerun_helps:
+            return (f"{self.shards_failed} shard task(s) failed ({why}); their clips are listed as task_failed in "
+                    "the manifest. This looks transient (a worker died, timed out or lost its connection): rerun "
+                    "the same command to retry only them")
+        return (f"{self.shards_failed} shard task(s) failed ({why}); their clips are listed as task_failed in the "
+                "manifest. A rerun would fail the same way: fix the cause above, then rerun the same command "
+                "(finished shards are kept)")
 
     def lines(self) -> list[str]:
         out = [f"rows: {self.rows}  accepted: {self.ok}  rejected: {sum(self.rejected.values())}",
@@ -123,6 +137,15 @@ def is_done(spec: ShardSpec) -> bool:
     return (not has_ok) or storage.exists(join(spec.out_dir, spec.tar_name), options)
 
 
+# failures a rerun can cure: the machine, not the data or the code (distributed's KilledWorker, comm errors)
+TRANSIENT = ("KilledWorker", "CommClosedError", "TimeoutError", "FutureCancelledError", "MemoryError",
+             "StreamClosedError", "ConnectionError", "ConnectionResetError", "BrokenPipeError")
+
+
+def is_transient(exc: BaseException) -> bool:
+    return type(exc).__name__ in TRANSIENT or isinstance(exc, (TimeoutError, ConnectionError, MemoryError))
+
+
 def _failed_rows(spec: ShardSpec, exc: BaseException) -> list[dict]:
     detail = f"{type(exc).__name__}: {exc}"
     return [manifest_row(row, status="rejected", reason="task_failed", detail=detail) for row in spec.rows]
@@ -164,13 +187,61 @@ def _remove_stale(out: str, split: str, keep: set[str], options: dict) -> None:
                 storage.remove(join(folder, name), options)
 
 
-def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
+def check_cuda(cfg: BuildConfig, client=None) -> None:
+    """face.device=cuda on workers that have no CUDA device: one line before any shard runs (it used to fail
+    every shard task after its retries). Local workers share this machine; remote ones are asked."""
+    if not cfg.face.device.startswith("cuda"):
+        return
+    if client is None:
+        from avemo.core.config import resolve_device
+        resolve_device(cfg.face.device, "face.device")
+        return
+    seen = client.run(_sees_cuda)
+    if not any(seen.values()):
+        raise ConfigError(f"face.device={cfg.face.device} but none of the {len(seen)} worker(s) sees a CUDA device "
+                          "(use face.device=cpu or face.device=auto, or start GPU workers)")
+
+
+def _sees_cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+class ClipProgress:
+    """build-shards' bar, one step per finished clip: shard tasks publish an event per clip
+    (shard_task.clip_done); a shard's completion tops its count up to its clips (a retried task's
+    repeated events are not counted twice)."""
+
+    def __init__(self, bar, specs: list[ShardSpec], progress=None):
+        self.bar, self.progress = bar, progress
+        self.size = {s.name: len(s.rows) for s in specs}
+        self.seen: Counter = Counter()
+
+    def _advance(self, shard: str, n: int) -> None:
+        n = max(0, min(n, self.size.get(shard, 0) - self.seen[shard]))
+        if n:
+            self.seen[shard] += n
+            self.bar.update(n)
+            if self.progress is not None:
+                self.progress(shard, n)
+
+    def on_event(self, event) -> None:      # (timestamp, shard name), on the client's event loop
+        self._advance(event[1], 1)
+
+    def finished(self, shard: str) -> None:
+        self._advance(shard, self.size.get(shard, 0))
+
+
+def run_build(cfg: BuildConfig, log=print, progress=None) -> BuildSummary:
+    """`progress(shard, n)`, when given, is called as clips finish (n clips of that shard)."""
     t0 = time.perf_counter()
     out, options = storage.normalize(cfg.out), cfg.storage_options
     check_kept_settings(out, cfg)
     storage.makedirs(join(out, "parts"))
     for folder in (out, join(out, "parts")):
         storage.clean_temporaries(folder)
+    if not storage.is_url(out):            # a bucket OUT keeps its log with the caller
+        log = tee(log, storage.local(out) / "build.log")
 
     label_rows, invalid = load_sources(cfg)  # CSV errors stop here
     specs = [spec for s in cfg.splits for spec in plan_shards(label_rows[s], s, cfg)]
@@ -195,12 +266,15 @@ def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
         f"({summary.shards_skipped} already done), {n_clips} clips to process -> {out}")
     failed_rows: list[dict] = []
     if todo and not cfg.scheduler:
-        # local workers share this machine's files: unusable detector weights are one line now,
-        # not a task_failed on every shard after its retries
+        # local workers share this machine's files and devices: unusable detector weights or a missing
+        # CUDA device are one line now, not a task_failed on every shard after its retries
+        check_cuda(cfg)
         load_state_dict(resolve_weights(cfg.face.backend, cfg.face.weights))
     if todo:
         resources = {"GPU": 1} if cfg.dask.gpu_resource else None
         with open_client(cfg, log=log) as client:
+            if cfg.scheduler:
+                check_cuda(cfg, client)
             futures = {}
             for spec in todo:
                 probed = client.submit(probe_shard, spec, key=f"probe-{spec.name}-{spec.fingerprint}",
@@ -209,6 +283,8 @@ def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
                                       retries=cfg.dask.retries, resources=resources, pure=False)
                 futures[built] = spec
             with tqdm(total=n_clips, unit="clip", desc="build-shards", dynamic_ncols=True) as bar:
+                clips = ClipProgress(bar, todo, progress)
+                client.subscribe_topic(PROGRESS_TOPIC, clips.on_event)
                 for future in as_completed(futures):
                     spec = futures[future]
                     try:
@@ -219,8 +295,12 @@ def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
                             raise  # every other shard would fail the same way: stop; finished shards are kept
                         summary.shards_failed += 1
                         failed_rows += _failed_rows(spec, exc)
+                        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                        summary.failures[why] = summary.failures.get(why, 0) + 1
+                        summary.rerun_helps &= is_transient(exc)
                         log(f"shard {spec.name} failed after {cfg.dask.retries} retries: {exc}")
-                    bar.update(len(spec.rows))
+                    clips.finished(spec.name)
+                client.unsubscribe_topic(PROGRESS_TOPIC)
 
     manifest = assemble_manifest(out, specs, cfg.splits, failed_rows, options)
     # what training copies into its checkpoints, so `avemo predict` decodes and crops exactly like this build

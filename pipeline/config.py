@@ -12,7 +12,7 @@ from avemo.core.storage import SECRETS_HELP, is_url, secret_keys
 class ProbeConfig:
     min_duration_s: float = 0.1      # shorter clips are rejected as too_short
     max_duration_s: float = 330.0    # longer ones as too_long (MELD's longest, test dia38_utt4, is 305 s)
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0          # ffprobe gives up on a file after this long
 
     def __post_init__(self):
         check((self.min_duration_s >= 0, "min_duration_s must be >= 0"),
@@ -25,10 +25,10 @@ class DecodeConfig:
     fps: float = 4.0                 # frames sampled per second ...
     max_frames: int = 16             # ... at most this many, spread over the whole clip
     frame_size: int = 640            # longest side of the decoded frames: faces are cropped from these
-    sample_rate: int = 16000
+    sample_rate: int = 16000         # audio resampled to this rate, mono
     max_audio_s: float = 30.0        # audio kept per clip (the log-mel of longer clips is cut here)
     ffmpeg_threads: int = 1          # threads per ffmpeg process; parallelism comes from many processes
-    timeout_s: float = 300.0
+    timeout_s: float = 300.0         # ffmpeg gives up on a clip after this long (decode_error)
 
     def __post_init__(self):
         check((self.fps > 0, "fps must be > 0"), (self.fps <= 60, "fps must be <= 60"),
@@ -42,27 +42,27 @@ class DecodeConfig:
 
 @dataclass
 class FaceConfig:
-    backend: Literal["mobilenet0.25", "resnet50"] = "mobilenet0.25"
+    backend: Literal["mobilenet0.25", "resnet50"] = "mobilenet0.25"   # RetinaFace backbone (resnet50: slower, more accurate)
     weights: str = ""                # explicit file; else $AVEMO_WEIGHTS_DIR, the cache, a download
     device: str = "auto"             # auto, cpu, cuda or cuda:N
     batch_frames: int = 0            # frames per detector pass, from many clips; 0 = auto: 8 on CPU, 64 on CUDA
     detect_size: int = 320           # longest side the detector sees (frames are shrunk for it; crops are
                                      # cut from the full decoded frame). Detector cost ~ size^2
-    score_threshold: float = 0.8
-    nms_iou: float = 0.4
+    score_threshold: float = 0.8     # detections below this confidence are dropped
+    nms_iou: float = 0.4             # non-maximum suppression overlap
     min_face_px: float = 16.0        # smaller detections (in decoded-frame pixels) are ignored
     crop: Literal["align", "box"] = "align"  # 5-landmark similarity alignment, or box + margin
-    margin: float = 0.2
-    crop_size: int = 112
+    margin: float = 0.2              # extra border around the box (crop=box), fraction of its size
+    crop_size: int = 112             # crop side in pixels (MobileFaceNet takes 112)
     track_iou: float = 0.3           # IoU linking detections of the same face across frames
     missing: Literal["keep", "reject"] = "keep"   # clip with no face: keep audio + empty mask, or reject
-    jpeg_quality: int = 90
+    jpeg_quality: int = 90           # of the face crops stored in the shards
     # a tightly cropped face (FER2013's 48x48) fills its whole picture, and the detector, trained on faces in
     # scenes, misses most of them: an image whose longest side is below pad_target_px is scaled up to it
     # and centred on a grey pad_canvas_px square before detection (its crops are cut from that frame too)
-    pad_small_images: bool = True
-    pad_target_px: int = 160
-    pad_canvas_px: int = 320
+    pad_small_images: bool = True    # scale small images up and pad them before detection
+    pad_target_px: int = 160         # a small image's longest side after scaling up
+    pad_canvas_px: int = 320         # the grey square it is centred on
 
     def __post_init__(self):
         check((DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
@@ -82,9 +82,9 @@ class FaceConfig:
 @dataclass
 class AudioConfig:
     missing: Literal["silent", "reject"] = "silent"  # no audio stream: keep with a silent mask, or reject
-    n_mels: int = 64
-    n_fft: int = 400
-    hop_length: int = 160
+    n_mels: int = 64                 # mel bins of the log-mel
+    n_fft: int = 400                 # FFT window (25 ms at 16 kHz)
+    hop_length: int = 160            # hop between mel frames (10 ms at 16 kHz)
 
     def __post_init__(self):
         check((8 <= self.n_mels <= 256, "n_mels must be in [8, 256]"),
@@ -108,7 +108,7 @@ class DaskConfig:
     torch_threads: int = 1           # intra-op threads of the CPU detector in each worker
     retries: int = 2                 # a failed shard task is retried this many times
     gpu_resource: bool = False       # shard tasks need the Dask resource GPU=1 (workers started with --resources GPU=1)
-    memory_limit: str = "auto"
+    memory_limit: str = "auto"       # per LocalCluster worker (Dask syntax: "4GB"; auto = share of RAM)
 
     def __post_init__(self):
         check((0 <= self.workers <= 1024, "workers must be in [0, 1024] (0 = one per core)"),
@@ -119,10 +119,10 @@ class DaskConfig:
 
 @dataclass
 class BuildConfig:
-    root: str = ""                   # MELD's layout (the default source) ...
-    media_list: str = ""             # ... or a media list CSV: path,label,split[,key,speaker,start,end]
-    out: str = ""
-    splits: list[str] = field(default_factory=lambda: ["train", "dev", "test"])
+    root: str = ""                   # MELD folder: CSVs + video folders (--root), the default source ...
+    media_list: str = ""             # ... or a media list CSV: path,label,split[,key,speaker,start,end] (--list)
+    out: str = ""                    # output folder or bucket URL for shards + manifest.parquet (--out)
+    splits: list[str] = field(default_factory=lambda: ["train", "dev", "test"])   # splits to build (--splits)
     scheduler: str = ""              # address of an existing Dask scheduler; empty = LocalCluster
     limit: int = 0                   # only the first N rows of each split (0 = all): smoke runs
     probe: ProbeConfig = field(default_factory=ProbeConfig)

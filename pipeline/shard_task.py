@@ -129,6 +129,7 @@ class _ShardWriter:
 
     def reject(self, row: dict, reason: str, detail: str, duration: float | None = None) -> None:
         self.rows.append(manifest_row(row, status="rejected", reason=reason, detail=detail, duration_s=duration))
+        clip_done(self.spec.name)
 
     def finish(self, row: dict, probe: ProbeResult, decoded: Decoded, dets: list) -> None:
         cfg = self.cfg
@@ -152,6 +153,21 @@ class _ShardWriter:
             row, status="ok", shard=self.spec.tar_name, duration_s=probe.duration_s,
             n_frames=int(track.mask.shape[0]), n_faces=int(track.mask.sum()), has_audio=mel is not None,
             sample_bytes=sum(len(v) for k, v in sample.items() if not k.startswith("__"))))
+        clip_done(self.spec.name)
+
+
+PROGRESS_TOPIC = "avemo-build-clip"   # Dask event topic: one event per finished clip (build-shards' bar)
+
+
+def clip_done(shard: str) -> None:
+    """Tell the client a clip of `shard` is finished (Dask's worker -> client pub-sub, `log_event`); a no-op
+    outside a Dask worker."""
+    try:
+        from distributed import get_worker
+        worker = get_worker()
+    except ValueError:
+        return
+    worker.log_event(PROGRESS_TOPIC, shard)
 
 
 def _run_clips(spec: ShardSpec, cfg: BuildConfig, probes: list[ProbeResult], detector, writer) -> None:

@@ -278,7 +278,8 @@ def test_evaluate_writes_metrics_equal_to_sklearn(trained, built_shards, tmp_pat
     assert on_disk["confusion"] == confusion_matrix(y, p, labels=labels).tolist()
     assert set(on_disk["ablation"]) == {"both", "face_only", "audio_only"}
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "metrics.json", "predictions.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "evaluate.log", "metrics.json",
+                                                     "predictions.parquet"]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

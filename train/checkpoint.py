@@ -31,11 +31,33 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def load_failure(path: Path, exc: Exception) -> str:
+    """Three different problems, three different lines: pickled code refused (weights_only), a TorchScript
+    export where a training checkpoint is needed, and a file that is no torch checkpoint at all."""
+    import zipfile
+    text = str(exc)
+    if "GLOBAL" in text or "Unsupported global" in text:
+        return f"cannot read checkpoint {path} safely: {unsafe_load_reason(exc)}"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if any(n.endswith("/constants.pkl") for n in z.namelist()):
+                return (f"{path} is a TorchScript export (avemo export), not a training checkpoint: `avemo predict` "
+                        "runs it; train, evaluate and export need RUN/best.pt or RUN/last.pt")
+    return (f"cannot read checkpoint {path}: not a torch checkpoint (truncated, corrupt or another kind of file; "
+            f"{type(exc).__name__})")
+
+
 def save_checkpoint(path: str | Path, **payload) -> None:
     payload.setdefault("label_map_version", LABEL_MAP_VERSION)
     payload.setdefault("labels", list(EMOTIONS))
-    with storage.atomic_open(path) as fh:
-        torch.save(payload, fh)
+    try:
+        with storage.atomic_open(path) as fh:
+            torch.save(payload, fh)
+    except RuntimeError as exc:
+        # Ctrl-C inside torch.save: its zip writer then fails on exit and would hide the interrupt
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise exc.__context__ from None
+        raise
 
 
 def load_checkpoint(path: str | Path, options: dict | None = None) -> dict:
@@ -46,7 +68,7 @@ def load_checkpoint(path: str | Path, options: dict | None = None) -> dict:
     try:
         ckpt = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path} safely: {unsafe_load_reason(exc)}") from None
+        raise CheckpointError(load_failure(path, exc)) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path} is not an avemo checkpoint")
     if ckpt.get("label_map_version") != LABEL_MAP_VERSION:

@@ -11,12 +11,12 @@ from avemo.model.net import ModelConfig
 
 @dataclass
 class DataConfig:
-    batch_size: int = 32
+    batch_size: int = 32               # clips per step per rank
     workers: int = 4                   # DataLoader workers per rank (capped by the number of shards)
     shuffle_buffer: int = 1000         # samples
     max_frames: int = 16               # face frames per clip fed to the model (T)
     max_mel_frames: int = 1000         # log-mel frames per clip (10 s at hop 160 / 16 kHz); longer is cropped
-    pin_memory: bool = True
+    pin_memory: bool = True            # page-locked batches for faster copies to CUDA
     corrupt_shards: Literal["stop", "skip"] = "stop"   # a shard failing its manifest checksum
     storage_options: dict = field(default_factory=dict)  # fsspec options for a URL --shards (no secrets)
 
@@ -29,18 +29,18 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    enabled: bool = True
-    flip_p: float = 0.5
+    enabled: bool = True               # augment training clips (faces and log-mels)
+    flip_p: float = 0.5                # probability of a horizontal flip of a clip's faces
     brightness: float = 0.25           # colour jitter factors, drawn once per clip
-    contrast: float = 0.25
-    saturation: float = 0.25
+    contrast: float = 0.25             # colour jitter factor
+    saturation: float = 0.25           # colour jitter factor
     rotate_deg: float = 8.0            # small affine, once per clip
-    translate: float = 0.05
-    scale: float = 0.08
-    freq_masks: int = 2                # SpecAugment
-    freq_mask_width: int = 8
-    time_masks: int = 2
-    time_mask_width: int = 25
+    translate: float = 0.05            # affine shift, fraction of the crop
+    scale: float = 0.08                # affine zoom, +- fraction
+    freq_masks: int = 2                # SpecAugment: mel-band masks per clip ...
+    freq_mask_width: int = 8           # ... each at most this many mel bins wide
+    time_masks: int = 2                # SpecAugment: time masks per clip ...
+    time_mask_width: int = 25          # ... each at most this many mel frames long
     gain_db: float = 6.0               # random loudness change, +-
 
     def __post_init__(self):
@@ -53,13 +53,13 @@ class AugmentConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 30
-    lr: float = 1e-3
+    epochs: int = 30                   # may grow on --resume: the cosine is re-planned over the new total
+    lr: float = 1e-3                   # peak AdamW learning rate (after warmup; cosine decay to 0)
     face_lr_mult: float = 0.1          # pretrained MobileFaceNet learns slower
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    grad_clip: float = 1.0
-    label_smoothing: float = 0.0
+    weight_decay: float = 0.05         # AdamW, on weights with >= 2 dims only
+    warmup_epochs: float = 1.0         # linear warmup from 0
+    grad_clip: float = 1.0             # max gradient norm; 0 = off
+    label_smoothing: float = 0.0       # cross-entropy label smoothing
 
     def __post_init__(self):
         check((self.epochs >= 1, "epochs must be >= 1"), (0 < self.lr < 10, "lr must be in (0, 10)"),
@@ -68,17 +68,29 @@ class OptimConfig:
               (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"))
 
 
+REPORT_TO = ("tensorboard", "jsonl", "wandb", "mlflow")
+
+
+@dataclass
+class TrackerConfig:
+    project: str = "avemo"             # W&B project / MLflow experiment
+    run_name: str = ""                 # the run's name in W&B / MLflow; "" = the run folder's name
+    mlflow_uri: str = ""               # MLflow tracking URI; "" = $MLFLOW_TRACKING_URI, else MLflow's default
+
+
 @dataclass
 class TrainConfig:
-    shards: str = ""
-    run: str = ""
-    seed: int = 0
+    shards: str = ""                   # folder written by build-shards (--shards)
+    run: str = ""                      # output folder: checkpoints, config.yaml, logs (--run)
+    shards_sha256: str = ""            # sha256 of SHARDS/manifest.parquet this config trains on; "" = any data
+    seed: int = 0                      # model init, shuffling and augmentation
     device: str = "auto"                               # auto, cpu, cuda or cuda:N
     amp: Literal["auto", "bf16", "off"] = "auto"       # auto = bf16 autocast on CUDA
     compile: bool = False                              # torch.compile the model
-    imbalance: Literal["weighted_loss", "sqrt_weighted_loss", "none"] = "weighted_loss"
-    train_split: str = "train"
-    eval_split: str = "dev"
+    imbalance: Literal["weighted_loss", "sqrt_weighted_loss", "none"] = "weighted_loss"  # class weights in the loss
+    train_split: str = "train"         # split trained on
+    eval_split: str = "dev"            # split scored each eval_every epochs; its weighted F1 picks best.pt
+    report_to: str = "tensorboard,jsonl"               # comma list of tensorboard, jsonl, wandb, mlflow
     log_every: int = 20                                # steps between metric lines
     eval_every: int = 1                                # epochs between dev evaluations (best.pt)
     stop_after_epochs: int = 0                         # end this run early (tests, time-boxed jobs); 0 = never
@@ -86,26 +98,31 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
     def __post_init__(self):
-        check((DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
+        unknown = [n for n in self.report_to.split(",") if n.strip() and n.strip() not in REPORT_TO]
+        check((not unknown, f"report_to: unknown tracker {unknown[0] if unknown else ''!r} (known: "
+                            f"{', '.join(REPORT_TO)})"),
+              (DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
               (self.log_every >= 1, "log_every must be >= 1"), (self.eval_every >= 1, "eval_every must be >= 1"),
               (self.stop_after_epochs >= 0, "stop_after_epochs must be >= 0 (0 = never)"))
 
 
 @dataclass
 class EvalConfig:
-    shards: str = ""
-    checkpoint: str = ""
-    split: str = "test"
-    out: str = ""
+    shards: str = ""                   # folder written by build-shards (--shards)
+    checkpoint: str = ""               # best.pt or last.pt of a run (--checkpoint)
+    split: str = "test"                # train, dev or test (--split)
+    out: str = ""                      # folder for metrics.json, predictions.parquet, confusion.png (--out)
     device: str = "auto"                               # auto, cpu, cuda or cuda:N
     amp: Literal["auto", "bf16", "off"] = "auto"       # auto = bf16 autocast on CUDA; off = float32
-    batch_size: int = 32
-    workers: int = 2
+    batch_size: int = 32               # clips per forward pass
+    workers: int = 2                   # DataLoader workers
     ablation: bool = True              # also score face-only and audio-only (the other modality masked)
-    corrupt_shards: Literal["stop", "skip"] = "stop"
+    corrupt_shards: Literal["stop", "skip"] = "stop"   # a shard failing its manifest checksum
     storage_options: dict = field(default_factory=dict)  # fsspec options for URL --shards/--checkpoint (no secrets)
+    log_to_run: bool = False           # attach the metrics (test/...) to the checkpoint's run and its trackers
 
     def __post_init__(self):
         check((not secret_keys(self.storage_options), SECRETS_HELP),

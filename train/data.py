@@ -5,6 +5,9 @@
 
 Epoch arithmetic is explicit: each rank takes `steps = train samples // (batch x ranks)` batches per
 epoch from an endless, per-epoch-seeded stream, so all ranks step together and resume is exact.
+The training loader is built once: its workers persist across epochs and read the epoch number from a
+SharedEpoch (open_clip's pattern), which seeds the shard order, the shuffle buffer and (in workers) the
+augmentation draws per (seed, epoch, rank, worker), so no epoch pays the workers' start-up again.
 """
 from __future__ import annotations
 
@@ -153,11 +156,50 @@ def collate(samples: list[dict]) -> dict:
     }
 
 
-def _seeded_shuffle(bufsize: int, seed: int, epoch: int):
+class SharedEpoch:
+    """The epoch number, shared with persistent DataLoader workers (a process-shared integer)."""
+
+    def __init__(self, epoch: int = 0):
+        import multiprocessing
+        self.value = multiprocessing.Value("i", epoch)
+
+    def set_value(self, epoch: int) -> None:
+        self.value.value = epoch
+
+    def get_value(self) -> int:
+        return self.value.value
+
+
+def _epoch_of(epoch: int | SharedEpoch) -> int:
+    return epoch.get_value() if isinstance(epoch, SharedEpoch) else epoch
+
+
+class _EpochShardShuffle(wds.PipelineStage):
+    """wds.detshuffle over the shard list, seeded seed*1000 + epoch*10 + pass, the epoch read when a pass
+    starts (a new epoch restarts the pass count). In a worker, the first pass of an epoch also seeds
+    torch's RNG (the augmentation draws) from (seed, epoch, rank, worker), so a resumed run draws the
+    same augmentations as an uninterrupted one although its workers were started at another epoch."""
+
+    def __init__(self, n: int, seed: int, epoch: int | SharedEpoch):
+        self.n, self.seed, self.epoch, self.current, self.passes = n, seed, epoch, None, 0
+
+    def run(self, src):
+        epoch = _epoch_of(self.epoch)
+        if epoch != self.current:
+            self.current, self.passes = epoch, 0
+            if torch.utils.data.get_worker_info() is not None:
+                rank, _, worker, _ = wds.utils.pytorch_worker_info()
+                torch.manual_seed(hash((self.seed, epoch, rank, worker, "augment")) & 0xFFFFFFFF)
+        rng = random.Random(self.seed * 1000 + epoch * 10 + self.passes)
+        self.passes += 1
+        return wds.filters._shuffle(src, self.n, self.n, rng)
+
+
+def _seeded_shuffle(bufsize: int, seed: int, epoch: int | SharedEpoch):
     """Sample shuffle buffer seeded by (seed, epoch, rank, worker): reproducible, different per worker."""
     def stage(src):
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
-        rng = random.Random(hash((seed, epoch, rank, worker)) & 0xFFFFFFFF)
+        rng = random.Random(hash((seed, _epoch_of(epoch), rank, worker)) & 0xFFFFFFFF)
         return wds.shuffle(bufsize, min(bufsize, 100), rng=rng)(src)
     return stage
 
@@ -169,14 +211,16 @@ def effective_workers(n_shards: int, world: int, wanted: int) -> int:
     return min(wanted, n_shards // world)
 
 
-def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch: int, seed: int,
+def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch, seed: int,
                  world: int = 1) -> tuple[wds.WebLoader, int]:
+    """The training stream; with a SharedEpoch it is built once and iterated once per epoch (set the epoch
+    first), its workers kept alive between epochs."""
     workers = effective_workers(len(split.urls), world, data.workers)
     steps = max(1, split.n_samples // (data.batch_size * world))
     per_worker = math.ceil(steps / max(1, workers))
     dataset = wds.DataPipeline(
         wds.SimpleShardList(split.urls),
-        wds.detshuffle(bufsize=len(split.urls), initial=len(split.urls), seed=seed * 1000 + epoch * 10),
+        _EpochShardShuffle(len(split.urls), seed, epoch),
         wds.split_by_node,
         wds.split_by_worker,
         read_shards(split.urls),
@@ -189,13 +233,18 @@ def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch
         wds.batched(data.batch_size, collation_fn=collate, partial=True),
     ).with_epoch(per_worker)
     loader = wds.WebLoader(dataset, batch_size=None, num_workers=workers,
-                           pin_memory=data.pin_memory and torch.cuda.is_available())
+                           persistent_workers=workers > 0 and isinstance(epoch, SharedEpoch),
+                           pin_memory=data.pin_memory and torch.cuda.is_available(),
+                           # the workers' base seed from a private generator: creating the loader (once,
+                           # or again on resume) never draws from the training RNG
+                           generator=torch.Generator().manual_seed(seed))
     return loader.with_epoch(steps), steps
 
 
 def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int = 16,
-                max_mel: int = 1000) -> wds.WebLoader:
-    """Every sample of the split exactly once, in shard order (rank 0 only)."""
+                max_mel: int = 1000, persistent: bool = False) -> wds.WebLoader:
+    """Every sample of the split exactly once, in shard order (rank 0 only); `persistent` keeps the workers
+    for the next pass (training's dev evaluation every epoch)."""
     dataset = wds.DataPipeline(
         wds.SimpleShardList(urls),
         wds.split_by_worker,
@@ -204,9 +253,10 @@ def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int 
                 handler=skip_bad_sample),
         wds.batched(batch_size, collation_fn=collate, partial=True),
     )
-    return wds.WebLoader(dataset, batch_size=None, num_workers=min(workers, len(urls)),
-                         pin_memory=torch.cuda.is_available())
+    workers = min(workers, len(urls))
+    return wds.WebLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=persistent and workers > 0,
+                         pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
 
 
-__all__ = ["SplitShards", "split_shards", "train_loader", "eval_loader", "collate", "to_tensors", "frame_indices",
+__all__ = ["SharedEpoch", "SplitShards", "split_shards", "train_loader", "eval_loader", "collate", "to_tensors", "frame_indices",
            "crop_mel"]

@@ -1,19 +1,22 @@
 """`avemo evaluate`: a checkpoint on one split of the shards -> metrics.json, predictions.parquet,
-confusion.png, and a face-only / audio-only / both ablation (the other modality masked out)."""
+confusion.png, evaluate.log, and a face-only / audio-only / both ablation (the other modality masked out);
+with log_to_run=true the metrics also go to the checkpoint's run (RUN/metrics.jsonl and its trackers)."""
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
+from tqdm import tqdm
 
+from avemo.core import storage
 from avemo.core.config import load_config, resolve_device
 from avemo.core.atomic import atomic_write_bytes
+from avemo.core.errors import ConfigError
+from avemo.core.logfile import tee
 from avemo.shards.labels import EMOTIONS
 from avemo.shards.manifest import CorruptShardError, write_table
 from avemo.train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
@@ -84,17 +87,47 @@ def confusion_png(cm: list[list[int]], path: Path, title: str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def attach_to_run(ckpt: dict, checkpoint: str, split: str, metrics: dict) -> None:
+    """The metrics, as `{split}/...`, at the checkpoint's step, into the run that wrote the checkpoint:
+    RUN/metrics.jsonl and the trackers of its report_to (the same W&B / MLflow run, via RUN/trackers.json)."""
+    from avemo.train.trackers import Trackers, parse_report_to
+    run = Path(checkpoint).parent
+    saved = ckpt["config"]
+    tracker = saved.get("tracker") or {}
+    trackers = Trackers(run, parse_report_to(saved.get("report_to", "tensorboard,jsonl")),
+                        (saved.get("train_split", "train"), saved.get("eval_split", "dev"), split),
+                        tracker.get("project", "avemo"), tracker.get("run_name", ""), tracker.get("mlflow_uri", ""))
+    record = {f"{split}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
+    for mode, m in metrics.get("ablation", {}).items():
+        if mode != "both":
+            record[f"{split}_{mode}_weighted_f1"] = m["weighted_f1"]
+    trackers.log(int(ckpt.get("step", 0)), **record)
+    trackers.close()
+
+
 def run_evaluate(cfg: EvalConfig, log=print) -> dict:
     device = resolve_device(cfg.device)
     bf16 = use_bf16(device, cfg.amp)
+    if cfg.log_to_run and (storage.is_url(cfg.checkpoint)
+                           or not (Path(cfg.checkpoint).parent / "config.yaml").is_file()):
+        raise ConfigError(f"log_to_run=true: {cfg.checkpoint} does not sit in a local run folder (no config.yaml "
+                          "beside the checkpoint)")
     ckpt = load_checkpoint(cfg.checkpoint, cfg.storage_options)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = tee(log, out / "evaluate.log")
     model = model_from_checkpoint(ckpt).to(device)
     data = ckpt["config"]["data"]
     split = split_shards(cfg.shards, cfg.split, cfg.corrupt_shards, log_fn=log,
                          hint="set corrupt_shards=skip to evaluate without it", options=cfg.storage_options)
     loader = eval_loader(split.urls, cfg.batch_size, cfg.workers, data["max_frames"], data["max_mel_frames"])
     modes = tuple(MODES) if cfg.ablation else ("both",)
-    results = predict(model, loader, device, modes, bf16)
+    log(f"evaluating {cfg.checkpoint} (epoch {ckpt.get('epoch')}) on {cfg.split}: {split.n_samples} clips, "
+        f"{len(split.urls)} shards, {device}")
+    bar = tqdm(loader, total=-(-split.n_samples // cfg.batch_size), desc=f"evaluate {cfg.split}", unit="batch",
+               dynamic_ncols=True)
+    results = predict(model, bar, device, modes, bf16)
+    bar.close()
     keys, labels, probs = results["both"]
     preds = probs.argmax(1)
     metrics = classification_metrics(labels, preds)
@@ -104,12 +137,14 @@ def run_evaluate(cfg: EvalConfig, log=print) -> dict:
         for mode, (_, mode_labels, mode_probs) in results.items():
             m = classification_metrics(mode_labels, mode_probs.argmax(1))
             metrics["ablation"][mode] = {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     columns = {"key": keys, "label": labels.astype(np.int8), "pred": preds.astype(np.int8)}
     columns.update({f"p_{name}": probs[:, i].astype(np.float32) for i, name in enumerate(EMOTIONS)})
     write_table(out / "predictions.parquet", pa.table(columns))
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     confusion_png(metrics["confusion"], out / "confusion.png",
                   f"{cfg.split}: weighted F1 {metrics['weighted_f1']:.3f}, acc {metrics['accuracy']:.3f}")
+    log(f"{cfg.split}: weighted_f1={metrics['weighted_f1']:.4f} accuracy={metrics['accuracy']:.4f} "
+        f"macro_f1={metrics['macro_f1']:.4f}; wrote {out}")
+    if cfg.log_to_run:
+        attach_to_run(ckpt, cfg.checkpoint, cfg.split, metrics)
     return metrics

@@ -1,8 +1,11 @@
 """`avemo train`: a lean streaming loop over shards. Works unchanged under `torchrun` (DDP).
 
-Writes RUN/config.yaml, RUN/last.pt (every epoch) and RUN/best.pt (by dev weighted F1), both atomic,
-RUN/metrics.jsonl (steps and epochs) and RUN/tb/ (TensorBoard). `--resume` restores model, optimiser,
-scheduler, RNG and step from RUN/last.pt and continues exactly where it stopped.
+Writes RUN/config.yaml (the resolved settings: a `--config` that reproduces the run), RUN/last.pt (every
+epoch) and RUN/best.pt (by dev weighted F1), both atomic, RUN/train.log, and the trackers of `report_to`
+(RUN/metrics.jsonl, RUN/tb/, W&B, MLflow; train/trackers.py). A new run refuses a non-empty RUN unless
+`overwrite` (train/runs.py). `--resume` restores model, optimiser, scheduler, RNG and step from RUN/last.pt
+and continues exactly where it stopped; it may raise optim.epochs, and then the cosine schedule is
+re-planned over the new total (the LR at step s is what a run started with the new epochs has at step s).
 """
 from __future__ import annotations
 
@@ -15,13 +18,12 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -29,13 +31,15 @@ from avemo.core.config import load_config, resolve_device
 from avemo.core.memory import keep_heap
 from avemo.model.net import build_model, count_parameters, flops_per_clip
 from avemo.core.weights import WeightsError
-from avemo.core.atomic import clean_temporaries
+from avemo.core.logfile import tee
 from avemo.shards.manifest import CorruptShardError, read_build_config
 from avemo.train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from avemo.train.config import OptimConfig, TrainConfig
-from avemo.train.data import eval_loader, split_shards, train_loader
+from avemo.train.data import SharedEpoch, eval_loader, split_shards, train_loader
 from avemo.train.evaluate import predict, to_device, use_bf16
 from avemo.train.metrics import classification_metrics
+from avemo.train.runs import check_shards_hash, flat_config, manifest_sha256, prepare_run_folder, write_run_config
+from avemo.train.trackers import Trackers, check_available, parse_report_to
 
 
 def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
@@ -148,7 +152,7 @@ def train_step(net, optimizer, scheduler, batch: dict, optim: OptimConfig, weigh
 # settings a resumed run must share with its checkpoint: the weights' shapes, and what the restored optimiser
 # and LR schedule were computed for (model.face_weights only seeds a new run: a resume loads every weight)
 RESUME_KEYS = [("data", "batch_size"), ("optim", None), ("model", None)]
-RESUME_FREE = {("model", "face_weights")}
+RESUME_FREE = {("model", "face_weights"), ("optim", "epochs")}   # epochs: the schedule is re-planned
 
 
 def resume_mismatches(saved: dict, cfg: TrainConfig) -> list[str]:
@@ -167,33 +171,22 @@ def resume_mismatches(saved: dict, cfg: TrainConfig) -> list[str]:
     return changed
 
 
-class Logger:
-    def __init__(self, run: Path, enabled: bool):
-        self.enabled = enabled
-        self.tb = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(run / "tb"))
-            self.fh = open(run / "metrics.jsonl", "a", encoding="utf-8")
-
-    def log(self, step: int, **values) -> None:
-        if not self.enabled:
-            return
-        self.fh.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
-        self.fh.flush()
-        for k, v in values.items():
-            if isinstance(v, (int, float)):
-                self.tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.fh.close()
-            self.tb.close()
+def open_trackers(cfg: TrainConfig, run: Path, resume_step: int | None) -> Trackers:
+    return Trackers(run, parse_report_to(cfg.report_to), (cfg.train_split, cfg.eval_split, "test"),
+                    cfg.tracker.project, cfg.tracker.run_name, cfg.tracker.mlflow_uri, resume_step, flat_config(cfg))
 
 
-def evaluate_split(model, urls, cfg: TrainConfig, device) -> dict:
-    loader = eval_loader(urls, cfg.data.batch_size, min(2, cfg.data.workers), cfg.data.max_frames,
-                         cfg.data.max_mel_frames)
+def replan_schedule(optimizer, scheduler) -> None:
+    """After a resume that changed optim.epochs: the restored optimiser holds the old plan's LR for the next
+    step; set every group to the new plan's LR at the current step (LambdaLR's own formula)."""
+    for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def evaluate_split(model, urls, cfg: TrainConfig, device, loader=None) -> dict:
+    loader = loader or eval_loader(urls, cfg.data.batch_size, min(2, cfg.data.workers), cfg.data.max_frames,
+                                   cfg.data.max_mel_frames)
     _, labels, probs = predict(model, loader, device, bf16=use_bf16(device, cfg.amp))["both"]
     return classification_metrics(labels, probs.argmax(1))
 
@@ -206,34 +199,36 @@ def prepare_data(cfg: TrainConfig, log) -> tuple:
             read_build_config(cfg.shards, options))   # travels in every checkpoint, for `avemo predict`
 
 
-def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
+def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool = False) -> dict:
     rank, world, device = setup_distributed(cfg.device)
+    check_available(parse_report_to(cfg.report_to))
     if device.type == "cpu":
         keep_heap()  # 2x faster CPU steps: activations are not page-faulted in again every step (avemo/memory.py)
     main_rank = rank == 0
     say = log if main_rank else (lambda *a, **k: None)
     run = Path(cfg.run)
     ckpt_path = run / "last.pt"
-    if main_rank and run.is_dir():
-        clean_temporaries(run)  # a checkpoint save cut short by a kill left its hidden .tmp- file
     ckpt = load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
-    if resume and ckpt is None:
-        say(f"note: --resume but no {ckpt_path} yet: starting from scratch")
     if ckpt is not None:
         changed = resume_mismatches(ckpt["config"], cfg)
         if changed:
             raise CheckpointError(f"cannot resume from {ckpt_path}: it was trained with other settings "
                                   f"({', '.join(changed)}); resume with its settings or start a new run")
+    on_rank0(prepare_run_folder, run, resume, overwrite, say)
     if main_rank:
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        say = tee(say, run / "train.log")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
     # shard hashing and statistics: rank 0 does them, the other ranks receive its results
     train_split, eval_split, build_config = on_rank0(prepare_data, cfg, say)
+    shards_sha = on_rank0(manifest_sha256, cfg.shards)
+    check_shards_hash(cfg.shards_sha256, shards_sha, cfg.shards)
+    cfg = replace(cfg, shards_sha256=shards_sha or cfg.shards_sha256)   # resolved: RUN/config.yaml names the data
+    if main_rank:
+        write_run_config(run, cfg, world, str(device))
     model = build_model(cfg.model, log=say)
-    state = {"epoch": 0, "step": 0, "best": -1.0}
+    state: dict = {"epoch": 0, "step": 0, "best": -1.0}
     if ckpt is None:
         model.audio.mel_mean, model.audio.mel_std = on_rank0(mel_statistics, train_split.urls, cfg)
     else:
@@ -241,6 +236,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     model.to(device)
     if main_rank:
         flops = flops_per_clip(model, cfg.data.max_frames)   # dummy inputs on the model's device
+        size = {"model/parameters": count_parameters(model), "model/gflops_per_clip": round(flops / 1e9, 3)}
         say(f"model: {count_parameters(model) / 1e6:.2f} M parameters, {flops / 1e9:.2f} GFLOPs per clip "
             f"({cfg.data.max_frames} frames)")
     weights = class_weights(train_split.label_counts, cfg.imbalance)
@@ -253,6 +249,10 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt["config"]["optim"]["epochs"] != cfg.optim.epochs:
+            replan_schedule(optimizer, scheduler)
+            say(f"optim.epochs {ckpt['config']['optim']['epochs']} -> {cfg.optim.epochs}: the cosine schedule "
+                f"is re-planned over {total} steps (LR now {scheduler.get_last_lr()[0]:.3g})")
         state = {k: ckpt[k] for k in ("epoch", "step", "best")}
         set_rng_state(ckpt["rng"])
         say(f"resumed from {ckpt_path}: epoch {state['epoch']}, step {state['step']}")
@@ -261,16 +261,23 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         net = torch.compile(net)
     bf16 = use_bf16(device, cfg.amp)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
-    logger = Logger(run, main_rank)
+    logger = open_trackers(cfg, run, None if ckpt is None else state["step"]) if main_rank else None
+    if logger is not None and ckpt is None:
+        logger.params(flat_config(cfg), size)          # once per run: hyper-parameters and model size
     say(f"training on {device} x{world}: {train_split.n_samples} clips, {steps_per_epoch} steps/epoch, "
         f"{len(train_split.urls)} shards; class weights {None if weights is None else weights.tolist()}")
 
     end_epoch = cfg.optim.epochs
     if cfg.stop_after_epochs:
         end_epoch = min(end_epoch, state["epoch"] + cfg.stop_after_epochs)
+    # built once: their workers persist across epochs (the epoch number reaches them through SharedEpoch)
+    shared_epoch = SharedEpoch(state["epoch"])
+    loader, steps = train_loader(train_split, cfg.data, cfg.augment, shared_epoch, cfg.seed, world)
+    dev_loader = eval_loader(eval_split.urls, cfg.data.batch_size, min(2, cfg.data.workers), cfg.data.max_frames,
+                             cfg.data.max_mel_frames, persistent=True) if main_rank else None
     for epoch in range(state["epoch"], end_epoch):
         net.train()
-        loader, steps = train_loader(train_split, cfg.data, cfg.augment, epoch, cfg.seed, world)
+        shared_epoch.set_value(epoch)
         bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not main_rank,
                    dynamic_ncols=True)
         # running sums stay on the device: reading them (.item()) waits for the device, so that happens
@@ -286,7 +293,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             seen += n
             loss_sum += loss.detach().double() * n
             correct += (logits.detach().argmax(1) == batch["label"]).sum()
-            if main_rank and state["step"] % cfg.log_every == 0:
+            if logger is not None and state["step"] % cfg.log_every == 0:
                 step_loss, norm, loss_total, n_correct = torch.stack(
                     [loss.detach().double(), grad_norm.detach().double(), loss_sum, correct.double()]).tolist()
                 logger.log(state["step"], loss=step_loss, lr=scheduler.get_last_lr()[0], grad_norm=norm)
@@ -297,11 +304,12 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         record = {"epoch": state["epoch"], "train_loss": loss_total / max(1, seen),
                   "train_acc": n_correct / max(1, seen), "samples_per_s": seen * world / max(elapsed, 1e-9)}
         if main_rank and (state["epoch"] % cfg.eval_every == 0 or state["epoch"] == cfg.optim.epochs):
-            metrics = evaluate_split(model, eval_split.urls, cfg, device)
+            metrics = evaluate_split(model, eval_split.urls, cfg, device, dev_loader)
             record.update({f"{cfg.eval_split}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")})
             if metrics["weighted_f1"] > state["best"]:
                 state["best"] = metrics["weighted_f1"]
                 record["best"] = True
+            record[f"{cfg.eval_split}_best_weighted_f1"] = state["best"]
         if main_rank:
             payload = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                            scheduler=scheduler.state_dict(), rng=rng_state(), config=asdict(cfg),
@@ -309,11 +317,13 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             save_checkpoint(ckpt_path, **payload)
             if record.get("best"):
                 save_checkpoint(run / "best.pt", **payload)
-            logger.log(state["step"], **record)
+            if logger is not None:
+                logger.log(state["step"], **record)
             say(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
         if world > 1:
             dist.barrier()
-    logger.close()
+    if logger is not None:
+        logger.close()
     if world > 1:
         dist.destroy_process_group()
     return state

@@ -28,7 +28,8 @@ typical use:
 
 Every command but export and make-list (flags only) takes --config FILE|NAME (a YAML file, or a bundled one: meld, demo)
 and key=value overrides anywhere among its flags, e.g. decode.fps=4; demo's overrides name their section
-first, e.g. train.optim.epochs=5.
+first, e.g. train.optim.epochs=5. COMMAND --print-config prints every setting, resolved, with one line of
+help each (docs/config.md lists them all).
 """
 
 # command -> (module whose main(argv) runs it, imported only when chosen; one-line help)
@@ -70,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     module, _ = COMMANDS[ns.command]
     try:
         return importlib.import_module(module).main(argv[1:])
-    except KeyboardInterrupt:
-        print(f"avemo {ns.command}: interrupted; finished work is kept", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # a command may say how to carry on (train: the --resume command); else the general promise
+        advice = str(exc) or "finished work is kept"
+        print(f"avemo {ns.command}: interrupted; {advice}", file=sys.stderr)
         return 130
     except (AvemoError, OSError) as exc:
         line = error_line(ns.command, exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from avemo.cli.common import split_overrides
+from avemo.cli.common import Interrupted, print_config, split_overrides
 
 EPILOG = """\
 examples:
@@ -28,28 +28,35 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="avemo build-shards", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Turn MELD label CSVs + videos, or a media list, into WebDataset shards, once.")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--root", help="MELD folder (CSVs + video folders)")
     source.add_argument("--list", help="media list CSV: path,label,split[,key,speaker,start,end]")
-    parser.add_argument("--out", required=True, help="output folder or bucket URL (s3://b/meld) for shards and manifest.parquet")
+    parser.add_argument("--out", help="output folder or bucket URL (s3://b/meld) for shards and manifest.parquet")
     parser.add_argument("--splits", default=None, help="comma list of train,dev,test (default: all)")
     parser.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (default: a LocalCluster)")
     parser.add_argument("--config", default=None, help="YAML file or bundled name (meld); its `build:` section is used")
-    ns, overrides = split_overrides(parser, argv, "config overrides, e.g. decode.fps=2")
+    ns, overrides = split_overrides(parser, argv, "config overrides, e.g. decode.fps=2", required=("out",))
     from avemo.core.config import load_config
     from avemo.pipeline.build import run_build
     from avemo.pipeline.config import BuildConfig
     from avemo.pipeline.layout import parse_splits
-    extra = {"root": ns.root or "", "media_list": ns.list or "", "out": ns.out}   # the flag names the one source
+    if not (ns.root or ns.list or ns.print_config):
+        parser.error("one of the arguments --root --list is required")
+    extra = {k: v for k, v in {"root": ns.root, "media_list": ns.list, "out": ns.out}.items() if v is not None}
     if ns.splits:
         extra["splits"] = list(parse_splits(ns.splits))
     if ns.scheduler:
         extra["scheduler"] = ns.scheduler
     cfg = load_config(BuildConfig, "build", ns.config, overrides, extra)
-    summary = run_build(cfg)
+    if ns.print_config:
+        return print_config(cfg, "build")
+    try:
+        summary = run_build(cfg)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)           # end the progress bar's line
+        raise Interrupted("finished shards are kept; rerun the same command to resume") from None
     print("\n".join(summary.lines()))
     if summary.shards_failed:
-        print(f"avemo build-shards: {summary.shards_failed} shard task(s) failed; their clips are listed as "
-              "task_failed in the manifest. Rerun the same command to retry them.", file=sys.stderr)
+        print(f"avemo build-shards: {summary.failure_advice()}", file=sys.stderr)
         return 1
     return 0

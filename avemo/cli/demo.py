@@ -21,5 +21,11 @@ def main(argv: list[str]) -> int:
                         help="YAML with demo/build/train/evaluate sections (default: the bundled demo.yaml)")
     ns, overrides = split_overrides(parser, argv, "section.key=value, e.g. train.optim.epochs=5")
     from avemo.demo.app import demo_configs, run_demo
-    run_demo(demo_configs(ns.out, ns.config, overrides))   # every section is checked before any work starts
+    run = demo_configs(ns.out, ns.config, overrides)       # every section is checked before any work starts
+    if ns.print_config:
+        from avemo.core.config_doc import dump_config
+        print("".join(dump_config(getattr(run, name), name) for name in ("demo", "build", "train", "evaluate")),
+              end="")
+        return 0
+    run_demo(run)
     return 0

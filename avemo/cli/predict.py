@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+from collections import deque
 import json
 import os
 import re
 import sys
 from pathlib import Path
+
+from avemo.cli.common import PRINT_CONFIG_HELP, Interrupted, print_config
 
 EPILOG = """\
 inputs: video files, folders (every video in them), pipe:0 (stdin: a streaming container such as
@@ -25,6 +28,7 @@ then the `build:` section of --config), so the model sees inputs made as in trai
 
 
 
+PLOT_WINDOWS = 20_000                # --plot of an endless source shows its last ~2.8 h (0.5 s hop)
 OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
 
 
@@ -32,10 +36,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="avemo predict", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Emotion over sliding windows of videos or live streams.")
-    parser.add_argument("items", nargs="+", metavar="INPUT | key=value",
+    parser.add_argument("items", nargs="*", metavar="INPUT | key=value",
                         help="inputs (file, folder, pipe:0, lavfi:GRAPH, URL, device) and config overrides "
                              "(e.g. threads=2 face.device=cpu decode.fps=4)")
-    parser.add_argument("--checkpoint", required=True, help="best.pt from avemo train, or model.onnx from avemo export (a path or a URL)")
+    parser.add_argument("--checkpoint", help="best.pt from avemo train, or model.onnx from avemo export (a path or a URL)")
     parser.add_argument("--window", type=float, default=None, help="window length in seconds (default 2.0)")
     parser.add_argument("--hop", type=float, default=None, help="seconds between window starts (default 0.5)")
     parser.add_argument("--out", default=None, help="JSON lines file (default: stdout)")
@@ -44,20 +48,29 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--realtime", action="store_true", default=None,
                         help="read inputs at their native rate, as a live camera would deliver them")
     parser.add_argument("--timings", action="store_true", default=None, help="per-stage milliseconds per window")
+    parser.add_argument("--per-clip", action="store_true", default=None,
+                        help="one prediction per input file (the whole clip, as build-shards decodes it; how MELD "
+                             "utterances are labelled) instead of sliding windows")
     parser.add_argument("--config", default=None, help="YAML file or bundled name: its build: and predict: sections")
+    parser.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP + " (with --checkpoint: "
+                        "its build settings)")
     ns = parser.parse_intermixed_args(argv)
     overrides = [a for a in ns.items if OVERRIDE_RE.match(a) and not Path(a).exists()]
     texts = [a for a in ns.items if a not in overrides]
-    if not texts:
-        parser.error("no INPUT given")
+    if not ns.print_config and (not texts or not ns.checkpoint):
+        parser.error("no INPUT given" if not texts else "the following arguments are required: --checkpoint")
     flags = {k: v for k, v in {"window_s": ns.window, "hop_s": ns.hop, "runtime": ns.runtime,
-                               "realtime": ns.realtime, "timings": ns.timings}.items() if v is not None}
+                               "realtime": ns.realtime, "timings": ns.timings,
+                               "per_clip": ns.per_clip}.items() if v is not None}
     from avemo.inference.predict import load_predict_config, run_predict
     from avemo.inference.runtime import read_model
-    model = read_model(ns.checkpoint)
-    cfg = load_predict_config(model.meta, ns.config, flags, overrides)
+    model = read_model(ns.checkpoint) if ns.checkpoint else None
+    cfg = load_predict_config(model.meta if model else {}, ns.config, flags, overrides)
+    if ns.print_config:
+        return print_config(cfg, "predict")
     out = open(ns.out, "w", encoding="utf-8") if ns.out else sys.stdout
-    records: list[dict] = []       # kept only for --plot: an endless live input must not grow memory
+    # kept only for --plot, and only the last PLOT_WINDOWS of them: an endless live input must not grow memory
+    records: deque[dict] = deque(maxlen=PLOT_WINDOWS)
 
     def emit(record: dict) -> None:
         out.write(json.dumps(record) + "\n")
@@ -65,8 +78,11 @@ def main(argv: list[str]) -> int:
         if ns.plot:
             records.append(record)
 
+    interrupted = False
     try:
         failed = run_predict(texts, model, cfg, emit, report=lambda line: print(line, file=sys.stderr))
+    except KeyboardInterrupt:   # Ctrl-C is how a live source ends: every window so far is out; plot them
+        interrupted, failed = True, 0
     except BrokenPipeError:   # whoever read our stdout went away (e.g. `| head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print("avemo predict: output closed, stopped", file=sys.stderr)
@@ -76,6 +92,8 @@ def main(argv: list[str]) -> int:
             out.close()
     if ns.plot:
         from avemo.inference.timeline import plot_timeline
-        plot_timeline(records, ns.plot, model.meta["labels"])
+        plot_timeline(list(records), ns.plot, model.meta["labels"] if model else [])
         print(f"wrote {ns.plot}", file=sys.stderr)
+    if interrupted:
+        raise Interrupted("every finished window was written" + (f", and the plot {ns.plot}" if ns.plot else ""))
     return 1 if failed else 0

@@ -2,27 +2,51 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
-from avemo.cli.common import split_overrides
+from avemo.cli.common import Interrupted, print_config, split_overrides
+
+EPILOG = """\
+run folders: a new run needs an empty (or new) --run folder; an existing one is refused unless --resume
+(continue it; optim.epochs may grow) or --overwrite (start over: deletes its checkpoints and logs).
+RUN/config.yaml is a valid --config that reproduces the run (its train: section, every key resolved):
+  avemo train --shards S --run runs/b --config runs/a/config.yaml
+trackers: report_to=tensorboard,jsonl (default), wandb, mlflow (pip install 'avemo[wandb]' / 'avemo[mlflow]').
+multi-GPU / multi-node: torchrun --nproc_per_node=N -m avemo train --shards S --run-dir R ... (docs/scale.md)
+"""
+
+
+def resume_command(argv: list[str]) -> str:
+    kept = [a for a in argv if a not in ("--resume", "--overwrite")]
+    return shlex.join(["avemo", "train", *kept, "--resume"])
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="avemo train", description="Train the audio-visual model from shards.",
-                                     epilog="multi-GPU / multi-node: torchrun --nproc_per_node=N -m avemo train "
-                                            "--shards S --run-dir R ... (see docs/scale.md)")
-    parser.add_argument("--shards", required=True, help="folder or bucket URL (s3://b/meld) written by build-shards")
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", help="folder or bucket URL (s3://b/meld) written by build-shards")
     # --run-dir: the spelling to use under torchrun, whose argparse finds `--run` ambiguous (--run-path)
-    parser.add_argument("--run", "--run-dir", dest="run", required=True,
-                        help="output folder for checkpoints, metrics and TensorBoard")
+    parser.add_argument("--run", "--run-dir", dest="run",
+                        help="output folder for checkpoints, config.yaml, metrics, logs and TensorBoard")
     parser.add_argument("--config", default=None,
                         help="YAML file or bundled name (meld, demo); its `train:` section is used")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
-    ns, overrides = split_overrides(parser, argv, "e.g. optim.lr=3e-4 data.batch_size=64")
+    parser.add_argument("--resume", action="store_true", help="continue the run in RUN from RUN/last.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a RUN that holds a run: deletes its checkpoints, logs and config")
+    ns, overrides = split_overrides(parser, argv, "e.g. optim.lr=3e-4 data.batch_size=64", required=("shards", "run"))
     from avemo.core.config import load_config
     from avemo.train.config import TrainConfig
+    extra = {k: v for k, v in {"shards": ns.shards, "run": ns.run}.items() if v is not None}
+    cfg = load_config(TrainConfig, "train", ns.config, overrides, extra)
+    if ns.print_config:
+        return print_config(cfg, "train")
     from avemo.train.loop import run_train
-    cfg = load_config(TrainConfig, "train", ns.config, overrides, {"shards": ns.shards, "run": ns.run})
-    state = run_train(cfg, resume=ns.resume)
+    try:
+        state = run_train(cfg, resume=ns.resume, overwrite=ns.overwrite)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)           # end the progress bar's line: the advice gets a line of its own
+        raise Interrupted(f"finished epochs are kept in {cfg.run}; continue with: {resume_command(argv)}") from None
     print(f"done: epoch {state['epoch']}, step {state['step']}, best dev weighted F1 {state['best']:.4f}; "
           f"checkpoints in {cfg.run}")
     return 0

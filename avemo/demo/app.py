@@ -5,11 +5,13 @@ generate mini-MELD (real face photo + emotion-dependent speech) -> build-shards 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from avemo.core.atomic import atomic_write_bytes
 from avemo.core.config import ConfigError, bundled_config, load_config
 from avemo.pipeline.build import run_build
 from avemo.pipeline.config import BuildConfig
@@ -22,9 +24,9 @@ SECTIONS = ("demo", "build", "train", "evaluate")
 
 @dataclass
 class DemoSplits:                 # generated clips per emotion, per split
-    train: int = 20
-    dev: int = 5
-    test: int = 10
+    train: int = 20                # clips per emotion in the train split
+    dev: int = 5                   # ... in dev
+    test: int = 10                 # ... in test
 
     def __post_init__(self):
         if min(self.train, self.dev, self.test) < 1:
@@ -34,7 +36,7 @@ class DemoSplits:                 # generated clips per emotion, per split
 @dataclass
 class DemoConfig:
     per_class: DemoSplits = field(default_factory=DemoSplits)
-    seed: int = 0
+    seed: int = 0                  # the generated dataset (speech, faces, motion)
 
 
 def section_overrides(overrides: list[str]) -> dict[str, list[str]]:
@@ -74,21 +76,66 @@ def demo_configs(out: str | Path, config: str | Path = DEFAULT_CONFIG, overrides
             "out": str(out / "eval")}))
 
 
+DEMO_STATE = "demo_settings.json"   # the demo.* settings the dataset in OUT/meld was generated with
+
+
+def dataset_changes(out: Path, demo: DemoConfig) -> list[str]:
+    """`demo.key old -> new` for each demo.* setting that differs from the generated dataset's."""
+    path = out / DEMO_STATE
+    if not path.is_file():
+        return []
+    saved = json.loads(path.read_text(encoding="utf-8"))["demo"]
+    now = asdict(demo)
+    def flat(d: dict, prefix: str = "") -> dict:
+        out: dict = {}
+        for key, val in d.items():
+            out.update(flat(val, f"{prefix}{key}.") if isinstance(val, dict) else {f"{prefix}{key}": val})
+        return out
+    old, new = flat(saved), flat(now)
+    return [f"demo.{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def training_changes(train: TrainConfig) -> list[str]:
+    """Why the demo's last run cannot simply be resumed: other train.* settings, or other shards."""
+    last = Path(train.run) / "last.pt"
+    if not last.is_file():
+        return []
+    from avemo.train.checkpoint import load_checkpoint
+    from avemo.train.loop import resume_mismatches
+    from avemo.train.runs import manifest_sha256
+    saved = load_checkpoint(last)["config"]
+    changed = [f"train.{c}" for c in resume_mismatches(saved, train)]
+    if saved.get("shards_sha256") != manifest_sha256(train.shards):
+        changed.append("the shards were rebuilt")
+    return changed
+
+
 def run_demo(run: DemoRun) -> dict:
     """generate -> build-shards -> train -> evaluate; returns the test metrics."""
     t0 = time.perf_counter()
     out, demo, build, train, evaluate = run.out, run.demo, run.build, run.train, run.evaluate
     data = Path(build.root)
+    changed = dataset_changes(out, demo)
+    if changed and data.is_dir():
+        print(f"[1/4] demo settings changed since {data} was generated ({', '.join(changed)}): regenerating it",
+              flush=True)
+        shutil.rmtree(data)
     if not (data / "test_sent_emo.csv").is_file():
         print(f"[1/4] generating the embedded dataset in {data} ...", flush=True)
         make_mini_meld(data, SynthSpec(per_class=asdict(demo.per_class), seed=demo.seed))
+        atomic_write_bytes(out / DEMO_STATE, json.dumps({"demo": asdict(demo)}).encode())
     else:
         print(f"[1/4] using the dataset already in {data}")
-    print("[2/4] build-shards", flush=True)
+    print("[2/4] build-shards (shards whose clips or settings changed are rebuilt)", flush=True)
     print("\n".join(run_build(build).lines()), flush=True)
-    print("[3/4] train", flush=True)
     from avemo.train.loop import run_train
-    run_train(train, resume=True)
+    retrain = training_changes(train)
+    if retrain:
+        print(f"[3/4] train: starting over, the last run was made with other settings or data "
+              f"({', '.join(retrain)})", flush=True)
+    else:
+        print("[3/4] train (resumes the last run if there is one)", flush=True)
+    run_train(train, resume=not retrain, overwrite=bool(retrain))
     print("[4/4] evaluate on the test split", flush=True)
     from avemo.train.evaluate import run_evaluate
     metrics = run_evaluate(evaluate)

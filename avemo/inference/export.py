@@ -46,6 +46,12 @@ class ExportNet(nn.Module):
         emb = self.net.embed_faces(faces)                                  # (B, T, 128)
         return self.net.forward_from_embeddings(emb, face_mask, mel, mel_mask), emb
 
+    def embed(self, faces):                                                # (B, T, 3, 112, 112) -> (B, T, 128)
+        return self.net.embed_faces(faces)
+
+    def head(self, emb, face_mask, mel, mel_mask):                         # -> logits (B, 7)
+        return self.net.forward_from_embeddings(emb, face_mask, mel, mel_mask)
+
 
 def model_meta(ckpt: dict, source: str = "") -> dict:
     """What a runtime needs besides the weights: labels, input sizes, the configs the model was made with."""
@@ -83,7 +89,13 @@ def to_torchscript_bytes(net: AVEmotionNet, meta: dict) -> bytes:
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")   # torch 2.11 marks TorchScript deprecated; it still runs in C++ / mobile
-        traced = torch.jit.trace(ExportNet(net), example_inputs(net.cfg.n_mels), check_trace=False)
+        faces, face_mask, mel, mel_mask = example_inputs(net.cfg.n_mels)
+        emb = net.embed_faces(faces)
+        # forward for C++ / mobile users; embed + head for `avemo predict model.torchscript.pt`, which
+        # embeds each face crop once across overlapping windows (inference/runtime.py)
+        traced = torch.jit.trace_module(ExportNet(net), {"forward": (faces, face_mask, mel, mel_mask),
+                                                         "embed": (faces,), "head": (emb, face_mask, mel, mel_mask)},
+                                        check_trace=False)
         torch.jit.save(traced, buf, _extra_files={f"{META_KEY}.json": json.dumps(meta)})
     return buf.getvalue()
 

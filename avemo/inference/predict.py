@@ -29,13 +29,14 @@ from avemo.pipeline.config import AudioConfig, DecodeConfig, FaceConfig
 
 @dataclass
 class PredictConfig:
-    window_s: float = 2.0
-    hop_s: float = 0.5
+    window_s: float = 2.0             # seconds of media per prediction (--window)
+    hop_s: float = 0.5                # seconds between window starts (--hop)
     buffer_s: float = 10.0            # decoded media held at most (bounded memory; live sources drop beyond)
     threads: int = 1                  # intra-op threads of the detector and the model
     runtime: Literal["auto", "torch", "onnx"] = "auto"   # auto: onnxruntime for .onnx, PyTorch for .pt
     realtime: bool = False            # read inputs at their native rate, as a live source (ffmpeg -re)
     timings: bool = False             # add per-stage milliseconds to each line
+    per_clip: bool = False            # one line per input file (the whole clip, decoded as build-shards does)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -150,9 +151,10 @@ class WindowPredictor:
         lap("mel")
         probs = self._probs(mask, emb, mel)
         lap("model")
+        seen = mask.any() or mel.shape[1] > 0     # neither a face nor audio: the model has nothing to go on
         record = {"source": self.source, "start": round(window.start, 3), "end": round(window.end, 3),
-                  "label": self.labels[int(probs.argmax())],
-                  "probs": {name: round(float(p), 5) for name, p in zip(self.labels, probs)},
+                  "label": self.labels[int(probs.argmax())] if seen else None,
+                  "probs": {name: round(float(p), 5) for name, p in zip(self.labels, probs)} if seen else None,
                   "face": round(float(mask.mean()) if len(mask) else 0.0, 3),
                   "modalities": (["face"] if mask.any() else []) + (["audio"] if mel.shape[1] else []),
                   "frames": int(len(ids))}
@@ -206,6 +208,24 @@ def predict_input(inp, decoder, runner, cfg: PredictConfig, emit) -> dict:
             "wall_s": round(wall, 3), **stats}
 
 
+def predict_clip(inp, runner, cfg: PredictConfig) -> dict:
+    """The whole file as one sample, decoded exactly as build-shards decodes a clip (decode.max_frames
+    frames spread over it, its audio up to decode.max_audio_s): how MELD's utterances are labelled."""
+    from avemo.inference.stream import InputError, Window
+    from avemo.pipeline.config import ProbeConfig
+    from avemo.pipeline.decode import decode_clip, plan_decode
+    from avemo.pipeline.probe import probe_clip
+    if inp.kind != "file":
+        raise InputError("per_clip needs a file or a folder of files (a stream has no end to wait for)")
+    probe = probe_clip(Path(inp.name), ProbeConfig(max_duration_s=1e9), cfg.audio)
+    if not probe.ok:
+        raise InputError(f"{probe.reason}: {probe.detail}")
+    decoded = decode_clip(inp.url, plan_decode(probe, cfg.decode), cfg.decode.timeout_s)
+    window = Window(index=0, start=0.0, end=probe.duration_s, frame_ids=np.arange(len(decoded.frames)),
+                    frames=decoded.frames, audio=decoded.audio)
+    return WindowPredictor(runner, cfg, inp.name, cfg.decode.sample_rate)(window)
+
+
 def run_predict(texts: list[str], model, cfg: PredictConfig, emit: Callable[[dict], None],
                 report: Callable[[str], None] = lambda line: None) -> int:
     """Predict every input in `texts` (files, folders, pipe:0, URLs, devices) with `model` (read_model's):
@@ -219,15 +239,23 @@ def run_predict(texts: list[str], model, cfg: PredictConfig, emit: Callable[[dic
     inputs = resolve_inputs(texts, cfg.realtime)
     with ThreadPoolExecutor(max_workers=1) as pool:
         # ffmpeg decodes the first input ahead while torch, torchvision and the networks load
-        first = pool.submit(open_input, inputs[0], cfg)
+        opener = (lambda inp, cfg: None) if cfg.per_clip else open_input     # per_clip decodes whole files
+        first = pool.submit(opener, inputs[0], cfg)
         try:
             runner = make_runner(model, cfg.runtime, cfg.threads)
         except BaseException:
-            with contextlib.suppress(InputError, DecodeError):
+            with contextlib.suppress(InputError, DecodeError, AttributeError):
                 first.result().close()
             raise
     failed = 0
     for i, inp in enumerate(inputs):
+        if cfg.per_clip:
+            try:
+                emit(predict_clip(inp, runner, cfg))
+            except (InputError, DecodeError) as exc:
+                failed += 1
+                report(f"avemo predict: {inp.name}: {exc}")
+            continue
         try:
             decoder = first.result() if i == 0 else open_input(inp, cfg)
             s = predict_input(inp, decoder, runner, cfg, emit)

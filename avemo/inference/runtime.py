@@ -30,7 +30,18 @@ class ModelFile:
     path: Path | str                # a local path or a URL
     meta: dict                      # avemo.export.model_meta(): labels, input sizes, configs
     onnx: bytes | None = None       # an exported graph ...
-    ckpt: dict | None = None        # ... or a training checkpoint
+    ckpt: dict | None = None        # ... or a training checkpoint ...
+    torchscript: bool = False       # ... or an exported TorchScript archive (loaded by its runner)
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip with code/ and constants.pkl beside data.pkl (a checkpoint has neither)."""
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
 def read_model(path: str | Path) -> ModelFile:
@@ -48,6 +59,13 @@ def read_model(path: str | Path) -> ModelFile:
         if META_KEY not in props:
             raise ConfigError(f"{path} was not written by `avemo export` (no avemo metadata)")
         return ModelFile(path, json.loads(props[META_KEY]), onnx=data)
+    if is_torchscript(path):
+        import zipfile
+        with zipfile.ZipFile(path) as z:
+            extra = [n for n in z.namelist() if n.endswith(f"/extra/{META_KEY}.json")]
+            if not extra:
+                raise CheckpointError(f"{path} is a TorchScript file not written by `avemo export` (no avemo metadata)")
+            return ModelFile(path, json.loads(z.read(extra[0])), torchscript=True)
     from avemo.inference.export import model_meta
     from avemo.train.checkpoint import load_checkpoint
     ckpt = load_checkpoint(path)
@@ -71,6 +89,30 @@ class TorchRunner:
         with torch.inference_mode():
             return self.net.forward_from_embeddings(torch.from_numpy(emb), torch.from_numpy(face_mask),
                                                     torch.from_numpy(mel), torch.from_numpy(mel_mask)).numpy()
+
+
+class TorchScriptRunner:
+    """An `avemo export --format torchscript` file: its traced embed() and head() methods."""
+    name = "torchscript"
+
+    def __init__(self, path: Path, meta: dict):
+        import warnings
+        import torch
+        with warnings.catch_warnings():    # torch 2.11 marks torch.jit deprecated; the archive still loads
+            warnings.simplefilter("ignore")
+            self.module = torch.jit.load(str(path), map_location="cpu")
+        self.meta = meta
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        import torch
+        with torch.inference_mode():
+            return self.module.embed(torch.from_numpy(crops).permute(0, 3, 1, 2).unsqueeze(0))[0].numpy()
+
+    def logits(self, emb, face_mask, mel, mel_mask) -> np.ndarray:
+        import torch
+        with torch.inference_mode():
+            return self.module.head(torch.from_numpy(emb), torch.from_numpy(face_mask), torch.from_numpy(mel),
+                                    torch.from_numpy(mel_mask)).numpy()
 
 
 class OnnxRunner:
@@ -109,6 +151,10 @@ def make_runner(model: ModelFile, runtime: str = "auto", threads: int = 1):
         if runtime == "torch":
             raise ConfigError(f"{model.path} is an ONNX file: it runs with runtime=onnx (or auto)")
         return OnnxRunner(model.onnx, model.meta, threads)
+    if model.torchscript:
+        if runtime == "onnx":
+            raise ConfigError(f"{model.path} is a TorchScript file: it runs with runtime=torch (or auto)")
+        return TorchScriptRunner(model.path, model.meta)
     from avemo.train.checkpoint import model_from_checkpoint
     assert model.ckpt is not None        # read_model gives a graph or a checkpoint
     net = model_from_checkpoint(model.ckpt)

@@ -31,7 +31,7 @@ def plot_timeline(records: list[dict], path: str | Path, labels: list[str]) -> N
     sources = list(dict.fromkeys(r["source"] for r in records))[:MAX_PANELS] or ["(no input)"]
     fig, axes = plt.subplots(len(sources), 1, figsize=(12, 0.6 + 2.6 * len(sources)), squeeze=False)
     for ax, source in zip(axes[:, 0], sources):
-        rows = [r for r in records if r["source"] == source and "probs" in r]
+        rows = [r for r in records if r["source"] == source and r.get("probs")]   # not dropped, not blind
         end = max([r["end"] for r in records if r["source"] == source] or [1.0])
         if rows:
             x, probs = _steps(rows, labels)

@@ -27,6 +27,7 @@ from avemo.pipeline.config import BuildConfig
 from avemo.pipeline.labels import read_label_csv
 from avemo.pipeline.media_list import INVALID_SPLIT, read_media_list
 from avemo.pipeline.layout import find_csv, find_video_dir, video_path
+from avemo.pipeline.probe import safe_resolve
 from avemo.pipeline.shard_task import ShardSpec, build_shard, fingerprint, manifest_row, media_settings, probe_shard
 from avemo.core.weights import load_state_dict, resolve_weights
 from avemo.core.atomic import atomic_write_bytes, clean_temporaries
@@ -66,7 +67,7 @@ def load_rows(cfg: BuildConfig, split: str) -> list[dict]:
     for row in rows:
         if row["status"] == "ok":
             path = video_path(video_dir, row["dialogue_id"], row["utterance_id"])
-            row["source"] = str(path.resolve()) if path is not None else ""
+            row["source"] = str(safe_resolve(path)) if path is not None else ""   # a link loop: probe's reason
     return rows
 
 

@@ -27,6 +27,7 @@ from avemo.pipeline.config import BuildConfig
 from avemo.pipeline.labels import read_label_csv
 from avemo.pipeline.media_list import INVALID_SPLIT, read_media_list
 from avemo.pipeline.layout import find_csv, find_video_dir, video_path
+from avemo.pipeline.out_dir import claim_out, ours
 from avemo.pipeline.probe import safe_resolve
 from avemo.pipeline.shard_task import ShardSpec, build_shard, fingerprint, manifest_row, media_settings, probe_shard
 from avemo.core.weights import load_state_dict, resolve_weights
@@ -157,13 +158,14 @@ def check_kept_settings(out: Path, cfg: BuildConfig) -> None:
 
 def _remove_stale(out: Path, split: str, keep: set[str]) -> None:
     for path in list(out.glob(f"{split}-*.tar")) + list((out / "parts").glob(f"{split}-*.parquet")):
-        if path.stem not in keep:
+        if path.stem not in keep and ours(path):   # a user's train-photos.tar is not ours: never deleted
             path.unlink()
 
 
 def run_build(cfg: BuildConfig, log=print) -> BuildSummary:
     t0 = time.perf_counter()
     out = Path(cfg.out)
+    claim_out(out)   # a non-empty folder that is not a build of ours: one line, nothing touched
     check_kept_settings(out, cfg)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     for folder in (out, out / "parts"):

@@ -39,7 +39,15 @@ MEMBERS: dict[str, tuple[str, int] | None] = {
     "boxes.npy": ("float32", 2),
 }
 MAX_MEMBER_BYTES = 64 << 20
+# largest bytes a member of each kind may declare (a 30 s clip's mel is ~0.2 MB, its strip of 64 crops ~1 MB)
+MEMBER_LIMITS = {"json": 1 << 20, "facemask.npy": 1 << 20, "boxes.npy": 4 << 20}
 MEL_BINS = (8, 256)          # the bin counts pipeline's AudioConfig.n_mels allows
+
+
+def member_limit(name: str) -> int:
+    """The most bytes the tar member `name` ({key}.{ext}) may declare: checked before it is read."""
+    ext = name.rsplit("/", 1)[-1].partition(".")[2].lower()
+    return MEMBER_LIMITS.get(ext, MAX_MEMBER_BYTES)
 
 
 class UnsafeSampleError(DataError):

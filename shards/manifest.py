@@ -104,10 +104,21 @@ class CorruptShardError(DataError):
     pass
 
 
+def plain_shard_name(name: object) -> bool:
+    """A manifest's `shard` must name a file IN the shards folder: no folder part, no `..`, not absolute."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name)
+
+
 def shards_for_split(table: pa.Table, split: str) -> dict[str, str]:
-    """{shard file name: sha256} of the ok rows of one split, in name order."""
+    """{shard file name: sha256} of the ok rows of one split, in name order. A row whose shard escapes the
+    shards folder (a path, `..`) is refused before anything is read."""
     rows = table.filter(pc.and_(pc.equal(table["split"], split), pc.equal(table["status"], "ok")))
     pairs = set(zip(rows["shard"].to_pylist(), rows["shard_sha256"].to_pylist()))
+    bad = sorted(str(name) for name, _ in pairs if not plain_shard_name(name))
+    if bad:
+        raise CorruptShardError(f"the manifest names shard {bad[0][:100]!r}, outside the shards folder "
+                                f"({len(bad)} such); refusing to read it")
     return dict(sorted(pairs))
 
 

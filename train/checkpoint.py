@@ -1,15 +1,16 @@
 """Checkpoints: plain tensors, numbers and strings only, written atomically, read with weights_only=True."""
 from __future__ import annotations
 
+import errno
 import random
 from pathlib import Path
 
 import torch
 
-from avemo.core.errors import CheckpointError
+from avemo.core.errors import CheckpointError, ConfigError
 from avemo.core.config import config_from_dict
 from avemo.model.net import AVEmotionNet, ModelConfig
-from avemo.core.weights import unsafe_load_reason
+from avemo.core.weights import declared_size_problem, unsafe_load_reason
 from avemo.core.atomic import atomic_open
 from avemo.shards.labels import EMOTIONS, LABEL_MAP_VERSION
 
@@ -30,31 +31,77 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+RESUME_SECTIONS = ("optimizer", "scheduler", "rng", "epoch", "step", "best")   # what `train --resume` needs
+
+
+def require_sections(ckpt: dict, path: str | Path, names=RESUME_SECTIONS) -> None:
+    missing = [name for name in names if name not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}: it cannot be resumed from")
+
+
 def save_checkpoint(path: str | Path, **payload) -> None:
+    bad = [k for k, v in (payload.get("model") or {}).items()
+           if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:   # the last guard against saving a silently broken model (train.loop.check_epoch is the first)
+        raise CheckpointError(f"refusing to save {path}: non-finite weights in {', '.join(bad[:3])}")
     payload.setdefault("label_map_version", LABEL_MAP_VERSION)
     payload.setdefault("labels", list(EMOTIONS))
-    with atomic_open(path) as fh:
-        torch.save(payload, fh)
+    try:
+        with atomic_open(path) as fh:   # a failed save removes its temporary: the old file stays whole
+            torch.save(payload, fh)
+    except Exception as exc:
+        cause = disk_error(exc)
+        if cause is None:
+            raise
+        # torch's zip writer turns ENOSPC into a second error while closing: report the disk, in one line
+        raise OSError(cause.errno, cause.strerror, str(path)) from None
+
+
+def disk_error(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT/EROFS OSError in an exception's chain (cause or context), if any."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    problem = declared_size_problem(path)
+    if problem:
+        raise CheckpointError(f"refusing checkpoint {path}: {problem}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path} safely: {unsafe_load_reason(exc)}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{path} is not an avemo checkpoint")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"{path} is not an avemo checkpoint (no model weights or config)")
+    missing = [s for s in ("model", "data") if not isinstance(ckpt["config"].get(s), dict)]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete avemo checkpoint: its config lacks {', '.join(missing)}")
     if ckpt.get("label_map_version") != LABEL_MAP_VERSION:
-        raise CheckpointError(f"{path} uses label map {ckpt.get('label_map_version')!r}, "
+        raise CheckpointError(f"{path} uses label map {str(ckpt.get('label_map_version'))[:80]!r}, "
                               f"this code uses {LABEL_MAP_VERSION!r}")
+    # the one place every command (train --resume, evaluate, predict, export) reads a checkpoint: a label list
+    # other than the code's would rename the classes in some outputs and not others, so it is refused
+    if list(ckpt.get("labels", EMOTIONS)) != list(EMOTIONS):
+        raise CheckpointError(f"{path} has the labels {str(ckpt.get('labels'))[:120]}, this code has "
+                              f"{list(EMOTIONS)}; rebuild or retrain with this code")
+    model_from_checkpoint(ckpt, path)   # the weights must fit their own config: checked now, before any work
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict) -> AVEmotionNet:
-    model_cfg = dict(ckpt["config"]["model"], face_weights="")  # weights come from the checkpoint
-    model = AVEmotionNet(config_from_dict(ModelConfig, model_cfg))
-    model.load_state_dict(ckpt["model"])
+def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> AVEmotionNet:
+    try:
+        model_cfg = dict(ckpt["config"]["model"], face_weights="")  # weights come from the checkpoint
+        model = AVEmotionNet(config_from_dict(ModelConfig, model_cfg))
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError, ConfigError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: the weights do not fit the model its config describes: {first[:200]}") from None
     return model.eval()

@@ -21,8 +21,9 @@ import torch
 import webdataset as wds
 
 from avemo.core.errors import ConfigError, DataError
-from avemo.shards.format import FACE_SIZE, decode_sample
+from avemo.shards.format import FACE_SIZE, KEY_RE, decode_sample
 from avemo.shards.labels import EMOTIONS
+from avemo.shards.tar_reader import bounded_tarfile_to_samples
 from avemo.shards.manifest import read_manifest, shards_for_split, verify_shards
 from avemo.train.augment import augment_sample
 from avemo.train.config import AugmentConfig, DataConfig
@@ -37,6 +38,7 @@ class SplitShards:
     urls: list[str]
     n_samples: int
     label_counts: list[int]   # per emotion id, ok rows of the split
+    listed: dict[str, frozenset] | None = None   # shard file name -> keys the manifest lists ok in it
 
 
 def split_shards(shard_dir: str | Path, split: str, policy: Literal["stop", "skip"] = "stop", log_fn=print,
@@ -53,7 +55,29 @@ def split_shards(shard_dir: str | Path, split: str, policy: Literal["stop", "ski
     counts = [0] * len(EMOTIONS)
     for r in rows:
         counts[r["label"]] += 1
-    return SplitShards([str(Path(shard_dir) / name) for name in sorted(good)], len(rows), counts)
+    keyed = table.select(["split", "status", "shard", "key"]).to_pylist()
+    listed = {name: frozenset(r["key"] for r in keyed if r["split"] == split and r["status"] == "ok"
+                              and r["shard"] == name) for name in good}
+    return SplitShards([str(Path(shard_dir) / name) for name in sorted(good)], len(rows), counts, listed)
+
+
+def listed_samples(listed: dict[str, frozenset] | None):
+    """webdataset stage: only samples the manifest lists (ok) in the shard they come from, each once (per
+    reader). An unlisted or repeated sample is skipped with a warning, like a sample that fails decoding."""
+    def stage(src):
+        seen: set = set()
+        for sample in src:
+            name, key = Path(str(sample.get("__url__", ""))).name, sample.get("__key__")
+            if not isinstance(key, str) or not KEY_RE.match(key):
+                yield sample      # decode_sample refuses it, naming the bad key
+            elif listed is not None and key not in listed.get(name, ()):
+                log.warning("skipping sample %r of %s: the manifest does not list it in that shard", key, name)
+            elif (name, key) in seen:
+                log.warning("skipping sample %r of %s: a second copy of it", key, name)
+            else:
+                seen.add((name, key))
+                yield sample
+    return stage
 
 
 def skip_bad_sample(exn: Exception) -> bool:
@@ -75,8 +99,8 @@ def crop_mel(mel: torch.Tensor, max_mel: int, random_crop: bool = False) -> torc
     return mel[:, start: start + max_mel]
 
 
-def to_tensors(raw: dict, max_frames: int, max_mel: int, random_crop: bool) -> dict:
-    s = decode_sample(raw)
+def to_tensors(raw: dict, max_frames: int, max_mel: int, random_crop: bool, n_mels: int | None = None) -> dict:
+    s = decode_sample(raw, n_mels=n_mels)   # n_mels: the model's; a sample with another bin count is refused
     t = s.facemask.shape[0]
     idx = frame_indices(t, max_frames)
     faces = torch.zeros((max_frames, 3, FACE_SIZE, FACE_SIZE), dtype=torch.uint8)
@@ -131,7 +155,7 @@ def effective_workers(n_shards: int, world: int, wanted: int) -> int:
 
 
 def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch: int, seed: int,
-                 world: int = 1) -> tuple[wds.WebLoader, int]:
+                 world: int = 1, n_mels: int | None = None) -> tuple[wds.WebLoader, int]:
     workers = effective_workers(len(split.urls), world, data.workers)
     steps = max(1, split.n_samples // (data.batch_size * world))
     per_worker = math.ceil(steps / max(1, workers))
@@ -140,10 +164,11 @@ def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch
         wds.detshuffle(bufsize=len(split.urls), initial=len(split.urls), seed=seed * 1000 + epoch * 10),
         wds.split_by_node,
         wds.split_by_worker,
-        wds.tarfile_to_samples(handler=skip_bad_sample),
+        bounded_tarfile_to_samples(handler=skip_bad_sample),
+        listed_samples(split.listed),
         _seeded_shuffle(data.shuffle_buffer, seed, epoch),
         wds.map(functools.partial(to_tensors, max_frames=data.max_frames, max_mel=data.max_mel_frames,
-                                  random_crop=True), handler=skip_bad_sample),
+                                  random_crop=True, n_mels=n_mels), handler=skip_bad_sample),
         wds.map(functools.partial(augment_sample, cfg=aug)),
         # partial: a worker whose pass over its shards holds fewer samples than a batch still yields one
         # (otherwise its pass is empty and webdataset stops repeating it: a silently short epoch)
@@ -155,13 +180,16 @@ def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch
 
 
 def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int = 16,
-                max_mel: int = 1000) -> wds.WebLoader:
-    """Every sample of the split exactly once, in shard order (rank 0 only)."""
+                max_mel: int = 1000, n_mels: int | None = None,
+                listed: dict[str, frozenset] | None = None) -> wds.WebLoader:
+    """Every sample of the split exactly once, in shard order (rank 0 only); listed: SplitShards.listed."""
     dataset = wds.DataPipeline(
         wds.SimpleShardList(urls),
         wds.split_by_worker,
-        wds.tarfile_to_samples(handler=skip_bad_sample),
-        wds.map(functools.partial(to_tensors, max_frames=max_frames, max_mel=max_mel, random_crop=False),
+        bounded_tarfile_to_samples(handler=skip_bad_sample),
+        listed_samples(listed),
+        wds.map(functools.partial(to_tensors, max_frames=max_frames, max_mel=max_mel, random_crop=False,
+                                  n_mels=n_mels),
                 handler=skip_bad_sample),
         wds.batched(batch_size, collation_fn=collate, partial=True),
     )

@@ -18,6 +18,7 @@ from avemo.shards.labels import EMOTIONS
 from avemo.shards.manifest import CorruptShardError, write_table
 from avemo.train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from avemo.train.config import EvalConfig
+from avemo.core.paths import writable_dir
 from avemo.train.data import eval_loader, split_shards
 from avemo.train.metrics import classification_metrics
 
@@ -92,7 +93,9 @@ def run_evaluate(cfg: EvalConfig, log=print) -> dict:
     data = ckpt["config"]["data"]
     split = split_shards(cfg.shards, cfg.split, cfg.corrupt_shards, log_fn=log,
                          hint="set corrupt_shards=skip to evaluate without it")
-    loader = eval_loader(split.urls, cfg.batch_size, cfg.workers, data["max_frames"], data["max_mel_frames"])
+    out = writable_dir(cfg.out, "--out")   # before the work: a file or read-only folder fails now, in one line
+    loader = eval_loader(split.urls, cfg.batch_size, cfg.workers, data["max_frames"], data["max_mel_frames"],
+                         n_mels=model.cfg.n_mels, listed=split.listed)
     modes = tuple(MODES) if cfg.ablation else ("both",)
     results = predict(model, loader, device, modes, bf16)
     keys, labels, probs = results["both"]
@@ -104,8 +107,6 @@ def run_evaluate(cfg: EvalConfig, log=print) -> dict:
         for mode, (_, mode_labels, mode_probs) in results.items():
             m = classification_metrics(mode_labels, mode_probs.argmax(1))
             metrics["ablation"][mode] = {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     columns = {"key": keys, "label": labels.astype(np.int8), "pred": preds.astype(np.int8)}
     columns.update({f"p_{name}": probs[:, i].astype(np.float32) for i, name in enumerate(EMOTIONS)})
     write_table(out / "predictions.parquet", pa.table(columns))

@@ -54,6 +54,8 @@ def main(argv: list[str]) -> int:
                                "realtime": ns.realtime, "timings": ns.timings}.items() if v is not None}
     from avemo.inference.predict import load_predict_config, run_predict
     from avemo.inference.runtime import read_model
+    from avemo.core.paths import check_outputs, local_inputs
+    check_outputs({"--out": ns.out, "--plot": ns.plot}, {"the checkpoint": ns.checkpoint, **local_inputs(texts)})
     model = read_model(ns.checkpoint)
     cfg = load_predict_config(model.meta, ns.config, flags, overrides)
     out = open(ns.out, "w", encoding="utf-8") if ns.out else sys.stdout

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from avemo.core.paths import refuse_inputs_as_output
 from avemo.model.net import AVEmotionNet
 from avemo.core.atomic import atomic_write_bytes
 
@@ -93,8 +94,9 @@ WRITERS = {"onnx": to_onnx_bytes, "torchscript": to_torchscript_bytes}
 
 def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> Path:
     from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
+    out = Path(out) if out else Path(checkpoint).with_suffix(FORMATS[fmt])
+    refuse_inputs_as_output(out, "--out", {"the checkpoint": checkpoint})   # before the work, nothing written
     ckpt = load_checkpoint(checkpoint)
     net = model_from_checkpoint(ckpt)
-    out = Path(out) if out else Path(checkpoint).with_suffix(FORMATS[fmt])
     atomic_write_bytes(out, WRITERS[fmt](net, model_meta(ckpt, str(checkpoint))))
     return out

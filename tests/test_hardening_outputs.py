@@ -75,12 +75,12 @@ def test_evaluate_out_that_is_a_file_fails_before_scoring(tiny_checkpoint, built
 
 
 @contextlib.contextmanager
-def tmpfs(path: Path, size: str):
+def tmpfs(path: Path, size: str, options: str = ""):
     """A real small file system (root only; skipped where mounting is not permitted)."""
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs", str(path)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.skip(f"mounting a tmpfs is not permitted here ({proc.stderr.strip()})")
@@ -109,3 +109,14 @@ def test_disk_full_while_saving_checkpoints_leaves_every_file_consistent(tiny_ch
             last = load_checkpoint(run / "last.pt")
             assert last["best"] < 0 or load_checkpoint(run / "best.pt")["best"] == last["best"]
         assert (run / "best.pt").exists() or not (run / "last.pt").exists()
+
+
+def test_run_on_a_read_only_file_system_fails_before_any_work(tmp_path):
+    """Root may write anywhere permission bits say no, but not on a read-only mount: a real write decides."""
+    from avemo.core.config import load_config
+    from avemo.train.config import TrainConfig
+    from avemo.train.loop import run_train
+    with tmpfs(tmp_path / "ro", "1m", ",ro") as ro:
+        cfg = load_config(TrainConfig, "train", None, TINY_TRAIN, {"shards": str(tmp_path / "none"), "run": str(ro)})
+        with pytest.raises(ConfigError, match=r"--run .* is not writable \(Read-only file system\)"):
+            run_train(cfg)

@@ -110,3 +110,28 @@ def test_huge_dialogue_ids_are_bad_ids(tmp_path, dia):
     rows = read_label_csv(csv, "train")
     assert [(r["status"], r["reason"]) for r in rows] == [("rejected", "bad_id"), ("ok", "")]
     assert len(rows[0]["detail"]) < 120
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_build_is_one_line(mini_meld, tmp_path):
+    """SIGINT to the whole foreground process group, as a terminal's Ctrl-C sends it, mid-build."""
+    import signal
+    import sys
+    import time
+    from badmedia import group_alive, start_group, wait_for
+    log = tmp_path / "log"
+    proc = start_group([sys.executable, "-m", "avemo", "build-shards", "--root", str(mini_meld), "--out",
+                        str(tmp_path / "out"), "dask.workers=2", "shards.max_clips=4"], log)
+    import re
+    done = re.compile(rb"\| [1-9]\d*/\d+ \[")                  # the progress bar: some clips finished
+    wait_for(lambda: done.search(log.read_bytes()), 300, "the first clips", proc, log)
+    time.sleep(1)                                           # shard tasks running in the workers
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    deadline = time.time() + 60
+    while time.time() < deadline and group_alive(proc.pid):
+        time.sleep(0.2)
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    assert text.rstrip().splitlines()[-1].split("\r")[-1] == "avemo build-shards: interrupted; finished work is kept"
+    assert not group_alive(proc.pid), "a worker outlived the interrupted build"

@@ -89,10 +89,12 @@ def _edited(src: Path, dest: Path, edit) -> Path:
     (lambda c: c["config"]["model"].update(hidden=64), "do not fit the model its config describes"),
 ])
 def test_checkpoint_that_does_not_fit_is_refused_in_one_line(tiny_checkpoint, tmp_path, edit, message):
-    """load_checkpoint is what train --resume, evaluate, predict and export all call."""
+    """load_checkpoint + model_from_checkpoint: what train --resume, evaluate, predict and export all call
+    before their work."""
+    from avemo.train.checkpoint import model_from_checkpoint
     path = _edited(tiny_checkpoint, tmp_path / "bad.pt", edit)
     with pytest.raises(CheckpointError, match=message) as info:
-        load_checkpoint(path)
+        model_from_checkpoint(load_checkpoint(path), path)
     assert "\n" not in str(info.value)
 
 
@@ -184,3 +186,38 @@ def test_tar_member_declaring_a_huge_size_is_skipped_unread(tmp_path):
     n, grew_mb = map(int, proc.stdout.split())
     assert n == 0 and "declares 1073741824 bytes" in proc.stderr, proc.stderr[-2000:]
     assert grew_mb < 200, grew_mb     # reading the member would add 1024 MB
+
+
+def _onnx_with_meta(path: Path, value: str) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+    from avemo.inference.export import META_KEY
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    onnx.helper.set_model_props(model, {META_KEY: value})
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("value, message", [
+    ("{not json", "not JSON"),
+    ("[1, 2]", "not a JSON object"),
+    (json.dumps({"labels": ["b", "a"], "label_map_version": "x"}), "are not this code's"),
+    ("GOOD:max_frames=1e21", r"max_frames=1e\+21 is not an integer"),
+    ("GOOD:n_mels=0", "n_mels=0 is not an integer"),
+    ("GOOD:build=[]", "build settings are not an object"),
+])
+def test_onnx_file_with_bad_metadata_is_one_line(tmp_path, value, message):
+    from avemo.inference.runtime import read_model
+    from avemo.shards.labels import EMOTIONS, LABEL_MAP_VERSION
+    if value.startswith("GOOD:"):
+        key, _, raw = value[5:].partition("=")
+        good = {"labels": list(EMOTIONS), "label_map_version": LABEL_MAP_VERSION, "max_frames": 16,
+                "max_mel_frames": 300, "n_mels": 64, "build": {}}
+        value = json.dumps({**good, key: json.loads(raw)})
+    with pytest.raises(CheckpointError, match=message) as info:
+        read_model(_onnx_with_meta(tmp_path / "m.onnx", value))
+    assert "\n" not in str(info.value)

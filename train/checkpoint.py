@@ -92,11 +92,12 @@ def load_checkpoint(path: str | Path) -> dict:
     if list(ckpt.get("labels", EMOTIONS)) != list(EMOTIONS):
         raise CheckpointError(f"{path} has the labels {str(ckpt.get('labels'))[:120]}, this code has "
                               f"{list(EMOTIONS)}; rebuild or retrain with this code")
-    model_from_checkpoint(ckpt, path)   # the weights must fit their own config: checked now, before any work
     return ckpt
 
 
 def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> AVEmotionNet:
+    """The model a checkpoint describes, its weights loaded; weights that do not fit their own config (another
+    model's, a section missing) are one CheckpointError line. Every command calls it before its work."""
     try:
         model_cfg = dict(ckpt["config"]["model"], face_weights="")  # weights come from the checkpoint
         model = AVEmotionNet(config_from_dict(ModelConfig, model_cfg))

@@ -89,7 +89,7 @@ def run_evaluate(cfg: EvalConfig, log=print) -> dict:
     device = resolve_device(cfg.device)
     bf16 = use_bf16(device, cfg.amp)
     ckpt = load_checkpoint(cfg.checkpoint)
-    model = model_from_checkpoint(ckpt).to(device)
+    model = model_from_checkpoint(ckpt, cfg.checkpoint).to(device)
     data = ckpt["config"]["data"]
     split = split_shards(cfg.shards, cfg.split, cfg.corrupt_shards, log_fn=log,
                          hint="set corrupt_shards=skip to evaluate without it")

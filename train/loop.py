@@ -33,7 +33,7 @@ from avemo.model.net import build_model, count_parameters, flops_per_clip
 from avemo.core.weights import WeightsError
 from avemo.core.atomic import append_line, clean_temporaries
 from avemo.shards.manifest import CorruptShardError, read_build_config
-from avemo.train.checkpoint import (CheckpointError, load_checkpoint, require_sections, rng_state,
+from avemo.train.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, require_sections, rng_state,
                                     save_checkpoint, set_rng_state)
 from avemo.train.config import OptimConfig, TrainConfig
 from avemo.train.data import eval_loader, split_shards, train_loader
@@ -238,6 +238,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         say(f"note: --resume but no {ckpt_path} yet: starting from scratch")
     if ckpt is not None:
         require_sections(ckpt, ckpt_path)
+        model_from_checkpoint(ckpt, ckpt_path)   # its weights fit its own config: one line, not a traceback
         changed = resume_mismatches(ckpt["config"], cfg)
         if changed:
             raise CheckpointError(f"cannot resume from {ckpt_path}: it was trained with other settings "

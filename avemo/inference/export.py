@@ -57,6 +57,30 @@ def model_meta(ckpt: dict, source: str = "") -> dict:
             "epoch": ckpt.get("epoch"), "checkpoint": source}
 
 
+def check_model_meta(meta: object, path: str | Path) -> dict:
+    """An exported file's avemo metadata, refused in one line unless it is what model_meta writes for THIS
+    code's labels (it comes from a file: a wrong label list would rename the classes, a huge max_frames
+    would allocate)."""
+    from avemo.core.errors import CheckpointError
+    from avemo.shards.labels import EMOTIONS, LABEL_MAP_VERSION
+    ranges = {"max_frames": (1, 4096), "max_mel_frames": (1, 100_000), "n_mels": (8, 256)}
+    problem = ""
+    if not isinstance(meta, dict):
+        problem = "it is not a JSON object"
+    elif meta.get("labels") != list(EMOTIONS) or meta.get("label_map_version") != LABEL_MAP_VERSION:
+        problem = f"its labels {str(meta.get('labels'))[:120]} are not this code's {list(EMOTIONS)}"
+    elif meta.get("build") is not None and not isinstance(meta["build"], dict):
+        problem = "its build settings are not an object"
+    else:
+        for key, (low, high) in ranges.items():
+            if type(meta.get(key)) is not int or not low <= meta[key] <= high:
+                problem = f"{key}={str(meta.get(key))[:40]} is not an integer in [{low}, {high}]"
+                break
+    if problem:
+        raise CheckpointError(f"{path}: bad avemo metadata: {problem}")
+    return meta
+
+
 def example_inputs(n_mels: int, batch: int = 1, frames: int = 8, mel_frames: int = 256) -> tuple:
     g = torch.Generator().manual_seed(0)
     faces = torch.randint(0, 256, (batch, frames, 3, 112, 112), dtype=torch.uint8, generator=g)
@@ -97,6 +121,6 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> P
     out = Path(out) if out else Path(checkpoint).with_suffix(FORMATS[fmt])
     refuse_inputs_as_output(out, "--out", {"the checkpoint": checkpoint})   # before the work, nothing written
     ckpt = load_checkpoint(checkpoint)
-    net = model_from_checkpoint(ckpt)
+    net = model_from_checkpoint(ckpt, checkpoint)
     atomic_write_bytes(out, WRITERS[fmt](net, model_meta(ckpt, str(checkpoint))))
     return out

@@ -160,7 +160,7 @@ def skip_train(damaged, tmp_path_factory) -> dict:
     shard_dir, _ = damaged
     run = tmp_path_factory.mktemp("skip_train") / "run"
     hashes: dict[str, int] = {}
-    real_sha = shards.manifest.sha256_file
+    real_sha = avemo.shards.manifest.sha256_file
 
     def counting_sha(path, *args, **kwargs):
         hashes[Path(path).name] = hashes.get(Path(path).name, 0) + 1
@@ -170,7 +170,7 @@ def skip_train(damaged, tmp_path_factory) -> dict:
     handler.emit = lambda record: messages.append(record.getMessage())
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-        mp.setattr(shards.manifest, "sha256_file", counting_sha)
+        mp.setattr(avemo.shards.manifest, "sha256_file", counting_sha)
         logging.getLogger("avemo.data").addHandler(handler)
         try:
             code = main(["train", "--shards", str(shard_dir), "--run", str(run), *TINY, "optim.epochs=1",

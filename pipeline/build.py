@@ -26,6 +26,8 @@ from avemo.pipeline.config import BuildConfig
 from avemo.pipeline.labels import read_label_csv
 from avemo.pipeline.media_list import INVALID_SPLIT, read_media_list
 from avemo.pipeline.layout import find_csv, find_video_dir, video_path
+from avemo.pipeline.out_dir import claim_out, ours
+from avemo.pipeline.probe import safe_resolve
 from avemo.pipeline.shard_task import (PROGRESS_TOPIC, ShardSpec, build_shard, fingerprint, manifest_row,
                                        media_settings, probe_shard)
 from avemo.core import storage
@@ -80,7 +82,7 @@ def load_rows(cfg: BuildConfig, split: str) -> list[dict]:
     for row in rows:
         if row["status"] == "ok":
             path = video_path(video_dir, row["dialogue_id"], row["utterance_id"])
-            row["source"] = str(path.resolve()) if path is not None else ""
+            row["source"] = str(safe_resolve(path)) if path is not None else ""   # a link loop: probe's reason
     return rows
 
 
@@ -180,10 +182,11 @@ def check_kept_settings(out: str, cfg: BuildConfig) -> None:
             f"settings (--splits {','.join(every)}) or use a new --out")
 
 
-def _remove_stale(out: str, split: str, keep: set[str], options: dict) -> None:
+def _remove_stale(out: str | Path, split: str, keep: set[str], options: dict | None = None) -> None:
     for folder, ext in ((out, "tar"), (join(out, "parts"), "parquet")):
         for name in storage.list_names(folder, f"{split}-*.{ext}", options):
-            if name.rsplit(".", 1)[0] not in keep:
+            # only names a build writes: a user's train-photos.tar is not ours and is never deleted
+            if name.rsplit(".", 1)[0] not in keep and ours(Path(name)):
                 storage.remove(join(folder, name), options)
 
 
@@ -236,6 +239,8 @@ def run_build(cfg: BuildConfig, log=print, progress=None) -> BuildSummary:
     """`progress(shard, n)`, when given, is called as clips finish (n clips of that shard)."""
     t0 = time.perf_counter()
     out, options = storage.normalize(cfg.out), cfg.storage_options
+    if not storage.is_url(out):
+        claim_out(storage.local(out))   # a non-empty folder that is not a build of ours: one line, nothing touched
     check_kept_settings(out, cfg)
     storage.makedirs(join(out, "parts"))
     for folder in (out, join(out, "parts")):

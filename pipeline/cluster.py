@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from typing import Iterator
 
 import dask
@@ -19,6 +21,21 @@ from avemo.pipeline.config import BuildConfig
 WORKER_MALLOC_ENV = memory.ENV
 
 
+@contextlib.contextmanager
+def workers_ignore_sigint() -> Iterator[None]:
+    """Processes started in here ignore SIGINT (an ignored signal stays ignored across spawn/exec). Ctrl-C goes
+    to the whole foreground process group: without this every Dask worker printed its own KeyboardInterrupt
+    traceback (40 lines) before build-shards' one line; now build-shards alone is interrupted, and closing the
+    cluster stops the workers. A Ctrl-C in the seconds the cluster takes to start waits until it has."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
 
 
 @contextlib.contextmanager
@@ -31,7 +48,7 @@ def open_client(cfg: BuildConfig, log=print) -> Iterator[Client]:
         # worker errors reach the user once, as build-shards' own line and the manifest's task_failed
         # detail, not as one worker traceback per retry (a full disk printed 3 per shard before)
         malloc = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC_ENV.items()}
-        with dask.config.set(malloc):
+        with dask.config.set(malloc), workers_ignore_sigint():
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    memory_limit=cfg.dask.memory_limit, dashboard_address=":0",
                                    silence_logs=logging.CRITICAL)

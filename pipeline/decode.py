@@ -16,7 +16,7 @@ import numpy as np
 
 from avemo.core.errors import DataError
 from avemo.pipeline.config import DecodeConfig
-from avemo.pipeline.probe import ProbeResult, ffmpeg_message
+from avemo.pipeline.probe import PROTOCOLS, ProbeResult, ffmpeg_message
 
 
 class DecodeError(DataError):
@@ -68,6 +68,8 @@ def ffmpeg_command(source: str, plan: DecodePlan, audio_fd: int | None,
     window = {"ss": f"{plan.start_s:.3f}"} if plan.start_s > 0 else {}
     if plan.window_s > 0:
         window["t"] = f"{plan.window_s:.3f}"
+    if source.startswith("file:"):   # a local file reads nothing but itself (probe.PROTOCOLS)
+        window["protocol_whitelist"] = PROTOCOLS
     stream = ffmpeg.input(source, threads=plan.threads, **window, **(input_options or {}))
     outputs = []
     if plan.video:

@@ -90,10 +90,14 @@ def _malformed(values: list[str] | csv.Error, n_columns: int) -> str:
     return ""
 
 
+MAX_ID_DIGITS = 9   # ids fit the manifest's int64 (and int() never sees 5000 digits)
+
+
 def _int_field(value: str) -> int | None:
-    """A non-negative ASCII integer, else None ('²' and other Unicode digits pass str.isdigit but not int())."""
+    """A non-negative ASCII integer of at most MAX_ID_DIGITS digits, else None ('²' and other Unicode digits
+    pass str.isdigit but not int())."""
     value = (value or "").strip()
-    return int(value) if value.isascii() and value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= MAX_ID_DIGITS else None
 
 
 def read_label_csv(path: str | Path, split: str) -> list[dict]:
@@ -137,7 +141,7 @@ def read_label_csv(path: str | Path, split: str) -> list[dict]:
             row.update(key=f"line{line}", status="rejected", reason="bad_row", detail=malformed)
         elif dia is None or utt is None:
             row.update(status="rejected", reason="bad_id",
-                       detail=f"Dialogue_ID={get('Dialogue_ID')!r} Utterance_ID={get('Utterance_ID')!r}")
+                       detail=f"Dialogue_ID={get('Dialogue_ID')[:40]!r} Utterance_ID={get('Utterance_ID')[:40]!r}")
         elif emotion_id(emotion) is None or sentiment_id(sentiment) is None:
             row.update(status="rejected", reason="unknown_label",
                        detail=f"Emotion={get('Emotion')!r} Sentiment={get('Sentiment')!r}")

@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from avemo.pipeline.probe import safe_resolve
 from avemo.core.errors import ConfigError, DataError
 from avemo.pipeline.media_list import AUDIO_EXTS, IMAGE_EXTS, derive_key
 
@@ -87,7 +88,7 @@ def _media(root: Path, exts: set[str]):
 
 def _row(root: Path, path: Path, label: str, split: str, speaker: str = "") -> dict:
     relative = path.relative_to(root).as_posix()
-    return {"path": str(path.resolve()), "label": label, "split": split, "key": derive_key(relative),
+    return {"path": str(safe_resolve(path)), "label": label, "split": split, "key": derive_key(relative),
             "speaker": speaker}
 
 

@@ -12,6 +12,7 @@ import hashlib
 import re
 from pathlib import Path
 
+from avemo.pipeline.probe import safe_resolve
 from avemo.core.errors import DataError
 from avemo.pipeline.labels import _csv_lines, _malformed, decode_csv_bytes
 from avemo.pipeline.layout import SPLITS
@@ -70,7 +71,7 @@ def _row(line: int, name: str) -> dict:
 def _check(row: dict, get, folder: Path, seen_keys: dict, seen_sources: dict) -> None:
     """Fill `row` from the line's fields; mark it rejected with the first problem found."""
     raw_path, raw_label, raw_split = get("path").strip(), get("label").strip(), get("split").strip()
-    source = (folder / raw_path).resolve() if raw_path else None
+    source = safe_resolve(folder / raw_path) if raw_path else None
     row.update(split=raw_split.lower(), emotion=raw_label.lower(), speaker=" ".join(get("speaker").split()),
                source=str(source) if source else "", kind=kind_of(raw_path))
     label = emotion_id(raw_label) if raw_label else None

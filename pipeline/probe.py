@@ -1,8 +1,11 @@
 """ffprobe a clip and decide, with a reason code, whether it can be used."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,12 +31,59 @@ class ProbeResult:
         return asdict(self)
 
 
+def safe_resolve(path: str | Path) -> Path:
+    """Path.resolve, or the absolute path when links loop (resolve raises then): the file check of
+    probe_clip gives that clip its reason instead of one link stopping the whole build."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
+
+
 def ffmpeg_source(path: str | Path) -> str:
     """Local files go through the `file:` protocol so a name can never be read as an option or URL."""
     text = str(path)
     if "://" in text or text.startswith(("pipe:", "file:")) or text.startswith("/dev/"):
         return text
-    return "file:" + str(Path(text).resolve())
+    return "file:" + str(safe_resolve(text))
+
+
+# What a local media file may be, by ffprobe's format_name (the demuxer it picked from the bytes, whatever the
+# name says). Playlists and manifests (hls, dash, concat, sdp, ...) open OTHER files or URLs named inside
+# them: a clip must be its own media, so anything not listed here is `unsupported_container`.
+ALLOWED_CONTAINERS = frozenset({
+    "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts", "mpeg", "mpegvideo", "flv",
+    "asf", "ogg", "wav", "w64", "mp3", "flac", "aac", "ac3", "eac3", "aiff", "caf", "amr", "wv", "ape", "au",
+    "h264", "hevc", "m4v", "dv", "gif", "nut", "rm", "image2",
+})
+PROTOCOLS = "file,pipe"   # -protocol_whitelist for local inputs: no network, no subfile/concat/crypto indirection
+
+
+def container_problem(info: dict) -> str:
+    """'' when ffprobe's format_name is an allowed container (or a still picture, `*_pipe`), else the detail."""
+    fmt = str((info.get("format") or {}).get("format_name", "")) if isinstance(info, dict) else ""
+    names = [n for n in fmt.split(",") if n]
+    if names and all(n in ALLOWED_CONTAINERS or n.endswith(IMAGE_FORMAT_SUFFIX) for n in names):
+        return ""
+    return f"container {fmt[:60]!r} is not a media file (playlists, manifests and protocol indirection are refused)"
+
+
+def file_problem(path: Path) -> ProbeResult | None:
+    """A regular, non-empty file, checked without opening it (opening a FIFO for reading would block)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ProbeResult(False, "missing_file", f"no file {path}")
+    except OSError as exc:
+        what = "a symlink loop" if exc.errno == errno.ELOOP else f"unreadable ({exc.strerror})"
+        return ProbeResult(False, "not_a_file", f"{path} is {what}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket")
+        return ProbeResult(False, "not_a_file", f"{path} is {kind}, not a regular file")
+    if st.st_size == 0:
+        return ProbeResult(False, "empty_file", f"{path} has 0 bytes")
+    return None
 
 
 def _rotation(stream: dict) -> int:
@@ -94,6 +144,8 @@ def run_ffprobe(source: str, timeout_s: float, options: dict | None = None, stdi
     source, e.g. {"f": "lavfi"} (a None value is a bare flag); `stdin`: the bytes a `pipe:0` source reads."""
     # ffmpeg.probe() has no timeout; same argument list, with one (a list, never a shell string)
     flags = [x for k, v in (options or {}).items() for x in ([f"-{k}"] if v is None else [f"-{k}", str(v)])]
+    if source.startswith("file:"):
+        flags = ["-protocol_whitelist", PROTOCOLS, *flags]
     args = ["ffprobe", "-v", "error", *flags, "-show_format", "-show_streams", "-of", "json", source]
     feed: dict = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
     proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False, **feed)
@@ -145,15 +197,18 @@ def check_streams(info: dict, any_kind: bool = False) -> ProbeResult:
 
 def probe_clip(path: Path | None, cfg: ProbeConfig, audio: AudioConfig, any_kind: bool = False) -> ProbeResult:
     """any_kind: a row of a media list, which may be a video, an audio file or an image (check_streams)."""
-    if path is None or not Path(path).is_file():
-        return ProbeResult(False, "missing_file", f"no file {path}")
-    size = Path(path).stat().st_size
-    if size == 0:
-        return ProbeResult(False, "empty_file", f"{path} has 0 bytes")
+    if path is None:
+        return ProbeResult(False, "missing_file", "no file for this row")
+    problem = file_problem(Path(path))
+    if problem is not None:
+        return problem
     try:
         info = run_ffprobe(ffmpeg_source(path), cfg.timeout_s)
     except PROBE_ERRORS as exc:
         return probe_failure(exc, cfg.timeout_s)
+    container = container_problem(info)
+    if container:
+        return ProbeResult(False, "unsupported_container", container)
     result = check_streams(info, any_kind)
     if not result.ok or result.kind == "image":
         return result

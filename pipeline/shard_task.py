@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import webdataset as wds
 
@@ -120,6 +121,16 @@ def manifest_row(row: dict, **values) -> dict:
     return out
 
 
+def non_finite_audio(audio, mel) -> str:
+    """Why a clip's audio would train on NaN/inf ('' if it would not): a float container can hold NaN samples,
+    and finite but huge ones overflow the float16 log-mel."""
+    if audio is not None and not np.isfinite(audio).all():
+        return f"{int((~np.isfinite(audio)).sum())} of {audio.size} decoded audio samples are NaN or inf"
+    if mel is not None and not np.isfinite(mel).all():
+        return "the log-mel holds inf/NaN (audio samples too large for float16)"
+    return ""
+
+
 class _ShardWriter:
     """Finishes clips in order: faces -> crops, mel, encode, append to the tar."""
 
@@ -138,6 +149,9 @@ class _ShardWriter:
             if track.mask.sum() == 0 and cfg.face.missing == "reject" and probe.kind != "audio":
                 return self.reject(row, "no_face", "no face in any sampled frame", probe.duration_s)
             mel = None if decoded.audio is None else log_mel(decoded.audio, cfg.decode.sample_rate, cfg.audio)
+            problem = non_finite_audio(decoded.audio, mel)
+            if problem:
+                return self.reject(row, "non_finite_audio", problem, probe.duration_s)
             meta = {k: row.get(k) for k in META_FIELDS}
             meta.update(source=Path(row["source"]).name, duration_s=round(probe.duration_s, 3), kind=probe.kind,
                         frame_times=[round(float(t), 3) for t in decoded.times],

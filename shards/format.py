@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from avemo.core.errors import DataError
-from avemo.shards.labels import LABEL_MAP_VERSION
+from avemo.shards.labels import EMOTIONS, LABEL_MAP_VERSION
 
 FORMAT_VERSION = 1
 FACE_SIZE = 112
@@ -39,6 +39,15 @@ MEMBERS: dict[str, tuple[str, int] | None] = {
     "boxes.npy": ("float32", 2),
 }
 MAX_MEMBER_BYTES = 64 << 20
+# largest bytes a member of each kind may declare (a 30 s clip's mel is ~0.2 MB, its strip of 64 crops ~1 MB)
+MEMBER_LIMITS = {"json": 1 << 20, "facemask.npy": 1 << 20, "boxes.npy": 4 << 20}
+MEL_BINS = (8, 256)          # the bin counts pipeline's AudioConfig.n_mels allows
+
+
+def member_limit(name: str) -> int:
+    """The most bytes the tar member `name` ({key}.{ext}) may declare: checked before it is read."""
+    ext = name.rsplit("/", 1)[-1].partition(".")[2].lower()
+    return MEMBER_LIMITS.get(ext, MAX_MEMBER_BYTES)
 
 
 class UnsafeSampleError(DataError):
@@ -109,8 +118,32 @@ def split_strip(strip: np.ndarray, n_faces: int) -> np.ndarray:
     return strip.reshape(size, n_faces, size, 3).transpose(1, 0, 2, 3)
 
 
-def decode_sample(raw: dict, decode_faces: bool = True) -> Sample:
-    """Turn one webdataset sample dict (bytes values) into a Sample, refusing anything unknown."""
+def check_values(key: str, meta: dict, mel: np.ndarray | None, facemask: np.ndarray, boxes: np.ndarray,
+                 n_mels: int | None = None) -> None:
+    """Values and shapes against the contract (a checksum-valid shard can still hold label 99, a NaN mel or a
+    mel of another bin count: each would crash or silently poison training). n_mels: the reader's model's."""
+    label = meta.get("label")
+    if type(label) is not int or not 0 <= label < len(EMOTIONS):
+        raise UnsafeSampleError(f"{key}: label {repr(label)[:20]} is not an emotion id in [0, {len(EMOTIONS)})")
+    if not np.isin(facemask, (0, 1)).all():
+        raise UnsafeSampleError(f"{key}: .facemask.npy holds values other than 0 and 1")
+    if not np.isfinite(boxes).all():
+        raise UnsafeSampleError(f"{key}: .boxes.npy holds non-finite values")
+    if mel is None:
+        return
+    bins = meta.get("n_mels", mel.shape[0])
+    if not MEL_BINS[0] <= mel.shape[0] <= MEL_BINS[1] or mel.shape[0] != bins:
+        raise UnsafeSampleError(f"{key}: mel has {mel.shape[0]} bins; its record says {str(bins)[:20]}, "
+                                f"and {MEL_BINS[0]}-{MEL_BINS[1]} are allowed")
+    if n_mels is not None and mel.shape[0] != n_mels:
+        raise UnsafeSampleError(f"{key}: mel has {mel.shape[0]} bins, the model takes {n_mels}")
+    if not np.isfinite(mel).all():
+        raise UnsafeSampleError(f"{key}: mel holds non-finite values (NaN or inf)")
+
+
+def decode_sample(raw: dict, decode_faces: bool = True, n_mels: int | None = None) -> Sample:
+    """Turn one webdataset sample dict (bytes values) into a Sample, refusing anything unknown or out of the
+    contract's ranges (check_values). n_mels: the bin count the reader's model takes (None: any allowed)."""
     key = raw.get("__key__")
     if not isinstance(key, str) or not KEY_RE.match(key):
         raise UnsafeSampleError(f"invalid sample key {key!r} in {raw.get('__url__', '?')}")
@@ -140,6 +173,7 @@ def decode_sample(raw: dict, decode_faces: bool = True) -> Sample:
     if boxes.shape != (facemask.shape[0], 5):
         raise UnsafeSampleError(f"{key}: boxes shape {boxes.shape} does not match {facemask.shape[0]} frames")
     mel = _load_npy(raw["mel.npy"], "mel.npy", key) if "mel.npy" in raw else None
+    check_values(key, meta, mel, facemask, boxes, n_mels)
     n_faces = int(facemask.astype(bool).sum())
     faces = None
     if n_faces and "faces.jpg" not in raw:
@@ -152,5 +186,7 @@ def decode_sample(raw: dict, decode_faces: bool = True) -> Sample:
                 strip = np.array(img.convert("RGB"))  # a writable copy
         except (OSError, Image.DecompressionBombError) as exc:
             raise UnsafeSampleError(f"{key}: unreadable .faces.jpg: {exc}") from None
+        if strip.shape[0] != FACE_SIZE:
+            raise UnsafeSampleError(f"{key}: face strip is {strip.shape[0]} pixels high, expected {FACE_SIZE}")
         faces = split_strip(strip, n_faces)
     return Sample(key=key, meta=meta, mel=mel, facemask=facemask, boxes=boxes, faces=faces)

@@ -25,13 +25,17 @@ BUILD_CONFIG_NAME = "build_config.json"   # the decode/face/audio settings the s
 REASONS: dict[str, str] = {
     "bad_row": "the CSV line does not split into the header's columns (stray quote or comma) or cannot be parsed",
     "unknown_label": "Emotion or Sentiment is not in the label map (a media list: label is not a MELD class)",
-    "bad_id": "Dialogue_ID or Utterance_ID is not a non-negative integer",
+    "bad_id": "Dialogue_ID or Utterance_ID is not a non-negative integer of at most 9 digits",
     "duplicate_key": "another row has the same (split, Dialogue_ID, Utterance_ID) (a media list: the same key)",
     "bad_time": "StartTime/EndTime cannot be parsed (a media list: start/end are not seconds with start < end, "
                 "or start is past the end of the file)",
     "bad_split": "a media list's split is not train, dev or test",
     "bad_key": "a media list's key is not 1-128 of A-Z a-z 0-9 _ - starting with a letter or digit",
     "missing_file": "no media file for this row",
+    "not_a_file": "the path is a folder, a FIFO, a device or a symlink loop, not a regular file (never opened)",
+    "unsupported_container": "ffprobe's format is not an allowed media container (a playlist or manifest such "
+                             "as HLS, DASH, concat or SDP would read other files or URLs)",
+    "non_finite_audio": "the decoded audio or its log-mel holds NaN or inf values",
     "empty_file": "the media file has 0 bytes",
     "unreadable_container": "ffprobe cannot read the container",
     "no_video_stream": "the file has no video stream (a media list's file: neither video nor audio)",
@@ -113,10 +117,21 @@ class CorruptShardError(DataError):
         super().__init__(last.split(marker, 1)[1] if message.startswith("Caught ") and marker in last else message)
 
 
+def plain_shard_name(name: object) -> bool:
+    """A manifest's `shard` must name a file IN the shards folder: no folder part, no `..`, not absolute."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name)
+
+
 def shards_for_split(table: pa.Table, split: str) -> dict[str, str]:
-    """{shard file name: sha256} of the ok rows of one split, in name order."""
+    """{shard file name: sha256} of the ok rows of one split, in name order. A row whose shard escapes the
+    shards folder (a path, `..`) is refused before anything is read."""
     rows = table.filter(pc.and_(pc.equal(table["split"], split), pc.equal(table["status"], "ok")))
     pairs = set(zip(rows["shard"].to_pylist(), rows["shard_sha256"].to_pylist()))
+    bad = sorted(str(name) for name, _ in pairs if not plain_shard_name(name))
+    if bad:
+        raise CorruptShardError(f"the manifest names shard {bad[0][:100]!r}, outside the shards folder "
+                                f"({len(bad)} such); refusing to read it")
     return dict(sorted(pairs))
 
 

@@ -92,3 +92,53 @@ def test_empty_npy_member_in_a_real_tar_is_refused(tmp_path):
     assert sample["boxes.npy"] == b"" and sample["facemask.npy"] == raw["facemask.npy"]
     with pytest.raises(UnsafeSampleError, match="boxes.npy is not a plain numpy array"):
         decode_sample(sample)
+
+
+def _with(raw: dict, **members) -> dict:
+    """raw with some members replaced: arrays are saved as .npy, dicts as the JSON record."""
+    import json
+    out = dict(raw)
+    for name, value in members.items():
+        name = name.replace("_", ".")
+        if isinstance(value, dict):
+            out[name] = json.dumps({**json.loads(raw["json"]), **value}).encode()
+        else:
+            buf = io.BytesIO()
+            np.save(buf, value, allow_pickle=False)
+            out[name] = buf.getvalue()
+    return out
+
+
+@pytest.mark.parametrize("members, message", [
+    ({"json": {"label": 99}}, "label 99 is not an emotion id"),
+    ({"json": {"label": -1}}, "label -1 is not an emotion id"),
+    ({"json": {"label": "3"}}, "is not an emotion id"),
+    ({"json": {"label": True}}, "is not an emotion id"),
+    ({"mel_npy": np.full((64, 9), np.nan, np.float16)}, "mel holds non-finite values"),
+    ({"mel_npy": np.full((64, 9), np.inf, np.float16)}, "mel holds non-finite values"),
+    ({"mel_npy": np.zeros((80, 9), np.float16)}, "mel has 80 bins; its record says 64"),
+    ({"mel_npy": np.zeros((1, 9), np.float16), "json": {"n_mels": 1}}, "mel has 1 bins"),
+    ({"facemask_npy": np.array([1, 0, 7, 0], np.uint8)}, "values other than 0 and 1"),
+    ({"boxes_npy": np.full((4, 5), np.nan, np.float32)}, "boxes.npy holds non-finite values"),
+])
+def test_values_outside_the_contract_are_refused(members, message):
+    raw, _, _ = _sample()
+    raw = _with(raw, **{"json": {"n_mels": 64}}) if "json" not in members else raw
+    with pytest.raises(UnsafeSampleError, match=message):
+        decode_sample(_with(raw, **members))
+
+
+def test_mel_of_another_bin_count_than_the_model_is_refused():
+    raw, _, _ = _sample()
+    assert decode_sample(raw, n_mels=64).mel.shape[0] == 64
+    with pytest.raises(UnsafeSampleError, match="the model takes 80"):
+        decode_sample(raw, n_mels=80)
+
+
+def test_face_strip_of_another_size_is_refused():
+    from PIL import Image
+    raw, _, _ = _sample()
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((50, 100, 3), np.uint8)).save(buf, format="JPEG")
+    with pytest.raises(UnsafeSampleError, match="50 pixels high, expected 112"):
+        decode_sample({**raw, "faces.jpg": buf.getvalue()})

@@ -25,10 +25,11 @@ import webdataset as wds
 
 from avemo.core import storage
 from avemo.core.errors import ConfigError, DataError
-from avemo.shards.format import FACE_SIZE, decode_sample
+from avemo.shards.format import FACE_SIZE, KEY_RE, decode_sample
 from avemo.shards.labels import EMOTIONS
 from avemo.shards.manifest import CorruptShardError, read_manifest, shards_for_split, verify_shards
 from avemo.shards.streaming import verified_samples
+from avemo.shards.tar_reader import bounded_tarfile_to_samples
 from avemo.train.augment import augment_sample
 from avemo.train.config import AugmentConfig, DataConfig
 
@@ -51,6 +52,7 @@ class SplitShards:
     urls: list[str]
     n_samples: int
     label_counts: list[int]   # per emotion id, ok rows of the split
+    listed: dict[str, frozenset] | None = None   # shard file name -> keys the manifest lists ok in it
 
 
 def present_shards(shard_dir: str, expected: dict[str, str], policy: str, log_fn, hint: str,
@@ -84,18 +86,41 @@ def split_shards(shard_dir: str | Path, split: str, policy: Literal["stop", "ski
     counts = [0] * len(EMOTIONS)
     for r in rows:
         counts[r["label"]] += 1
+    keyed = table.select(["split", "status", "shard", "key"]).to_pylist()
+    listed = {name: frozenset(r["key"] for r in keyed if r["split"] == split and r["status"] == "ok"
+                              and r["shard"] == name) for name in good}
     urls = ShardList(storage.join(shard_dir, name) for name in sorted(good))
     if remote:
         urls.checksums = {storage.join(shard_dir, name): expected[name] for name in good}
         urls.policy, urls.options, urls.hint = policy, dict(options or {}), hint
-    return SplitShards(urls, len(rows), counts)
+    return SplitShards(urls, len(rows), counts, listed)
 
 
 def read_shards(urls: list[str]):
-    """The tar -> samples stage: local verified files through webdataset, URLs verified as they stream."""
+    """The tar -> samples stage: local verified files through the bounded tar reader (member sizes checked
+    before reading), URLs verified as they stream."""
     if not getattr(urls, "checksums", None):
-        return wds.tarfile_to_samples(handler=skip_bad_sample)
+        return bounded_tarfile_to_samples(handler=skip_bad_sample)
     return wds.pipelinefilter(verified_samples)(urls.checksums, urls.policy, urls.options, urls.hint)
+
+
+def listed_samples(listed: dict[str, frozenset] | None):
+    """webdataset stage: only samples the manifest lists (ok) in the shard they come from, each once (per
+    reader). An unlisted or repeated sample is skipped with a warning, like a sample that fails decoding."""
+    def stage(src):
+        seen: set = set()
+        for sample in src:
+            name, key = Path(str(sample.get("__url__", ""))).name, sample.get("__key__")
+            if not isinstance(key, str) or not KEY_RE.match(key):
+                yield sample      # decode_sample refuses it, naming the bad key
+            elif listed is not None and key not in listed.get(name, ()):
+                log.warning("skipping sample %r of %s: the manifest does not list it in that shard", key, name)
+            elif (name, key) in seen:
+                log.warning("skipping sample %r of %s: a second copy of it", key, name)
+            else:
+                seen.add((name, key))
+                yield sample
+    return stage
 
 
 def skip_bad_sample(exn: Exception) -> bool:
@@ -117,8 +142,8 @@ def crop_mel(mel: torch.Tensor, max_mel: int, random_crop: bool = False) -> torc
     return mel[:, start: start + max_mel]
 
 
-def to_tensors(raw: dict, max_frames: int, max_mel: int, random_crop: bool) -> dict:
-    s = decode_sample(raw)
+def to_tensors(raw: dict, max_frames: int, max_mel: int, random_crop: bool, n_mels: int | None = None) -> dict:
+    s = decode_sample(raw, n_mels=n_mels)   # n_mels: the model's; a sample with another bin count is refused
     t = s.facemask.shape[0]
     idx = frame_indices(t, max_frames)
     faces = torch.zeros((max_frames, 3, FACE_SIZE, FACE_SIZE), dtype=torch.uint8)
@@ -212,7 +237,7 @@ def effective_workers(n_shards: int, world: int, wanted: int) -> int:
 
 
 def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch, seed: int,
-                 world: int = 1) -> tuple[wds.WebLoader, int]:
+                 world: int = 1, n_mels: int | None = None) -> tuple[wds.WebLoader, int]:
     """The training stream; with a SharedEpoch it is built once and iterated once per epoch (set the epoch
     first), its workers kept alive between epochs."""
     workers = effective_workers(len(split.urls), world, data.workers)
@@ -224,9 +249,10 @@ def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch
         wds.split_by_node,
         wds.split_by_worker,
         read_shards(split.urls),
+        listed_samples(split.listed),
         _seeded_shuffle(data.shuffle_buffer, seed, epoch),
         wds.map(functools.partial(to_tensors, max_frames=data.max_frames, max_mel=data.max_mel_frames,
-                                  random_crop=True), handler=skip_bad_sample),
+                                  random_crop=True, n_mels=n_mels), handler=skip_bad_sample),
         wds.map(functools.partial(augment_sample, cfg=aug)),
         # partial: a worker whose pass over its shards holds fewer samples than a batch still yields one
         # (otherwise its pass is empty and webdataset stops repeating it: a silently short epoch)
@@ -242,14 +268,17 @@ def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch
 
 
 def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int = 16,
-                max_mel: int = 1000, persistent: bool = False) -> wds.WebLoader:
+                max_mel: int = 1000, persistent: bool = False, n_mels: int | None = None,
+                listed: dict[str, frozenset] | None = None) -> wds.WebLoader:
     """Every sample of the split exactly once, in shard order (rank 0 only); `persistent` keeps the workers
-    for the next pass (training's dev evaluation every epoch)."""
+    for the next pass (training's dev evaluation every epoch); listed: SplitShards.listed."""
     dataset = wds.DataPipeline(
         wds.SimpleShardList(urls),
         wds.split_by_worker,
         read_shards(urls),
-        wds.map(functools.partial(to_tensors, max_frames=max_frames, max_mel=max_mel, random_crop=False),
+        listed_samples(listed),
+        wds.map(functools.partial(to_tensors, max_frames=max_frames, max_mel=max_mel, random_crop=False,
+                                  n_mels=n_mels),
                 handler=skip_bad_sample),
         wds.batched(batch_size, collation_fn=collate, partial=True),
     )

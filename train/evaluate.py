@@ -21,6 +21,7 @@ from avemo.shards.labels import EMOTIONS
 from avemo.shards.manifest import CorruptShardError, write_table
 from avemo.train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from avemo.train.config import EvalConfig
+from avemo.core.paths import writable_dir
 from avemo.train.data import eval_loader, split_shards
 from avemo.train.metrics import classification_metrics
 
@@ -112,15 +113,15 @@ def run_evaluate(cfg: EvalConfig, log=print) -> dict:
                            or not (Path(cfg.checkpoint).parent / "config.yaml").is_file()):
         raise ConfigError(f"log_to_run=true: {cfg.checkpoint} does not sit in a local run folder (no config.yaml "
                           "beside the checkpoint)")
-    ckpt = load_checkpoint(cfg.checkpoint, cfg.storage_options)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(cfg.out, "--out")   # before the work: a file or read-only folder fails now, in one line
     log = tee(log, out / "evaluate.log")
-    model = model_from_checkpoint(ckpt).to(device)
+    ckpt = load_checkpoint(cfg.checkpoint, cfg.storage_options)
+    model = model_from_checkpoint(ckpt, cfg.checkpoint).to(device)
     data = ckpt["config"]["data"]
     split = split_shards(cfg.shards, cfg.split, cfg.corrupt_shards, log_fn=log,
                          hint="set corrupt_shards=skip to evaluate without it", options=cfg.storage_options)
-    loader = eval_loader(split.urls, cfg.batch_size, cfg.workers, data["max_frames"], data["max_mel_frames"])
+    loader = eval_loader(split.urls, cfg.batch_size, cfg.workers, data["max_frames"], data["max_mel_frames"],
+                         n_mels=model.cfg.n_mels, listed=split.listed)
     modes = tuple(MODES) if cfg.ablation else ("both",)
     log(f"evaluating {cfg.checkpoint} (epoch {ckpt.get('epoch')}) on {cfg.split}: {split.n_samples} clips, "
         f"{len(split.urls)} shards, {device}")

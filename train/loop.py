@@ -28,12 +28,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from avemo.core.config import load_config, resolve_device
+from avemo.core.errors import TrainingError
+from avemo.core.paths import writable_dir
 from avemo.core.memory import keep_heap
 from avemo.model.net import build_model, count_parameters, flops_per_clip
 from avemo.core.weights import WeightsError
 from avemo.core.logfile import tee
 from avemo.shards.manifest import CorruptShardError, read_build_config
-from avemo.train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from avemo.train.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, require_sections, rng_state,
+                                    save_checkpoint, set_rng_state)
 from avemo.train.config import OptimConfig, TrainConfig
 from avemo.train.data import SharedEpoch, eval_loader, split_shards, train_loader
 from avemo.train.evaluate import predict, to_device, use_bf16
@@ -119,7 +122,8 @@ def mel_statistics(urls: list[str], cfg: TrainConfig, max_batches: int = 8) -> t
     total = torch.zeros(cfg.model.n_mels, dtype=torch.float64)
     sq = torch.zeros_like(total)
     n = 0
-    for i, batch in enumerate(eval_loader(urls, cfg.data.batch_size, 0, cfg.data.max_frames, cfg.data.max_mel_frames)):
+    for i, batch in enumerate(eval_loader(urls, cfg.data.batch_size, 0, cfg.data.max_frames, cfg.data.max_mel_frames,
+                                          n_mels=cfg.model.n_mels)):
         m = batch["mel_mask"].unsqueeze(1)
         total += (batch["mel"] * m).sum((0, 2)).double()
         sq += (batch["mel"] ** 2 * m).sum((0, 2)).double()
@@ -184,9 +188,23 @@ def replan_schedule(optimizer, scheduler) -> None:
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
-def evaluate_split(model, urls, cfg: TrainConfig, device, loader=None) -> dict:
-    loader = loader or eval_loader(urls, cfg.data.batch_size, min(2, cfg.data.workers), cfg.data.max_frames,
-                                   cfg.data.max_mel_frames)
+def check_epoch(epoch: int, seen: int, loss_total: float) -> None:
+    """Stop the run (one line, exit 2, nothing saved for this epoch) when the epoch trained on nothing or its
+    loss went non-finite: either way the weights are untrained or broken. A non-finite loss stops the run
+    rather than skipping its batch: NaN/inf inputs are refused before (build and decode_sample), so one here
+    means the settings diverge, and the steps before it may already have damaged the weights."""
+    if seen == 0:
+        raise TrainingError(f"epoch {epoch} trained on 0 samples: every sample was unreadable or skipped "
+                            f"(see the warnings above); nothing saved")
+    if not math.isfinite(loss_total):
+        raise TrainingError(f"training diverged: the loss of epoch {epoch} is {loss_total} (non-finite); "
+                            f"nothing saved for this epoch (lower optim.lr or set optim.grad_clip)")
+
+
+def evaluate_split(model, split, cfg: TrainConfig, device, loader=None) -> dict:
+    """split: SplitShards (its urls and the keys the manifest lists)."""
+    loader = loader or eval_loader(split.urls, cfg.data.batch_size, min(2, cfg.data.workers), cfg.data.max_frames,
+                                   cfg.data.max_mel_frames, n_mels=cfg.model.n_mels, listed=split.listed)
     _, labels, probs = predict(model, loader, device, bf16=use_bf16(device, cfg.amp))["both"]
     return classification_metrics(labels, probs.argmax(1))
 
@@ -208,8 +226,12 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
     say = log if main_rank else (lambda *a, **k: None)
     run = Path(cfg.run)
     ckpt_path = run / "last.pt"
+    if main_rank:
+        writable_dir(run, "--run")   # a file there, or a read-only folder: one line now, not after an epoch
     ckpt = load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
     if ckpt is not None:
+        require_sections(ckpt, ckpt_path)
+        model_from_checkpoint(ckpt, ckpt_path)   # its weights fit its own config: one line, not a traceback
         changed = resume_mismatches(ckpt["config"], cfg)
         if changed:
             raise CheckpointError(f"cannot resume from {ckpt_path}: it was trained with other settings "
@@ -272,9 +294,11 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
         end_epoch = min(end_epoch, state["epoch"] + cfg.stop_after_epochs)
     # built once: their workers persist across epochs (the epoch number reaches them through SharedEpoch)
     shared_epoch = SharedEpoch(state["epoch"])
-    loader, steps = train_loader(train_split, cfg.data, cfg.augment, shared_epoch, cfg.seed, world)
+    loader, steps = train_loader(train_split, cfg.data, cfg.augment, shared_epoch, cfg.seed, world,
+                                 n_mels=cfg.model.n_mels)
     dev_loader = eval_loader(eval_split.urls, cfg.data.batch_size, min(2, cfg.data.workers), cfg.data.max_frames,
-                             cfg.data.max_mel_frames, persistent=True) if main_rank else None
+                             cfg.data.max_mel_frames, persistent=True, n_mels=cfg.model.n_mels,
+                             listed=eval_split.listed) if main_rank else None
     for epoch in range(state["epoch"], end_epoch):
         net.train()
         shared_epoch.set_value(epoch)
@@ -300,11 +324,12 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
                 bar.set_postfix(loss=f"{loss_total / seen:.3f}", acc=f"{n_correct / seen:.3f}")
         elapsed = time.perf_counter() - t0
         loss_total, n_correct = loss_sum.item(), int(correct.item())
+        check_epoch(epoch + 1, seen, loss_total)   # before anything is saved: no broken or untrained best.pt
         state["epoch"] = epoch + 1
         record = {"epoch": state["epoch"], "train_loss": loss_total / max(1, seen),
                   "train_acc": n_correct / max(1, seen), "samples_per_s": seen * world / max(elapsed, 1e-9)}
         if main_rank and (state["epoch"] % cfg.eval_every == 0 or state["epoch"] == cfg.optim.epochs):
-            metrics = evaluate_split(model, eval_split.urls, cfg, device, dev_loader)
+            metrics = evaluate_split(model, eval_split, cfg, device, dev_loader)
             record.update({f"{cfg.eval_split}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")})
             if metrics["weighted_f1"] > state["best"]:
                 state["best"] = metrics["weighted_f1"]
@@ -314,9 +339,9 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
             payload = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                            scheduler=scheduler.state_dict(), rng=rng_state(), config=asdict(cfg),
                            build=build_config, **state)
-            save_checkpoint(ckpt_path, **payload)
-            if record.get("best"):
+            if record.get("best"):   # best.pt first: last.pt never records a best score that no best.pt holds
                 save_checkpoint(run / "best.pt", **payload)
+            save_checkpoint(ckpt_path, **payload)
             if logger is not None:
                 logger.log(state["step"], **record)
             say(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))

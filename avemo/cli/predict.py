@@ -64,6 +64,8 @@ def main(argv: list[str]) -> int:
                                "per_clip": ns.per_clip}.items() if v is not None}
     from avemo.inference.predict import load_predict_config, run_predict
     from avemo.inference.runtime import read_model
+    from avemo.core.paths import check_outputs, local_inputs
+    check_outputs({"--out": ns.out, "--plot": ns.plot}, {"the checkpoint": ns.checkpoint, **local_inputs(texts)})
     model = read_model(ns.checkpoint) if ns.checkpoint else None
     cfg = load_predict_config(model.meta if model else {}, ns.config, flags, overrides)
     if ns.print_config:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 TMP_MARK = ".tmp-"
+TEMP_RE = re.compile(r"^\..+\.tmp-\d+(-[0-9a-f]{8})?$")   # .NAME.tmp-PID-RANDOM (weights: .NAME.tmp-PID)
 
 
 def fsync_dir(path: Path) -> None:
@@ -46,9 +48,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def clean_temporaries(folder: str | Path) -> list[Path]:
-    """Remove `.*.tmp-*` leftovers of killed writers; returns what was removed."""
+    """Remove leftovers of killed writers (names exactly like atomic_open's: TEMP_RE; a user's
+    `.vimrc.tmp-keep` is not one); returns what was removed."""
     removed = []
     for tmp in Path(folder).glob(f".*{TMP_MARK}*"):
+        if not TEMP_RE.match(tmp.name) or not tmp.is_file():
+            continue
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
             removed.append(tmp)
@@ -61,3 +66,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def append_line(fd: int, data: bytes) -> None:
+    """Append one whole line to a log opened with os.O_APPEND, or nothing: a write cut short (ENOSPC) is
+    truncated away before the error goes up, so a full disk never leaves half a JSON line."""
+    start = os.fstat(fd).st_size
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        os.ftruncate(fd, start)
+        raise

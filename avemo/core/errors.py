@@ -6,7 +6,8 @@
     ├── DataError        input data is unusable: labels, media, shards, samples (exit 2)
     ├── WeightsError     pretrained weights cannot be found, fetched or trusted (exit 2)
     ├── CheckpointError  a checkpoint or exported model cannot be used          (exit 2)
-    └── ClusterError     the Dask cluster cannot run the work                   (exit 2)
+    ├── ClusterError     the Dask cluster cannot run the work                   (exit 2)
+    └── TrainingError    training produced nothing usable (0 samples, a non-finite loss) (exit 2)
 """
 from __future__ import annotations
 
@@ -34,3 +35,7 @@ class CheckpointError(AvemoError):
 
 class ClusterError(AvemoError):
     """The Dask cluster cannot run the build (no scheduler, no matching worker resources)."""
+
+
+class TrainingError(AvemoError):
+    """A run that trained nothing or diverged: nothing broken or untrained is saved."""

@@ -5,8 +5,10 @@ Files are always loaded with torch.load(weights_only=True).
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -82,7 +84,26 @@ def unsafe_load_reason(exc: Exception) -> str:
     return next((line for line in lines if "GLOBAL" in line), lines[0])[:300]
 
 
+def declared_size_problem(path: str | Path | BinaryIO, slack: int = 1 << 20, size: int | None = None) -> str | None:
+    """Why a torch zip file must not be loaded, judged from its central directory alone (nothing inflated):
+    a member that unpacks to more than the file holds (torch.save stores members uncompressed, so a deflated
+    1 MB file that would unpack to a 1 GiB tensor is a bomb). None: fine, or not a zip (the legacy format,
+    whose reader is bounded by the file itself)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    limit = (Path(path).stat().st_size if size is None else size) + slack   # size: of an in-memory file
+    if declared > limit:
+        return f"its members unpack to {declared} bytes, more than the {limit - slack}-byte file holds"
+    return None
+
+
 def load_state_dict(path: Path) -> dict:
+    problem = declared_size_problem(path)
+    if problem:
+        raise WeightsError(f"refusing weights {path}: {problem}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from avemo.core.paths import refuse_inputs_as_output
 from avemo.model.net import AVEmotionNet
 from avemo.core import storage
 
@@ -60,6 +61,30 @@ def model_meta(ckpt: dict, source: str = "") -> dict:
             "max_frames": cfg["data"]["max_frames"], "max_mel_frames": cfg["data"]["max_mel_frames"],
             "n_mels": cfg["model"]["n_mels"], "build": ckpt.get("build"), "train": cfg,
             "epoch": ckpt.get("epoch"), "checkpoint": source}
+
+
+def check_model_meta(meta: object, path: str | Path) -> dict:
+    """An exported file's avemo metadata, refused in one line unless it is what model_meta writes for THIS
+    code's labels (it comes from a file: a wrong label list would rename the classes, a huge max_frames
+    would allocate)."""
+    from avemo.core.errors import CheckpointError
+    from avemo.shards.labels import EMOTIONS, LABEL_MAP_VERSION
+    ranges = {"max_frames": (1, 4096), "max_mel_frames": (1, 100_000), "n_mels": (8, 256)}
+    problem = ""
+    if not isinstance(meta, dict):
+        problem = "it is not a JSON object"
+    elif meta.get("labels") != list(EMOTIONS) or meta.get("label_map_version") != LABEL_MAP_VERSION:
+        problem = f"its labels {str(meta.get('labels'))[:120]} are not this code's {list(EMOTIONS)}"
+    elif meta.get("build") is not None and not isinstance(meta["build"], dict):
+        problem = "its build settings are not an object"
+    else:
+        for key, (low, high) in ranges.items():
+            if type(meta.get(key)) is not int or not low <= meta[key] <= high:
+                problem = f"{key}={str(meta.get(key))[:40]} is not an integer in [{low}, {high}]"
+                break
+    if problem:
+        raise CheckpointError(f"{path}: bad avemo metadata: {problem}")
+    return meta
 
 
 def example_inputs(n_mels: int, batch: int = 1, frames: int = 8, mel_frames: int = 256) -> tuple:
@@ -106,11 +131,13 @@ WRITERS = {"onnx": to_onnx_bytes, "torchscript": to_torchscript_bytes}
 def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> Path | str:
     """checkpoint and out: local paths or URLs (avemo.core.storage)."""
     from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
-    ckpt = load_checkpoint(checkpoint)
-    net = model_from_checkpoint(ckpt)
     if not out:   # beside the checkpoint; a URL keeps its "//" (Path would fold it)
         out = (str(checkpoint).rsplit(".", 1)[0] + FORMATS[fmt] if storage.is_url(checkpoint)
                else Path(checkpoint).with_suffix(FORMATS[fmt]))
     out = out if storage.is_url(out) else Path(out)
+    if not storage.is_url(out) and not storage.is_url(checkpoint):   # before the work, nothing written
+        refuse_inputs_as_output(out, "--out", {"the checkpoint": checkpoint})
+    ckpt = load_checkpoint(checkpoint)
+    net = model_from_checkpoint(ckpt, checkpoint)
     storage.write_bytes(out, WRITERS[fmt](net, model_meta(ckpt, str(checkpoint))))
     return out

@@ -21,7 +21,7 @@ import numpy as np
 from avemo.core import storage
 from avemo.core.errors import CheckpointError
 from avemo.core.config import ConfigError
-from avemo.inference.export import META_KEY
+from avemo.inference.export import META_KEY, check_model_meta
 
 
 
@@ -58,14 +58,22 @@ def read_model(path: str | Path) -> ModelFile:
             raise CheckpointError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
         if META_KEY not in props:
             raise ConfigError(f"{path} was not written by `avemo export` (no avemo metadata)")
-        return ModelFile(path, json.loads(props[META_KEY]), onnx=data)
+        try:
+            meta = json.loads(props[META_KEY])
+        except ValueError:
+            raise CheckpointError(f"{path}: bad avemo metadata: not JSON") from None
+        return ModelFile(path, check_model_meta(meta, path), onnx=data)
     if is_torchscript(path):
         import zipfile
         with zipfile.ZipFile(path) as z:
             extra = [n for n in z.namelist() if n.endswith(f"/extra/{META_KEY}.json")]
             if not extra:
                 raise CheckpointError(f"{path} is a TorchScript file not written by `avemo export` (no avemo metadata)")
-            return ModelFile(path, json.loads(z.read(extra[0])), torchscript=True)
+            try:
+                meta = json.loads(z.read(extra[0]))
+            except ValueError:
+                raise CheckpointError(f"{path}: bad avemo metadata: not JSON") from None
+            return ModelFile(path, check_model_meta(meta, path), torchscript=True)
     from avemo.inference.export import model_meta
     from avemo.train.checkpoint import load_checkpoint
     ckpt = load_checkpoint(path)
@@ -157,7 +165,7 @@ def make_runner(model: ModelFile, runtime: str = "auto", threads: int = 1):
         return TorchScriptRunner(model.path, model.meta)
     from avemo.train.checkpoint import model_from_checkpoint
     assert model.ckpt is not None        # read_model gives a graph or a checkpoint
-    net = model_from_checkpoint(model.ckpt)
+    net = model_from_checkpoint(model.ckpt, model.path)
     if runtime == "onnx":
         from avemo.inference.export import to_onnx_bytes
         return OnnxRunner(to_onnx_bytes(net, model.meta), model.meta, threads)

@@ -33,7 +33,7 @@ def bounded_members(fileobj, url: str, handler: Callable[[Exception], bool]) -> 
             else:
                 data = stream.extractfile(info).read()
             yield {"fname": info.name, "data": data, "__url__": url}
-            stream.members = []   # a streaming tar would otherwise keep every TarInfo of the shard
+            stream.members = []  # type: ignore[attr-defined]  # a streaming tar would otherwise keep every TarInfo of the shard
         except UnsafeSampleError as exc:
             if not handler(exc):
                 raise

@@ -101,7 +101,8 @@ def read_shards(urls: list[str]):
     before reading), URLs verified as they stream."""
     if not getattr(urls, "checksums", None):
         return bounded_tarfile_to_samples(handler=skip_bad_sample)
-    return wds.pipelinefilter(verified_samples)(urls.checksums, urls.policy, urls.options, urls.hint)
+    return wds.pipelinefilter(verified_samples)(urls.checksums, urls.policy, urls.options,  # type: ignore[attr-defined]
+                                                urls.hint)  # type: ignore[attr-defined]
 
 
 def listed_samples(listed: dict[str, frozenset] | None):

@@ -103,7 +103,7 @@ def lr_lambda(total_steps: int, warmup_steps: int):
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = {"decay": [], "no_decay": [], "face_decay": [], "face_no_decay": []}
+    groups: dict[str, list] = {"decay": [], "no_decay": [], "face_decay": [], "face_no_decay": []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -280,7 +280,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
         say(f"resumed from {ckpt_path}: epoch {state['epoch']}, step {state['step']}")
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     if cfg.compile:
-        net = torch.compile(net)
+        net = torch.compile(net)  # type: ignore[assignment]
     bf16 = use_bf16(device, cfg.amp)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
     logger = open_trackers(cfg, run, None if ckpt is None else state["step"]) if main_rank else None

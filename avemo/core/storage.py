@@ -147,7 +147,7 @@ def atomic_open(path: str | Path, options: dict | None = None) -> Iterator[Binar
         return
     fs, p = filesystem(str(path), options)
     with tempfile.NamedTemporaryFile(prefix="avemo-upload-", suffix=Path(p).suffix) as tmp:
-        yield tmp
+        yield tmp  # type: ignore[misc]  # a BinaryIO at run time
         tmp.flush()
         retrying(lambda: fs.put_file(tmp.name, p), f"uploading {path}")
 
@@ -200,7 +200,7 @@ def open_stream(url: str, options: dict | None = None, block_size: int = 8 << 20
     had reached (a ranged GET): no byte is read twice or skipped, so no sample is duplicated or dropped."""
     stream = ResumingReader(url, options, block_size)
     try:
-        yield stream
+        yield stream  # type: ignore[misc]  # file-like: read/seek/tell
     finally:
         stream.close()
 
@@ -225,7 +225,7 @@ class ResumingReader:
         try:
             if self.fh is None:
                 self.fh = self._open()
-            return self.fh.read(n)
+            return self.fh.read(n)  # type: ignore[attr-defined]
         except BaseException:
             self.close()   # the next attempt reopens at self.offset
             raise

@@ -94,7 +94,7 @@ def declared_size_problem(path: str | Path | BinaryIO, slack: int = 1 << 20, siz
             declared = sum(info.file_size for info in zf.infolist())
     except (zipfile.BadZipFile, OSError, ValueError):
         return None
-    limit = (Path(path).stat().st_size if size is None else size) + slack   # size: of an in-memory file
+    limit = (Path(path).stat().st_size if size is None else size) + slack  # type: ignore[arg-type]   # size: of an in-memory file
     if declared > limit:
         return f"its members unpack to {declared} bytes, more than the {limit - slack}-byte file holds"
     return None

@@ -84,7 +84,7 @@ def check_model_meta(meta: object, path: str | Path) -> dict:
                 break
     if problem:
         raise CheckpointError(f"{path}: bad avemo metadata: {problem}")
-    return meta
+    return meta  # type: ignore[return-value]  # checked above: a dict
 
 
 def example_inputs(n_mels: int, batch: int = 1, frames: int = 8, mel_frames: int = 256) -> tuple:

@@ -63,7 +63,7 @@ def read_model(path: str | Path) -> ModelFile:
         except ValueError:
             raise CheckpointError(f"{path}: bad avemo metadata: not JSON") from None
         return ModelFile(path, check_model_meta(meta, path), onnx=data)
-    if is_torchscript(path):
+    if is_torchscript(Path(path)):
         import zipfile
         with zipfile.ZipFile(path) as z:
             extra = [n for n in z.namelist() if n.endswith(f"/extra/{META_KEY}.json")]
@@ -162,7 +162,7 @@ def make_runner(model: ModelFile, runtime: str = "auto", threads: int = 1):
     if model.torchscript:
         if runtime == "onnx":
             raise ConfigError(f"{model.path} is a TorchScript file: it runs with runtime=torch (or auto)")
-        return TorchScriptRunner(model.path, model.meta)
+        return TorchScriptRunner(Path(model.path), model.meta)
     from avemo.train.checkpoint import model_from_checkpoint
     assert model.ckpt is not None        # read_model gives a graph or a checkpoint
     net = model_from_checkpoint(model.ckpt, model.path)

@@ -54,7 +54,8 @@ def plot_timeline(records: list[dict], path: str | Path, labels: list[str]) -> N
     for ax in axes[:, 0]:
         for handle, name in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(name, handle)
-    fig.legend(list(legend.values()), list(legend.keys()), loc="center right", fontsize=8, frameon=False)
+    fig.legend(list(legend.values()), list(legend.keys()), loc="center right", fontsize=8,  # type: ignore[call-overload]
+               frameon=False)
     fig.tight_layout(rect=(0, 0, 0.83, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

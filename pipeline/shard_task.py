@@ -5,6 +5,7 @@ fails its shard.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import deque
@@ -254,8 +255,15 @@ def build_shard(spec: ShardSpec, probes: list[dict]) -> list[dict]:
     digest = hashlib.sha256()
     with storage.atomic_open(tar_path, options) as fh:
         tar = wds.TarWriter(_Hashing(fh, digest), encoder=False, mtime=TAR_MTIME)
-        writer = _ShardWriter(spec, cfg, tar)
-        _run_clips(spec, cfg, probes_, detector, writer)
+        try:
+            writer = _ShardWriter(spec, cfg, tar)
+            _run_clips(spec, cfg, probes_, detector, writer)
+        except BaseException:
+            # close now (its own write may fail too, e.g. ENOSPC): else the tar stream's __del__ retries at
+            # garbage collection and prints a traceback beside the one-line error
+            with contextlib.suppress(Exception):
+                tar.close()
+            raise
         tar.close()
         n_ok = sum(r["status"] == "ok" for r in writer.rows)
     if n_ok == 0:

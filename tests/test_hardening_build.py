@@ -133,5 +133,6 @@ def test_ctrl_c_during_a_build_is_one_line(mini_meld, tmp_path):
         time.sleep(0.2)
     text = log.read_text(errors="replace")
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
-    assert text.rstrip().splitlines()[-1].split("\r")[-1] == "avemo build-shards: interrupted; finished work is kept"
+    assert text.rstrip().splitlines()[-1].split("\r")[-1] == ("avemo build-shards: interrupted; finished shards are kept; "
+                                                                  "rerun the same command to resume")
     assert not group_alive(proc.pid), "a worker outlived the interrupted build"

@@ -13,13 +13,13 @@ import torch
 from tqdm import tqdm
 
 from avemo.core import storage
-from avemo.core.config import load_config, resolve_device
+from avemo.core.config import resolve_device
 from avemo.core.atomic import atomic_write_bytes
 from avemo.core.errors import ConfigError
 from avemo.core.logfile import tee
 from avemo.shards.labels import EMOTIONS
-from avemo.shards.manifest import CorruptShardError, write_table
-from avemo.train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from avemo.shards.manifest import write_table
+from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
 from avemo.train.config import EvalConfig
 from avemo.core.paths import writable_dir
 from avemo.train.data import eval_loader, split_shards

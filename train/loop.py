@@ -9,13 +9,11 @@ re-planned over the new total (the LR at step s is what a run started with the n
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import pickle
 import random
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, replace
@@ -27,14 +25,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from avemo.core.config import load_config, resolve_device
+from avemo.core.config import resolve_device
 from avemo.core.errors import TrainingError
 from avemo.core.paths import writable_dir
 from avemo.core.memory import keep_heap
 from avemo.model.net import build_model, count_parameters, flops_per_clip
-from avemo.core.weights import WeightsError
 from avemo.core.logfile import tee
-from avemo.shards.manifest import CorruptShardError, read_build_config
+from avemo.shards.manifest import read_build_config
 from avemo.train.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, require_sections, rng_state,
                                     save_checkpoint, set_rng_state)
 from avemo.train.config import OptimConfig, TrainConfig

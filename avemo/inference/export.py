@@ -12,10 +12,8 @@ extra file "avemo.json".
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import sys
 import warnings
 from pathlib import Path
 

@@ -78,3 +78,8 @@ class MobileFaceNet(nn.Module):
         x = self.features(self.dw_conv(self.conv1(x)))
         x = self.bn(self.conv3(self.gdconv(self.conv2(x))))
         return x.flatten(1)                                      # (B, 128)
+
+    def blocks(self) -> list[nn.Module]:
+        """The network as 21 blocks in order (conv1, dw_conv, the 15 bottlenecks, conv2, gdconv, conv3, bn):
+        running them one after the other is forward() without the final flatten."""
+        return [self.conv1, self.dw_conv, *self.features, self.conv2, self.gdconv, self.conv3, self.bn]

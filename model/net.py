@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avemo.core.config import check
 from avemo.model.mobilefacenet import MobileFaceNet
 from avemo.shards.labels import EMOTIONS
 
@@ -25,13 +26,18 @@ FACE_STD = (0.229, 0.224, 0.225)
 @dataclass
 class ModelConfig:
     face_weights: str = ""                        # MobileFaceNet init: a file, or "auto" = $AVEMO_WEIGHTS_DIR/cache
-    face_trainable: Literal["all", "none"] = "all"  # "none": frozen encoder in eval mode (fast CPU runs)
+    face_trainable: Literal["all", "none", "last"] = "all"  # "none": frozen encoder in eval mode (fast CPU
+    #                                              runs); "last": only its last face_train_blocks blocks learn
+    face_train_blocks: int = 4                    # with face_trainable=last: how many of MobileFaceNet's 21 blocks
     n_mels: int = 64                              # mel bins: must match the shards' audio.n_mels
     audio_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # audio CNN stage widths
     hidden: int = 128                             # LSTM hidden size per modality
     fusion_dim: int = 128                         # width of the fused clip embedding
     dropout: float = 0.3                          # before the classifier
     modality_dropout: float = 0.2                 # per sample, drop one present modality in training
+
+    def __post_init__(self):
+        check((1 <= self.face_train_blocks <= 21, "face_train_blocks must be in 1..21 (MobileFaceNet's blocks)"))
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -66,12 +72,18 @@ class AudioEncoder(nn.Module):
 
 
 class FaceEncoder(nn.Module):
+    """MobileFaceNet per frame, then an LSTM over the clip's frames. With face_trainable=last the frozen first
+    blocks run without autograd and in eval mode (their BatchNorm statistics kept), the last ones learn."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cnn = MobileFaceNet().to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # ~1.5x faster convs
-        self.trainable = cfg.face_trainable == "all"
-        if not self.trainable:
-            self.cnn.requires_grad_(False)
+        blocks = self.cnn.blocks()
+        n_train = {"all": len(blocks), "none": 0}.get(cfg.face_trainable, min(cfg.face_train_blocks, len(blocks)))
+        self.split = len(blocks) - n_train             # blocks [0, split) are frozen
+        self.trainable = n_train > 0
+        for block in blocks[: self.split]:
+            block.requires_grad_(False)
         self.norm = nn.LayerNorm(MobileFaceNet.embedding_dim)  # embeddings are large: keep LSTM gates unsaturated
         self.lstm = nn.LSTM(MobileFaceNet.embedding_dim + 1, cfg.hidden, batch_first=True)
         self.register_buffer("mean", torch.tensor(FACE_MEAN).view(1, 3, 1, 1) * 255)
@@ -79,20 +91,40 @@ class FaceEncoder(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if not self.trainable:
-            self.cnn.eval()  # a frozen encoder keeps its BatchNorm statistics
+        for block in self.cnn.blocks()[: self.split]:
+            block.eval()  # frozen blocks keep their BatchNorm statistics
         return self
 
     def forward(self, faces: torch.Tensor, face_mask: torch.Tensor) -> torch.Tensor:
         return self.pool(self.embed(faces), face_mask)
 
-    def embed(self, faces: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, 112, 112) uint8 -> (B, T, 128): per frame, so a stream embeds each face once."""
+    def embed(self, faces: torch.Tensor, face_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, 3, 112, 112) uint8 -> (B, T, 128): per frame, so a stream embeds each face once. With
+        face_mask (B, T) only the frames that hold a face go through the CNN (the rest are zero rows, which
+        pool() ignores): unimodal and faceless clips cost nothing. Traced or compiled, every frame goes
+        through (static shapes), as on the meta device (FLOP counts)."""
+        if face_mask is not None and faces.device.type != "meta" and not (
+                torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+            b, t = faces.shape[:2]
+            index = face_mask.reshape(-1).nonzero().squeeze(1)
+            out = torch.zeros(b * t, MobileFaceNet.embedding_dim, device=faces.device)
+            if index.numel():
+                emb = self.embed(faces.flatten(0, 1)[index][None])[0]
+                out = out.to(emb.dtype).index_copy(0, index, emb)
+            return out.view(b, t, -1)
         b, t = faces.shape[:2]
         x = (faces.flatten(0, 1).float() - self.mean) / self.std     # (B*T, 3, 112, 112)
         x = x.contiguous(memory_format=torch.channels_last)
-        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            return self.cnn(x).view(b, t, -1)                        # (B, T, 128)
+        if self.split in (0, len(self.cnn.blocks())):
+            with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+                return self.cnn(x).view(b, t, -1)                    # (B, T, 128)
+        blocks = self.cnn.blocks()
+        with torch.no_grad():
+            for block in blocks[: self.split]:
+                x = block(x)
+        for block in blocks[self.split:]:
+            x = block(x)
+        return x.reshape(b, t, -1)                                   # (B, T, 128)
 
     def pool(self, emb: torch.Tensor, face_mask: torch.Tensor) -> torch.Tensor:
         m = face_mask.to(emb.dtype).unsqueeze(-1)
@@ -121,13 +153,13 @@ class AVEmotionNet(nn.Module):
     def forward(self, faces, face_mask, mel, mel_mask):
         if self.training and self.cfg.modality_dropout > 0:
             face_mask, mel_mask = self._modality_dropout(face_mask, mel_mask)
-        return self.forward_from_embeddings(self.embed_faces(faces), face_mask, mel, mel_mask)  # (B, 7)
+        return self.forward_from_embeddings(self.embed_faces(faces, face_mask), face_mask, mel, mel_mask)  # (B, 7)
 
     # The two halves of forward: forward_from_embeddings ignores the embedding rows of frames without a
     # face, so a stream can embed only the new face crops and cache the rest (avemo predict), and an
     # evaluation can embed a batch once and score several modality masks from it (train/evaluate.py).
-    def embed_faces(self, faces: torch.Tensor) -> torch.Tensor:
-        return self.face.embed(faces)                                # (B, T, 128)
+    def embed_faces(self, faces: torch.Tensor, face_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.face.embed(faces, face_mask)                     # (B, T, 128)
 
     def forward_from_embeddings(self, emb, face_mask, mel, mel_mask):
         has_face = face_mask.any(1, keepdim=True).float()           # (B, 1)

@@ -62,7 +62,7 @@ def test_print_config_is_a_valid_config_with_overrides_anywhere(name, section, c
     code, again = run_cli(name, "--config", str(path), "--print-config")
     assert again == text                                  # a fixed point: it reads back to the same config
     if name == "train":
-        assert (printed.shards, printed.run, printed.optim.lr, printed.data.workers) == ("S", "R", 0.1, 1)
+        assert (printed.shards, printed.run, printed.optim.lr, printed.data.workers) == (["S"], "R", 0.1, 1)
         assert printed.optim.epochs == 30 and printed.data.batch_size == 32       # from --config meld
     if name == "build-shards":
         assert printed.decode.fps == 2 and printed.splits == ["dev"] and printed.face.device == "cpu"

@@ -214,4 +214,4 @@ def test_demo_regenerates_what_its_changed_settings_change(built_shards, one_epo
     table = pq.read_table(other / "manifest.parquet")
     pq.write_table(table.slice(0, table.num_rows - 1), other / "manifest.parquet")
     assert training_changes(replace(same, shards=str(other))) == ["the shards were rebuilt"]
-    assert saved["shards"] == str(built_shards)
+    assert saved["shards"] == [str(built_shards)]

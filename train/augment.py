@@ -1,7 +1,8 @@
 """Per-clip augmentation on tensors, in the DataLoader workers (train split only).
 
 faces (T, 3, 112, 112) uint8: one flip / colour jitter / small affine per clip, so time stays coherent.
-mel (n_mels, F) float32 log-power: random gain, then SpecAugment frequency and time masks.
+mel (n_mels, F) float32 log-power (natural log): speed perturbation (a time stretch of the log-mel), random
+gain, stationary noise at a random SNR, then SpecAugment frequency and time masks.
 Draws come from torch's global RNG, which DataLoader seeds per worker from the main process's RNG, so a
 run resumed from a checkpoint (which restores that RNG) draws the same augmentations.
 """
@@ -23,6 +24,8 @@ def _uniform(lo: float, hi: float) -> float:
 def augment_faces(faces: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     if float(torch.rand(())) < cfg.flip_p:
         faces = faces.flip(-1)
+    if cfg.grey_p and float(torch.rand(())) < cfg.grey_p:
+        faces = TF.rgb_to_grayscale(faces, num_output_channels=3)
     faces = TF.adjust_brightness(faces, _uniform(1 - cfg.brightness, 1 + cfg.brightness))
     faces = TF.adjust_contrast(faces, _uniform(1 - cfg.contrast, 1 + cfg.contrast))
     faces = TF.adjust_saturation(faces, _uniform(1 - cfg.saturation, 1 + cfg.saturation))
@@ -35,7 +38,15 @@ def augment_faces(faces: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
 def augment_mel(mel: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     if mel.shape[-1] == 0:
         return mel
+    if cfg.speed:
+        frames = max(1, round(mel.shape[-1] / _uniform(1 - cfg.speed, 1 + cfg.speed)))
+        mel = torch.nn.functional.interpolate(mel[None], size=frames, mode="linear", align_corners=False)[0]
     mel = mel + _uniform(-cfg.gain_db, cfg.gain_db) / 10.0 * math.log(10.0)
+    if cfg.noise_p and float(torch.rand(())) < cfg.noise_p:
+        snr_db = _uniform(cfg.noise_snr_db, cfg.noise_snr_db + 20.0)
+        power = torch.logsumexp(mel, dim=(0, 1)) - math.log(mel.numel())     # log of the mean power
+        noise = power - snr_db / 10.0 * math.log(10.0) + 0.5 * torch.randn(mel.shape[0], 1)  # coloured a little
+        mel = torch.logaddexp(mel, noise.expand_as(mel))
     fill = float(mel.mean())
     for _ in range(cfg.freq_masks):
         mel = AF.mask_along_axis(mel.unsqueeze(0), cfg.freq_mask_width, fill, axis=1).squeeze(0)

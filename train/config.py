@@ -19,9 +19,12 @@ class DataConfig:
     pin_memory: bool = True            # page-locked batches for faster copies to CUDA
     corrupt_shards: Literal["stop", "skip"] = "stop"   # a shard failing its manifest checksum
     storage_options: dict = field(default_factory=dict)  # fsspec options for a URL --shards (no secrets)
+    weights: list[float] = field(default_factory=list)  # several --shards: sampling weight per set; [] = by size
 
     def __post_init__(self):
         check((not secret_keys(self.storage_options), SECRETS_HELP),
+              (all(w >= 0 for w in self.weights) and (not self.weights or sum(self.weights) > 0),
+               "data.weights must be >= 0 with a positive sum"),
               (self.batch_size >= 1, "batch_size must be >= 1"), (self.workers >= 0, "workers must be >= 0"),
               (self.shuffle_buffer >= 0, "shuffle_buffer must be >= 0"),
               (self.max_frames >= 1, "max_frames must be >= 1"), (self.max_mel_frames >= 16, "max_mel_frames must be >= 16"))
@@ -42,11 +45,17 @@ class AugmentConfig:
     time_masks: int = 2                # SpecAugment: time masks per clip ...
     time_mask_width: int = 25          # ... each at most this many mel frames long
     gain_db: float = 6.0               # random loudness change, +-
+    grey_p: float = 0.0                # probability of turning a clip's faces grey (mixing grey and colour sets)
+    speed: float = 0.0                 # speed perturbation of the log-mel: stretch by a factor in 1 +- speed
+    noise_p: float = 0.0               # probability of adding stationary noise to a clip's log-mel ...
+    noise_snr_db: float = 10.0         # ... at an SNR drawn from [noise_snr_db, noise_snr_db + 20] dB
 
     def __post_init__(self):
         check((0 <= self.flip_p <= 1, "flip_p must be in [0, 1]"),
               (min(self.brightness, self.contrast, self.saturation, self.rotate_deg, self.translate, self.scale,
                    self.gain_db) >= 0, "jitter amounts must be >= 0"),
+              (0 <= self.grey_p <= 1 and 0 <= self.noise_p <= 1, "grey_p and noise_p must be in [0, 1]"),
+              (0 <= self.speed < 1, "speed must be in [0, 1)"),
               (min(self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width) >= 0,
                "SpecAugment mask counts and widths must be >= 0"))
 
@@ -80,9 +89,10 @@ class TrackerConfig:
 
 @dataclass
 class TrainConfig:
-    shards: str = ""                   # folder written by build-shards (--shards)
+    shards: list[str] | str = field(default_factory=list)  # build-shards folder(s) (--shards, repeatable: mixed by data.weights; the first one's dev split picks best.pt)
     run: str = ""                      # output folder: checkpoints, config.yaml, logs (--run)
-    shards_sha256: str = ""            # sha256 of SHARDS/manifest.parquet this config trains on; "" = any data
+    shards_sha256: str = ""            # sha256 of each SHARDS/manifest.parquet (comma list); "" = any data
+    init_from: str = ""                # a checkpoint whose model weights start a new run (--init-from)
     seed: int = 0                      # model init, shuffling and augmentation
     device: str = "auto"                               # auto, cpu, cuda or cuda:N
     amp: Literal["auto", "bf16", "off"] = "auto"       # auto = bf16 autocast on CUDA
@@ -101,12 +111,18 @@ class TrainConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
     def __post_init__(self):
+        if isinstance(self.shards, str):        # one folder, as configs written before multi-set training
+            self.shards = [self.shards] if self.shards else []
+        self.shards = list(self.shards)
         unknown = [n for n in self.report_to.split(",") if n.strip() and n.strip() not in REPORT_TO]
         check((not unknown, f"report_to: unknown tracker {unknown[0] if unknown else ''!r} (known: "
                             f"{', '.join(REPORT_TO)})"),
               (DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
               (self.log_every >= 1, "log_every must be >= 1"), (self.eval_every >= 1, "eval_every must be >= 1"),
-              (self.stop_after_epochs >= 0, "stop_after_epochs must be >= 0 (0 = never)"))
+              (self.stop_after_epochs >= 0, "stop_after_epochs must be >= 0 (0 = never)"),
+              (not self.data.weights or len(self.data.weights) == len(self.shards),
+               f"data.weights has {len(self.data.weights)} value(s) for {len(self.shards)} --shards set(s)"),
+              (len(set(self.shards)) == len(self.shards), "the same --shards folder is given twice"))
 
 
 @dataclass

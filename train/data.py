@@ -268,6 +268,81 @@ def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch
     return loader.with_epoch(steps), steps
 
 
+class MixedSets(torch.utils.data.IterableDataset):
+    """Samples from several endless per-set streams: each draw picks set i with probability weights[i].
+    The draws are seeded by (seed, epoch, rank, worker), so a run and its resume mix alike. Hand-written
+    rather than wds.RandomMix, whose draws come from the process-wide `random` module (not reproducible
+    per worker and epoch). A set whose stream yields nothing (every sample skipped) stops being drawn."""
+
+    def __init__(self, sources: list, weights: list[float], seed: int, epoch: int | SharedEpoch):
+        super().__init__()
+        self.sources, self.weights, self.seed, self.epoch = sources, list(weights), seed, epoch
+
+    def __iter__(self):
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rng = random.Random(hash((self.seed, _epoch_of(self.epoch), rank, worker, 7)) & 0xFFFFFFFF)
+        streams = [iter(source) for source in self.sources]
+        weights = list(self.weights)
+        while sum(weights) > 0:
+            i = rng.choices(range(len(streams)), weights=weights)[0]
+            try:
+                yield next(streams[i])
+            except StopIteration:
+                weights[i] = 0.0
+
+
+def mix_weights(splits: list[SplitShards], weights: list[float]) -> list[float]:
+    """Sampling probability per set: data.weights normalised, or each set's share of the samples."""
+    raw = list(weights) if weights else [float(s.n_samples) for s in splits]
+    return [w / sum(raw) for w in raw]
+
+
+def mixed_label_counts(splits: list[SplitShards], probs: list[float]) -> list[float]:
+    """Expected samples per class in an epoch of the mix (for the loss's class weights)."""
+    total = sum(s.n_samples for s in splits)
+    return [sum(p * total * s.label_counts[c] / max(1, s.n_samples) for s, p in zip(splits, probs))
+            for c in range(len(EMOTIONS))]
+
+
+def _set_stream(split: SplitShards, index: int, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch,
+                seed: int, n_mels: int | None):
+    """One set's endless stream of augmented samples (the stages of train_loader, without batching)."""
+    set_seed = seed + 1009 * index
+    return wds.DataPipeline(
+        wds.SimpleShardList(split.urls),
+        _EpochShardShuffle(len(split.urls), set_seed, epoch),
+        wds.split_by_node,
+        wds.split_by_worker,
+        read_shards(split.urls),
+        listed_samples(split.listed),
+        _seeded_shuffle(data.shuffle_buffer, set_seed, epoch),
+        wds.map(functools.partial(to_tensors, max_frames=data.max_frames, max_mel=data.max_mel_frames,
+                                  random_crop=True, n_mels=n_mels), handler=skip_bad_sample),
+        wds.map(functools.partial(augment_sample, cfg=aug)),
+    ).repeat()
+
+
+def mixed_train_loader(splits: list[SplitShards], data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch,
+                       seed: int, world: int = 1, n_mels: int | None = None) -> tuple[wds.WebLoader, int]:
+    """train_loader over several shard sets mixed by data.weights. An epoch is as many steps as the sets'
+    train samples together fill; every worker reads its share of every set's shards."""
+    if len(splits) == 1:
+        return train_loader(splits[0], data, aug, epoch, seed, world, n_mels)
+    workers = min(effective_workers(len(s.urls), world, data.workers) for s in splits)
+    steps = max(1, sum(s.n_samples for s in splits) // (data.batch_size * world))
+    per_worker = math.ceil(steps / max(1, workers))
+    sources = [_set_stream(s, i, data, aug, epoch, seed, n_mels) for i, s in enumerate(splits)]
+    dataset = wds.DataPipeline(
+        MixedSets(sources, mix_weights(splits, data.weights), seed, epoch),
+        wds.batched(data.batch_size, collation_fn=collate, partial=True),
+    ).with_epoch(per_worker)
+    loader = wds.WebLoader(dataset, batch_size=None, num_workers=workers,
+                           persistent_workers=workers > 0 and isinstance(epoch, SharedEpoch),
+                           pin_memory=data.pin_memory and torch.cuda.is_available(),
+                           generator=torch.Generator().manual_seed(seed))
+    return loader.with_epoch(steps), steps
+
+
 def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int = 16,
                 max_mel: int = 1000, persistent: bool = False, n_mels: int | None = None,
                 listed: dict[str, frozenset] | None = None) -> wds.WebLoader:
@@ -288,5 +363,6 @@ def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int 
                          pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
 
 
-__all__ = ["SharedEpoch", "SplitShards", "split_shards", "train_loader", "eval_loader", "collate", "to_tensors", "frame_indices",
+__all__ = ["SharedEpoch", "SplitShards", "split_shards", "train_loader", "mixed_train_loader", "MixedSets",
+           "mix_weights", "mixed_label_counts", "eval_loader", "collate", "to_tensors", "frame_indices",
            "crop_mel"]

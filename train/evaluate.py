@@ -48,7 +48,7 @@ def predict(model, loader, device, modes=("both",), bf16: bool = False) -> dict:
     for batch in loader:
         batch = to_device(batch, device)
         with autocast:
-            emb = model.embed_faces(batch["faces"])
+            emb = model.embed_faces(batch["faces"], batch["face_mask"])   # only the frames with a face
         for mode in modes:
             use_face, use_audio = MODES[mode]
             face_mask = batch["face_mask"] & use_face

@@ -14,7 +14,9 @@ import math
 import os
 import pickle
 import random
+import re
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -26,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from avemo.core.config import resolve_device
-from avemo.core.errors import TrainingError
+from avemo.core.errors import ConfigError, DataError, TrainingError
 from avemo.core.paths import writable_dir
 from avemo.core.memory import keep_heap
 from avemo.model.net import build_model, count_parameters, flops_per_clip
@@ -35,7 +37,8 @@ from avemo.shards.manifest import read_build_config
 from avemo.train.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, require_sections, rng_state,
                                     save_checkpoint, set_rng_state)
 from avemo.train.config import OptimConfig, TrainConfig
-from avemo.train.data import SharedEpoch, eval_loader, split_shards, train_loader
+from avemo.train.data import (SharedEpoch, SplitShards, eval_loader, mix_weights, mixed_label_counts, mixed_train_loader,
+                              split_shards)
 from avemo.train.evaluate import predict, to_device, use_bf16
 from avemo.train.metrics import classification_metrics
 from avemo.train.runs import check_shards_hash, flat_config, manifest_sha256, prepare_run_folder, write_run_config
@@ -80,7 +83,7 @@ def on_rank0(fn, *args, **kwargs):
     return value
 
 
-def class_weights(counts: list[int], mode: str) -> torch.Tensor | None:
+def class_weights(counts: Sequence[float], mode: str) -> torch.Tensor | None:
     if mode == "none":
         return None
     c = torch.tensor(counts, dtype=torch.float32).clamp(min=1)
@@ -114,19 +117,21 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 
 @torch.no_grad()
-def mel_statistics(urls: list[str], cfg: TrainConfig, max_batches: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-mel-bin mean/std over valid frames of the first train samples (stored as model buffers)."""
+def mel_statistics(urls: list[str] | list[list[str]], cfg: TrainConfig,
+                   max_batches: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mel-bin mean/std over valid frames of the first train samples of each set (model buffers)."""
     total = torch.zeros(cfg.model.n_mels, dtype=torch.float64)
     sq = torch.zeros_like(total)
     n = 0
-    for i, batch in enumerate(eval_loader(urls, cfg.data.batch_size, 0, cfg.data.max_frames, cfg.data.max_mel_frames,
-                                          n_mels=cfg.model.n_mels)):
-        m = batch["mel_mask"].unsqueeze(1)
-        total += (batch["mel"] * m).sum((0, 2)).double()
-        sq += (batch["mel"] ** 2 * m).sum((0, 2)).double()
-        n += int(m.sum())
-        if i + 1 >= max_batches:
-            break
+    for set_urls in (urls if urls and isinstance(urls[0], list) else [urls]):
+        for i, batch in enumerate(eval_loader(set_urls, cfg.data.batch_size, 0, cfg.data.max_frames,  # type: ignore[arg-type]
+                                              cfg.data.max_mel_frames, n_mels=cfg.model.n_mels)):
+            m = batch["mel_mask"].unsqueeze(1)
+            total += (batch["mel"] * m).sum((0, 2)).double()
+            sq += (batch["mel"] ** 2 * m).sum((0, 2)).double()
+            n += int(m.sum())
+            if i + 1 >= max_batches:
+                break
     if n == 0:
         return torch.zeros(cfg.model.n_mels), torch.ones(cfg.model.n_mels)
     mean = total / n
@@ -206,12 +211,60 @@ def evaluate_split(model, split, cfg: TrainConfig, device, loader=None) -> dict:
     return classification_metrics(labels, probs.argmax(1))
 
 
-def prepare_data(cfg: TrainConfig, log) -> tuple:
-    """(train split, eval split, build config): every shard of both splits hashed against the manifest."""
-    options = cfg.data.storage_options    # cfg.shards may be a URL (avemo.core.storage)
-    return (split_shards(cfg.shards, cfg.train_split, cfg.data.corrupt_shards, log_fn=log, options=options),
-            split_shards(cfg.shards, cfg.eval_split, cfg.data.corrupt_shards, log_fn=log, options=options),
-            read_build_config(cfg.shards, options))   # travels in every checkpoint, for `avemo predict`
+# build settings that shape the model's input: every set trained on together must share them
+AUDIO_KEYS = ("n_mels", "n_fft", "hop_length", "sample_rate")
+
+
+def set_names(shards: list[str]) -> list[str]:
+    """A short name per shard set for its metrics (dev_NAME_weighted_f1): the folder's name, made unique."""
+    names: list[str] = []
+    for i, url in enumerate(shards):
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(url).rstrip("/").rsplit("/", 1)[-1]) or f"set{i}"
+        names.append(name if name not in names else f"{name}_{i}")
+    return names
+
+
+def prepare_data(cfg: TrainConfig, log) -> tuple[list, list, dict]:
+    """([train split per set], [eval split per set, None where a later set has none], build config of the
+    first set): every shard of both splits hashed against its manifest; sets whose audio settings differ
+    are refused (one model reads them all)."""
+    options = cfg.data.storage_options    # a --shards may be a URL (avemo.core.storage)
+    trains: list[SplitShards] = []
+    evals: list[SplitShards | None] = []
+    builds: list[dict] = []
+    for i, shards in enumerate(cfg.shards):
+        trains.append(split_shards(shards, cfg.train_split, cfg.data.corrupt_shards, log_fn=log, options=options))
+        try:
+            evals.append(split_shards(shards, cfg.eval_split, cfg.data.corrupt_shards, log_fn=log, options=options))
+        except DataError as exc:
+            if i == 0 or "no ok samples" not in str(exc):
+                raise
+            log(f"note: {shards} has no {cfg.eval_split} samples: it is trained on, not scored")
+            evals.append(None)
+        builds.append(read_build_config(shards, options))   # the first travels in every checkpoint (predict)
+    audio = [{k: (b.get("audio") or {}).get(k) for k in AUDIO_KEYS} for b in builds]
+    for shards, settings in zip(cfg.shards[1:], audio[1:]):
+        differ = [f"{k} {audio[0][k]} vs {settings[k]}" for k in AUDIO_KEYS
+                  if None not in (audio[0][k], settings[k]) and audio[0][k] != settings[k]]
+        if differ:
+            raise ConfigError(f"--shards {shards} was built with other audio settings than {cfg.shards[0]} "
+                              f"({', '.join(differ)}): rebuild it with the same audio: section")
+    return trains, evals, builds[0]
+
+
+def init_weights(model, cfg: TrainConfig, say) -> None:
+    """--init-from: a new run starts from another run's model weights (its optimiser and step are not taken).
+    The two models must have the same shapes; the checkpoint's mel statistics come with its weights."""
+    ckpt = load_checkpoint(cfg.init_from, cfg.data.storage_options)
+    source = model_from_checkpoint(ckpt, cfg.init_from)     # its weights fit its own config: one line if not
+    saved, now = asdict(source.cfg), asdict(cfg.model)
+    shape = [k for k in ("n_mels", "audio_channels", "hidden", "fusion_dim") if saved[k] != now[k]]
+    if shape:
+        raise CheckpointError(f"cannot start from {cfg.init_from}: its model has other shapes ("
+                              + ", ".join(f"model.{k} {saved[k]!r} vs {now[k]!r}" for k in shape) + ")")
+    model.load_state_dict(source.state_dict())
+    say(f"model initialised from {cfg.init_from} (epoch {ckpt.get('epoch')}, trained on "
+        f"{', '.join(map(str, ckpt['config'].get('shards') or [])) or 'unknown shards'})")
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool = False) -> dict:
@@ -240,16 +293,26 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
     random.seed(cfg.seed)
 
     # shard hashing and statistics: rank 0 does them, the other ranks receive its results
-    train_split, eval_split, build_config = on_rank0(prepare_data, cfg, say)
-    shards_sha = on_rank0(manifest_sha256, cfg.shards)
-    check_shards_hash(cfg.shards_sha256, shards_sha, cfg.shards)
-    cfg = replace(cfg, shards_sha256=shards_sha or cfg.shards_sha256)   # resolved: RUN/config.yaml names the data
+    train_splits, eval_splits, build_config = on_rank0(prepare_data, cfg, say)
+    names = set_names(list(cfg.shards))
+    expected = cfg.shards_sha256.split(",") if cfg.shards_sha256 else [""] * len(cfg.shards)
+    if len(expected) != len(cfg.shards):
+        raise ConfigError(f"shards_sha256 lists {len(expected)} hash(es) for {len(cfg.shards)} --shards set(s)")
+    shas = [on_rank0(manifest_sha256, shards) for shards in cfg.shards]
+    for want, sha, shards in zip(expected, shas, cfg.shards):
+        check_shards_hash(want, sha, shards)
+    resolved = [sha or want for sha, want in zip(shas, expected)]
+    cfg = replace(cfg, shards_sha256=",".join(resolved) if any(resolved) else "")  # RUN/config.yaml names the data
+    probs = mix_weights(train_splits, cfg.data.weights)
+    train_samples = sum(s.n_samples for s in train_splits)
     if main_rank:
         write_run_config(run, cfg, world, str(device))
     model = build_model(cfg.model, log=say)
     state: dict = {"epoch": 0, "step": 0, "best": -1.0}
-    if ckpt is None:
-        model.audio.mel_mean, model.audio.mel_std = on_rank0(mel_statistics, train_split.urls, cfg)
+    if ckpt is None and cfg.init_from:
+        init_weights(model, cfg, say)
+    elif ckpt is None:
+        model.audio.mel_mean, model.audio.mel_std = on_rank0(mel_statistics, [s.urls for s in train_splits], cfg)
     else:
         model.load_state_dict(ckpt["model"])
     model.to(device)
@@ -258,10 +321,10 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
         size = {"model/parameters": count_parameters(model), "model/gflops_per_clip": round(flops / 1e9, 3)}
         say(f"model: {count_parameters(model) / 1e6:.2f} M parameters, {flops / 1e9:.2f} GFLOPs per clip "
             f"({cfg.data.max_frames} frames)")
-    weights = class_weights(train_split.label_counts, cfg.imbalance)
+    weights = class_weights(mixed_label_counts(train_splits, probs), cfg.imbalance)
     weights = weights.to(device) if weights is not None else None
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = max(1, train_split.n_samples // (cfg.data.batch_size * world))
+    steps_per_epoch = max(1, train_samples // (cfg.data.batch_size * world))
     total = steps_per_epoch * cfg.optim.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total, max(1, int(cfg.optim.warmup_epochs * steps_per_epoch))))
@@ -283,19 +346,24 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
     logger = open_trackers(cfg, run, None if ckpt is None else state["step"]) if main_rank else None
     if logger is not None and ckpt is None:
         logger.params(flat_config(cfg), size)          # once per run: hyper-parameters and model size
-    say(f"training on {device} x{world}: {train_split.n_samples} clips, {steps_per_epoch} steps/epoch, "
-        f"{len(train_split.urls)} shards; class weights {None if weights is None else weights.tolist()}")
+    say(f"training on {device} x{world}: {train_samples} clips, {steps_per_epoch} steps/epoch, "
+        f"{sum(len(s.urls) for s in train_splits)} shards; class weights "
+        f"{None if weights is None else [round(w, 3) for w in weights.tolist()]}")
+    if len(train_splits) > 1:
+        say("shard sets: " + "; ".join(f"{n} {s.n_samples} train clips, p={p:.3f}"
+                                       for n, s, p in zip(names, train_splits, probs)))
 
     end_epoch = cfg.optim.epochs
     if cfg.stop_after_epochs:
         end_epoch = min(end_epoch, state["epoch"] + cfg.stop_after_epochs)
     # built once: their workers persist across epochs (the epoch number reaches them through SharedEpoch)
     shared_epoch = SharedEpoch(state["epoch"])
-    loader, steps = train_loader(train_split, cfg.data, cfg.augment, shared_epoch, cfg.seed, world,
-                                 n_mels=cfg.model.n_mels)
-    dev_loader = eval_loader(eval_split.urls, cfg.data.batch_size, min(2, cfg.data.workers), cfg.data.max_frames,
-                             cfg.data.max_mel_frames, persistent=True, n_mels=cfg.model.n_mels,
-                             listed=eval_split.listed) if main_rank else None
+    loader, steps = mixed_train_loader(train_splits, cfg.data, cfg.augment, shared_epoch, cfg.seed, world,
+                                       n_mels=cfg.model.n_mels)
+    dev_loaders = [eval_loader(split.urls, cfg.data.batch_size, min(2 if i == 0 else 1, cfg.data.workers),
+                               cfg.data.max_frames, cfg.data.max_mel_frames, persistent=True,
+                               n_mels=cfg.model.n_mels, listed=split.listed)
+                   if main_rank and split is not None else None for i, split in enumerate(eval_splits)]
     for epoch in range(state["epoch"], end_epoch):
         net.train()
         shared_epoch.set_value(epoch)
@@ -326,8 +394,12 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
         record = {"epoch": state["epoch"], "train_loss": loss_total / max(1, seen),
                   "train_acc": n_correct / max(1, seen), "samples_per_s": seen * world / max(elapsed, 1e-9)}
         if main_rank and (state["epoch"] % cfg.eval_every == 0 or state["epoch"] == cfg.optim.epochs):
-            metrics = evaluate_split(model, eval_split, cfg, device, dev_loader)
+            metrics = evaluate_split(model, eval_splits[0], cfg, device, dev_loaders[0])
             record.update({f"{cfg.eval_split}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")})
+            for i, (name, split) in enumerate(zip(names, eval_splits)):
+                if len(names) > 1 and split is not None:     # every set scored; the first picks best.pt
+                    m = metrics if i == 0 else evaluate_split(model, split, cfg, device, dev_loaders[i])
+                    record.update({f"{cfg.eval_split}_{name}_{k}": m[k] for k in ("accuracy", "weighted_f1")})
             if metrics["weighted_f1"] > state["best"]:
                 state["best"] = metrics["weighted_f1"]
                 record["best"] = True

@@ -85,7 +85,8 @@ def write_run_config(run: Path, cfg, world: int, device: str, command: str = "av
              "device": device, "world_size": world, "shards": cfg.shards, "shards_sha256": cfg.shards_sha256,
              "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     head = (f"# written by {command}; reproduce this run with:\n"
-            f"#   avemo train --shards {cfg.shards} --run NEW_RUN --config {run / 'config.yaml'}\n")
+            f"#   avemo train {' '.join('--shards ' + str(x) for x in cfg.shards)} --run NEW_RUN "
+            f"--config {run / 'config.yaml'}\n")
     text = head + yaml.safe_dump({"avemo": about}, sort_keys=False) + dump_config(cfg, "train")
     atomic_write_bytes(run / "config.yaml", text.encode("utf-8"))
 

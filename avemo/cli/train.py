@@ -10,6 +10,8 @@ from avemo.cli.common import Interrupted, print_config, split_overrides
 EPILOG = """\
 run folders: a new run needs an empty (or new) --run folder; an existing one is refused unless --resume
 (continue it; optim.epochs may grow) or --overwrite (start over: deletes its checkpoints and logs).
+several corpora: avemo train --shards paired --shards ravdess --shards fer data.weights=[2,1,1] --run R
+pre-train then fine-tune: avemo train --shards meld --init-from runs/pretrain/best.pt --run runs/meld
 RUN/config.yaml is a valid --config that reproduces the run (its train: section, every key resolved):
   avemo train --shards S --run runs/b --config runs/a/config.yaml
 trackers: report_to=tensorboard,jsonl (default), wandb, mlflow (pip install 'avemo[wandb]' / 'avemo[mlflow]').
@@ -25,7 +27,12 @@ def resume_command(argv: list[str]) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="avemo train", description="Train the audio-visual model from shards.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", help="folder or bucket URL (s3://b/meld) written by build-shards")
+    parser.add_argument("--shards", action="append",
+                        help="folder or bucket URL (s3://b/meld) written by build-shards; repeat it to train on "
+                             "several sets at once (mixed by data.weights; the first one's dev split picks best.pt)")
+    parser.add_argument("--init-from", dest="init_from", default=None,
+                        help="start a new run from this checkpoint's model weights (e.g. a run pre-trained on "
+                             "other corpora); the optimiser and schedule start afresh")
     # --run-dir: the spelling to use under torchrun, whose argparse finds `--run` ambiguous (--run-path)
     parser.add_argument("--run", "--run-dir", dest="run",
                         help="output folder for checkpoints, config.yaml, metrics, logs and TensorBoard")
@@ -37,7 +44,8 @@ def main(argv: list[str]) -> int:
     ns, overrides = split_overrides(parser, argv, "e.g. optim.lr=3e-4 data.batch_size=64", required=("shards", "run"))
     from avemo.core.config import load_config
     from avemo.train.config import TrainConfig
-    extra = {k: v for k, v in {"shards": ns.shards, "run": ns.run}.items() if v is not None}
+    extra = {k: v for k, v in {"shards": ns.shards, "run": ns.run, "init_from": ns.init_from}.items()
+             if v is not None}
     cfg = load_config(TrainConfig, "train", ns.config, overrides, extra)
     if ns.print_config:
         return print_config(cfg, "train")

@@ -105,7 +105,7 @@ def training_changes(train: TrainConfig) -> list[str]:
     from avemo.train.runs import manifest_sha256
     saved = load_checkpoint(last)["config"]
     changed = [f"train.{c}" for c in resume_mismatches(saved, train)]
-    if saved.get("shards_sha256") != manifest_sha256(train.shards):
+    if saved.get("shards_sha256") != manifest_sha256(train.shards[0]):
         changed.append("the shards were rebuilt")
     return changed
 

@@ -242,3 +242,32 @@ def test_sets_built_with_other_audio_settings_are_refused(built_shards, tmp_path
                              *TINY])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "other audio settings" in err[0] and "n_mels 64 vs 40" in err[0]
+
+
+@pytest.mark.unit
+def test_stream_seeds_are_the_same_in_every_process():
+    """The augmentation, shuffle and mix seeds must not depend on Python's per-process hash salt, or a run
+    resumed in a new process would draw other augmentations than the uninterrupted run."""
+    import os
+    import sys
+    code = ("from avemo.train.data import stream_seed, AUGMENT_STREAM, MIX_STREAM;"
+            "print(stream_seed(0, 3, 0, 1, AUGMENT_STREAM), stream_seed(5, 1, 2, 0, MIX_STREAM), stream_seed(1, 2))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env=dict(os.environ, PYTHONHASHSEED=str(h))).stdout for h in (1, 2, 3)}
+    assert len(outs) == 1 and len(set(outs.pop().split())) == 3
+    with pytest.raises(TypeError):
+        from avemo.train.data import stream_seed
+        stream_seed(1, "augment")  # type: ignore[arg-type]
+
+
+def test_a_resumed_mixed_run_equals_the_uninterrupted_one(built_shards, voices, tmp_path):
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    args = ["--shards", str(built_shards), "--shards", str(voices), *TINY, "optim.epochs=2", "data.weights=[1,1]",
+            "augment.speed=0.1", "augment.noise_p=0.5"]
+    assert command("train")([*args, "--run", str(full)]) == 0
+    assert command("train")([*args, "--run", str(parts), "stop_after_epochs=1"]) == 0
+    assert command("train")([*args, "--run", str(parts), "--resume"]) == 0
+    from avemo.train.checkpoint import load_checkpoint
+    a, b = load_checkpoint(full / "last.pt")["model"], load_checkpoint(parts / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)

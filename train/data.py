@@ -196,6 +196,18 @@ class SharedEpoch:
         return self.value.value
 
 
+AUGMENT_STREAM, MIX_STREAM = 1, 2   # tags that keep the seeded streams of one worker apart
+
+
+def stream_seed(*parts: int) -> int:
+    """A 32-bit seed from integers, the same in every process: a tuple of ints hashes without Python's
+    per-process string hash salt (PYTHONHASHSEED), so a run resumed in a new process draws what the
+    uninterrupted run drew."""
+    if not all(isinstance(p, int) for p in parts):
+        raise TypeError("stream_seed takes integers only (a str would hash differently in every process)")
+    return hash(tuple(parts)) & 0xFFFFFFFF
+
+
 def _epoch_of(epoch: int | SharedEpoch) -> int:
     return epoch.get_value() if isinstance(epoch, SharedEpoch) else epoch
 
@@ -215,7 +227,7 @@ class _EpochShardShuffle(wds.PipelineStage):
             self.current, self.passes = epoch, 0
             if torch.utils.data.get_worker_info() is not None:
                 rank, _, worker, _ = wds.utils.pytorch_worker_info()
-                torch.manual_seed(hash((self.seed, epoch, rank, worker, "augment")) & 0xFFFFFFFF)
+                torch.manual_seed(stream_seed(self.seed, epoch, rank, worker, AUGMENT_STREAM))
         rng = random.Random(self.seed * 1000 + epoch * 10 + self.passes)
         self.passes += 1
         return wds.filters._shuffle(src, self.n, self.n, rng)
@@ -225,7 +237,7 @@ def _seeded_shuffle(bufsize: int, seed: int, epoch: int | SharedEpoch):
     """Sample shuffle buffer seeded by (seed, epoch, rank, worker): reproducible, different per worker."""
     def stage(src):
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
-        rng = random.Random(hash((seed, _epoch_of(epoch), rank, worker)) & 0xFFFFFFFF)
+        rng = random.Random(stream_seed(seed, _epoch_of(epoch), rank, worker))
         return wds.shuffle(bufsize, min(bufsize, 100), rng=rng)(src)
     return stage
 
@@ -237,14 +249,10 @@ def effective_workers(n_shards: int, world: int, wanted: int) -> int:
     return min(wanted, n_shards // world)
 
 
-def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch, seed: int,
-                 world: int = 1, n_mels: int | None = None) -> tuple[wds.WebLoader, int]:
-    """The training stream; with a SharedEpoch it is built once and iterated once per epoch (set the epoch
-    first), its workers kept alive between epochs."""
-    workers = effective_workers(len(split.urls), world, data.workers)
-    steps = max(1, split.n_samples // (data.batch_size * world))
-    per_worker = math.ceil(steps / max(1, workers))
-    dataset = wds.DataPipeline(
+def _sample_stages(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch, seed: int,
+                   n_mels: int | None) -> list:
+    """shard list -> augmented samples: the stages of one set's training stream, before batching."""
+    return [
         wds.SimpleShardList(split.urls),
         _EpochShardShuffle(len(split.urls), seed, epoch),
         wds.split_by_node,
@@ -255,17 +263,34 @@ def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch
         wds.map(functools.partial(to_tensors, max_frames=data.max_frames, max_mel=data.max_mel_frames,
                                   random_crop=True, n_mels=n_mels), handler=skip_bad_sample),
         wds.map(functools.partial(augment_sample, cfg=aug)),
-        # partial: a worker whose pass over its shards holds fewer samples than a batch still yields one
-        # (otherwise its pass is empty and webdataset stops repeating it: a silently short epoch)
-        wds.batched(data.batch_size, collation_fn=collate, partial=True),
-    ).with_epoch(per_worker)
+    ]
+
+
+def _train_web_loader(dataset, workers: int, steps: int, data: DataConfig, epoch: int | SharedEpoch,
+                      seed: int) -> wds.WebLoader:
     loader = wds.WebLoader(dataset, batch_size=None, num_workers=workers,
                            persistent_workers=workers > 0 and isinstance(epoch, SharedEpoch),
                            pin_memory=data.pin_memory and torch.cuda.is_available(),
                            # the workers' base seed from a private generator: creating the loader (once,
                            # or again on resume) never draws from the training RNG
                            generator=torch.Generator().manual_seed(seed))
-    return loader.with_epoch(steps), steps
+    return loader.with_epoch(steps)
+
+
+def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch, seed: int,
+                 world: int = 1, n_mels: int | None = None) -> tuple[wds.WebLoader, int]:
+    """The training stream; with a SharedEpoch it is built once and iterated once per epoch (set the epoch
+    first), its workers kept alive between epochs."""
+    workers = effective_workers(len(split.urls), world, data.workers)
+    steps = max(1, split.n_samples // (data.batch_size * world))
+    per_worker = math.ceil(steps / max(1, workers))
+    dataset = wds.DataPipeline(
+        *_sample_stages(split, data, aug, epoch, seed, n_mels),
+        # partial: a worker whose pass over its shards holds fewer samples than a batch still yields one
+        # (otherwise its pass is empty and webdataset stops repeating it: a silently short epoch)
+        wds.batched(data.batch_size, collation_fn=collate, partial=True),
+    ).with_epoch(per_worker)
+    return _train_web_loader(dataset, workers, steps, data, epoch, seed), steps
 
 
 class MixedSets(torch.utils.data.IterableDataset):
@@ -280,7 +305,7 @@ class MixedSets(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
-        rng = random.Random(hash((self.seed, _epoch_of(self.epoch), rank, worker, 7)) & 0xFFFFFFFF)
+        rng = random.Random(stream_seed(self.seed, _epoch_of(self.epoch), rank, worker, MIX_STREAM))
         streams = [iter(source) for source in self.sources]
         weights = list(self.weights)
         while sum(weights) > 0:
@@ -306,20 +331,8 @@ def mixed_label_counts(splits: list[SplitShards], probs: list[float]) -> list[fl
 
 def _set_stream(split: SplitShards, index: int, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch,
                 seed: int, n_mels: int | None):
-    """One set's endless stream of augmented samples (the stages of train_loader, without batching)."""
-    set_seed = seed + 1009 * index
-    return wds.DataPipeline(
-        wds.SimpleShardList(split.urls),
-        _EpochShardShuffle(len(split.urls), set_seed, epoch),
-        wds.split_by_node,
-        wds.split_by_worker,
-        read_shards(split.urls),
-        listed_samples(split.listed),
-        _seeded_shuffle(data.shuffle_buffer, set_seed, epoch),
-        wds.map(functools.partial(to_tensors, max_frames=data.max_frames, max_mel=data.max_mel_frames,
-                                  random_crop=True, n_mels=n_mels), handler=skip_bad_sample),
-        wds.map(functools.partial(augment_sample, cfg=aug)),
-    ).repeat()
+    """One set's endless stream of augmented samples (train_loader's stages, without batching)."""
+    return wds.DataPipeline(*_sample_stages(split, data, aug, epoch, seed + 1009 * index, n_mels)).repeat()
 
 
 def mixed_train_loader(splits: list[SplitShards], data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch,
@@ -336,11 +349,7 @@ def mixed_train_loader(splits: list[SplitShards], data: DataConfig, aug: Augment
         MixedSets(sources, mix_weights(splits, data.weights), seed, epoch),
         wds.batched(data.batch_size, collation_fn=collate, partial=True),
     ).with_epoch(per_worker)
-    loader = wds.WebLoader(dataset, batch_size=None, num_workers=workers,
-                           persistent_workers=workers > 0 and isinstance(epoch, SharedEpoch),
-                           pin_memory=data.pin_memory and torch.cuda.is_available(),
-                           generator=torch.Generator().manual_seed(seed))
-    return loader.with_epoch(steps), steps
+    return _train_web_loader(dataset, workers, steps, data, epoch, seed), steps
 
 
 def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int = 16,

@@ -322,7 +322,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the small CI set")
     parser.add_argument("--seed", type=int, default=0)
     args, overrides = parser.parse_known_args(argv)
-    shards = prepare(Path(args.shared), Path(args.out), args.quick, args.seed, overrides=overrides)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        parser.error(f"unknown argument {bad[0]!r} (build overrides are key=value)")
+    from avemo.core.errors import AvemoError
+    try:
+        shards = prepare(Path(args.shared), Path(args.out), args.quick, args.seed, overrides=overrides)
+    except (AvemoError, OSError, subprocess.CalledProcessError) as exc:
+        print(f"real_data: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+              file=sys.stderr)
+        return 2
     for name, path in shards.items():
         print(name, counts(path))
     return 0

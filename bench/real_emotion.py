@@ -178,5 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> int:
+    """main(), with a project error (bad data, a wrong setting, a failed clip) as one line and exit 2."""
+    import subprocess
+    from avemo.core.errors import AvemoError
+    try:
+        return main(argv)
+    except (AvemoError, OSError, subprocess.CalledProcessError) as exc:
+        text = str(exc).strip()
+        print(f"real_emotion: {text.splitlines()[0] if text else type(exc).__name__}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

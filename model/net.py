@@ -2,8 +2,9 @@
 modality with masks (padding and frames without a face), modality-aware fusion, 7 logits.
 
 Shapes: faces (B, T, 3, 112, 112) uint8, face_mask (B, T) bool, mel (B, n_mels, F) float, mel_mask (B, F)
-bool -> logits (B, 7). Static shapes throughout (no packing, no boolean indexing) so the same module
-trains, compiles, and exports to ONNX / TorchScript.
+bool -> logits (B, 7). Static shapes throughout (no packing, no boolean indexing) when traced or compiled, so the same module
+trains, compiles, and exports to ONNX / TorchScript; in eager mode only frames with a face go through the face
+CNN (FaceEncoder.embed).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class ModelConfig:
     #                                              runs); "last": only its last face_train_blocks blocks learn
     face_train_blocks: int = 4                    # with face_trainable=last: how many of MobileFaceNet's 21 blocks
     n_mels: int = 64                              # mel bins: must match the shards' audio.n_mels
+    mel_norm: Literal["global", "utterance"] = "global"  # log-mel normalisation: train-set statistics per bin,
+    #                                              or each clip's own mean/std per bin (removes speaker/channel level)
     audio_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # audio CNN stage widths
     hidden: int = 128                             # LSTM hidden size per modality
     fusion_dim: int = 128                         # width of the fused clip embedding
@@ -58,11 +61,19 @@ class AudioEncoder(nn.Module):
         self.stride = 2 ** len(cfg.audio_channels)
         self.norm = nn.LayerNorm(inp)
         self.lstm = nn.LSTM(inp, cfg.hidden, batch_first=True)
+        self.utterance_norm = cfg.mel_norm == "utterance"
         self.register_buffer("mel_mean", torch.zeros(cfg.n_mels))
         self.register_buffer("mel_std", torch.ones(cfg.n_mels))
 
     def forward(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
-        x = (mel - self.mel_mean[:, None]) / self.mel_std[:, None]
+        if self.utterance_norm:   # per clip and bin, over its valid frames (cepstral mean/variance normalisation)
+            w = mel_mask.unsqueeze(1).to(mel.dtype)                  # (B, 1, F)
+            n = w.sum(2, keepdim=True).clamp(min=1.0)
+            mean = (mel * w).sum(2, keepdim=True) / n
+            std = (((mel - mean) ** 2 * w).sum(2, keepdim=True) / n).clamp(min=1e-4).sqrt()
+            x = (mel - mean) / std
+        else:
+            x = (mel - self.mel_mean[:, None]) / self.mel_std[:, None]
         x = x * mel_mask.unsqueeze(1).to(x.dtype)                   # (B, n_mels, F), padding = 0
         x = self.cnn(x.unsqueeze(1)).mean(2).transpose(1, 2)        # (B, F/8, C)
         mask = F.max_pool1d(mel_mask.unsqueeze(1).to(x.dtype), self.stride, self.stride, ceil_mode=False)
@@ -107,6 +118,10 @@ class FaceEncoder(nn.Module):
                 torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
             b, t = faces.shape[:2]
             index = face_mask.reshape(-1).nonzero().squeeze(1)
+            if self.training and self.trainable and index.numel() < 2:
+                # training BatchNorm needs >= 2 frames, and DDP a gradient for every trainable weight: run
+                # frames without a face too (their rows are ignored by pool())
+                index = torch.arange(min(2, b * t), device=faces.device)
             out = torch.zeros(b * t, MobileFaceNet.embedding_dim, device=faces.device)
             if index.numel():
                 emb = self.embed(faces.flatten(0, 1)[index][None])[0]

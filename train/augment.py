@@ -40,7 +40,8 @@ def augment_mel(mel: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
         return mel
     if cfg.speed:
         frames = max(1, round(mel.shape[-1] / _uniform(1 - cfg.speed, 1 + cfg.speed)))
-        mel = torch.nn.functional.interpolate(mel[None], size=frames, mode="linear", align_corners=False)[0]
+        stretched = torch.nn.functional.interpolate(mel[None], size=frames, mode="linear", align_corners=False)[0]
+        mel = stretched[:, : mel.shape[-1]]     # a slow-down keeps the clip's length (data.max_mel_frames holds)
     mel = mel + _uniform(-cfg.gain_db, cfg.gain_db) / 10.0 * math.log(10.0)
     if cfg.noise_p and float(torch.rand(())) < cfg.noise_p:
         snr_db = _uniform(cfg.noise_snr_db, cfg.noise_snr_db + 20.0)

@@ -38,6 +38,10 @@ log = logging.getLogger("avemo.data")
 MEL_PAD_MULTIPLE = 64  # pad mel length to a multiple of this: few distinct shapes for torch.compile
 
 
+class EmptySplitError(DataError):
+    """The manifest lists no ok sample for the split asked for."""
+
+
 class ShardList(list):
     """Shard paths or URLs. For URLs it also carries how to verify them while they stream (the manifest's
     sha256 per URL, corrupt_shards, storage options): the loaders below read it from here."""
@@ -75,7 +79,7 @@ def split_shards(shard_dir: str | Path, split: str, policy: Literal["stop", "ski
     table = read_manifest(shard_dir, options)
     expected = shards_for_split(table, split)
     if not expected:
-        raise DataError(f"no ok samples for split '{split}' in {storage.join(shard_dir, 'manifest.parquet')}")
+        raise EmptySplitError(f"no ok samples for split '{split}' in {storage.join(shard_dir, 'manifest.parquet')}")
     remote = storage.is_url(shard_dir)
     if remote:
         good = set(present_shards(str(shard_dir), expected, policy, log_fn, hint, options))
@@ -242,9 +246,9 @@ def _seeded_shuffle(bufsize: int, seed: int, epoch: int | SharedEpoch):
     return stage
 
 
-def effective_workers(n_shards: int, world: int, wanted: int) -> int:
+def effective_workers(n_shards: int, world: int, wanted: int, what: str = "") -> int:
     if n_shards < world:
-        raise ConfigError(f"{n_shards} shard(s) cannot feed {world} ranks: every rank needs at least one shard "
+        raise ConfigError(f"{what}{n_shards} shard(s) cannot feed {world} ranks: every rank needs at least one shard "
                          f"(rebuild with a smaller shards.max_clips, or use fewer ranks)")
     return min(wanted, n_shards // world)
 
@@ -341,7 +345,13 @@ def mixed_train_loader(splits: list[SplitShards], data: DataConfig, aug: Augment
     train samples together fill; every worker reads its share of every set's shards."""
     if len(splits) == 1:
         return train_loader(splits[0], data, aug, epoch, seed, world, n_mels)
-    workers = min(effective_workers(len(s.urls), world, data.workers) for s in splits)
+    per_set = [effective_workers(len(s.urls), world, data.workers, f"--shards set {i + 1}: ")
+               for i, s in enumerate(splits)]
+    workers = min(per_set)
+    if workers < data.workers:
+        log.warning("mixed loader: %d worker(s), not data.workers=%d: a worker reads every set, and set %d has "
+                    "%d shard(s) per rank", workers, data.workers, per_set.index(workers) + 1,
+                    len(splits[per_set.index(workers)].urls) // world)
     steps = max(1, sum(s.n_samples for s in splits) // (data.batch_size * world))
     per_worker = math.ceil(steps / max(1, workers))
     sources = [_set_stream(s, i, data, aug, epoch, seed, n_mels) for i, s in enumerate(splits)]

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from avemo.core.config import resolve_device
-from avemo.core.errors import ConfigError, DataError, TrainingError
+from avemo.core.errors import ConfigError, TrainingError
 from avemo.core.paths import writable_dir
 from avemo.core.memory import keep_heap
 from avemo.model.net import build_model, count_parameters, flops_per_clip
@@ -37,7 +37,7 @@ from avemo.shards.manifest import read_build_config
 from avemo.train.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, require_sections, rng_state,
                                     save_checkpoint, set_rng_state)
 from avemo.train.config import OptimConfig, TrainConfig
-from avemo.train.data import (SharedEpoch, SplitShards, eval_loader, mix_weights, mixed_label_counts, mixed_train_loader,
+from avemo.train.data import (EmptySplitError, SharedEpoch, SplitShards, eval_loader, mix_weights, mixed_label_counts, mixed_train_loader,
                               split_shards)
 from avemo.train.evaluate import predict, to_device, use_bf16
 from avemo.train.metrics import classification_metrics
@@ -157,7 +157,7 @@ def train_step(net, optimizer, scheduler, batch: dict, optim: OptimConfig, weigh
 
 # settings a resumed run must share with its checkpoint: the weights' shapes, and what the restored optimiser
 # and LR schedule were computed for (model.face_weights only seeds a new run: a resume loads every weight)
-RESUME_KEYS = [("data", "batch_size"), ("optim", None), ("model", None)]
+RESUME_KEYS = [("data", "batch_size"), ("data", "weights"), ("optim", None), ("model", None)]
 RESUME_FREE = {("model", "face_weights"), ("optim", "epochs")}   # epochs: the schedule is re-planned
 
 
@@ -175,6 +175,21 @@ def resume_mismatches(saved: dict, cfg: TrainConfig) -> list[str]:
             if old != now[section][key]:
                 changed.append(f"{section}.{key} {old!r} -> {now[section][key]!r}")
     return changed
+
+
+def check_same_sets(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    """A resume trains on the shard sets of its checkpoint, in the same order (the mix, its seeds, the class
+    weights, the steps per epoch and the set that picks best.pt all follow from them)."""
+    old = saved.get("shards") or []
+    old = [old] if isinstance(old, str) else list(old)
+    old_sha = str(saved.get("shards_sha256") or "").split(",")
+    new_sha = cfg.shards_sha256.split(",")
+    changed = [str(new) for new, a, b in zip(cfg.shards, old_sha, new_sha) if a and b and a != b]
+    if len(old) != len(cfg.shards) or changed:
+        what = (f"the data of --shards {', '.join(changed)} changed since (its manifest's sha256 differs)" if
+                len(old) == len(cfg.shards) else f"it was trained on {len(old)} shard set(s): {', '.join(map(str, old))}")
+        raise CheckpointError(f"cannot resume from {path}: {what}; resume with the same --shards in the same "
+                              f"order, or start a new run from its weights with --init-from {path}")
 
 
 def open_trackers(cfg: TrainConfig, run: Path, resume_step: int | None) -> Trackers:
@@ -220,6 +235,7 @@ def set_names(shards: list[str]) -> list[str]:
     names: list[str] = []
     for i, url in enumerate(shards):
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(url).rstrip("/").rsplit("/", 1)[-1]) or f"set{i}"
+        name = f"{name}_set" if name in ("best", "set") else name    # dev_best_weighted_f1 is the run's best
         names.append(name if name not in names else f"{name}_{i}")
     return names
 
@@ -236,8 +252,8 @@ def prepare_data(cfg: TrainConfig, log) -> tuple[list, list, dict]:
         trains.append(split_shards(shards, cfg.train_split, cfg.data.corrupt_shards, log_fn=log, options=options))
         try:
             evals.append(split_shards(shards, cfg.eval_split, cfg.data.corrupt_shards, log_fn=log, options=options))
-        except DataError as exc:
-            if i == 0 or "no ok samples" not in str(exc):
+        except EmptySplitError:
+            if i == 0:
                 raise
             log(f"note: {shards} has no {cfg.eval_split} samples: it is trained on, not scored")
             evals.append(None)
@@ -252,9 +268,9 @@ def prepare_data(cfg: TrainConfig, log) -> tuple[list, list, dict]:
     return trains, evals, builds[0]
 
 
-def init_weights(model, cfg: TrainConfig, say) -> None:
-    """--init-from: a new run starts from another run's model weights (its optimiser and step are not taken).
-    The two models must have the same shapes; the checkpoint's mel statistics come with its weights."""
+def init_source(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
+    """--init-from: the checkpoint and its model, checked before any work (a wrong path or other shapes is
+    one line before the run folder is touched). Its mel statistics come with its weights."""
     ckpt = load_checkpoint(cfg.init_from, cfg.data.storage_options)
     source = model_from_checkpoint(ckpt, cfg.init_from)     # its weights fit its own config: one line if not
     saved, now = asdict(source.cfg), asdict(cfg.model)
@@ -262,9 +278,17 @@ def init_weights(model, cfg: TrainConfig, say) -> None:
     if shape:
         raise CheckpointError(f"cannot start from {cfg.init_from}: its model has other shapes ("
                               + ", ".join(f"model.{k} {saved[k]!r} vs {now[k]!r}" for k in shape) + ")")
-    model.load_state_dict(source.state_dict())
+    return ckpt, source
+
+
+def init_weights(model, cfg: TrainConfig, source: tuple[dict, torch.nn.Module], say) -> None:
+    """A new run starts from another run's model weights (its optimiser and step are not taken)."""
+    ckpt, net = source
+    model.load_state_dict(net.state_dict())
+    trained_on = ckpt["config"].get("shards") or []
+    trained_on = [trained_on] if isinstance(trained_on, str) else trained_on   # checkpoints before multi-set
     say(f"model initialised from {cfg.init_from} (epoch {ckpt.get('epoch')}, trained on "
-        f"{', '.join(map(str, ckpt['config'].get('shards') or [])) or 'unknown shards'})")
+        f"{', '.join(map(str, trained_on)) or 'unknown shards'})")
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool = False) -> dict:
@@ -282,10 +306,15 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
     if ckpt is not None:
         require_sections(ckpt, ckpt_path)
         model_from_checkpoint(ckpt, ckpt_path)   # its weights fit its own config: one line, not a traceback
+        check_same_sets(ckpt["config"], cfg, ckpt_path)   # other sets first: their settings differ as a result
         changed = resume_mismatches(ckpt["config"], cfg)
         if changed:
             raise CheckpointError(f"cannot resume from {ckpt_path}: it was trained with other settings "
                                   f"({', '.join(changed)}); resume with its settings or start a new run")
+    init = init_source(cfg) if cfg.init_from and ckpt is None else None   # a resume takes RUN/last.pt instead
+    if len(cfg.shards_sha256.split(",")) != len(cfg.shards) and cfg.shards_sha256:
+        raise ConfigError(f"shards_sha256 lists {len(cfg.shards_sha256.split(','))} hash(es) for "
+                          f"{len(cfg.shards)} --shards set(s)")
     on_rank0(prepare_run_folder, run, resume, overwrite, say)
     if main_rank:
         say = tee(say, run / "train.log")
@@ -296,21 +325,21 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
     train_splits, eval_splits, build_config = on_rank0(prepare_data, cfg, say)
     names = set_names(list(cfg.shards))
     expected = cfg.shards_sha256.split(",") if cfg.shards_sha256 else [""] * len(cfg.shards)
-    if len(expected) != len(cfg.shards):
-        raise ConfigError(f"shards_sha256 lists {len(expected)} hash(es) for {len(cfg.shards)} --shards set(s)")
     shas = [on_rank0(manifest_sha256, shards) for shards in cfg.shards]
     for want, sha, shards in zip(expected, shas, cfg.shards):
         check_shards_hash(want, sha, shards)
     resolved = [sha or want for sha, want in zip(shas, expected)]
     cfg = replace(cfg, shards_sha256=",".join(resolved) if any(resolved) else "")  # RUN/config.yaml names the data
+    if ckpt is not None:
+        check_same_sets(ckpt["config"], cfg, ckpt_path)
     probs = mix_weights(train_splits, cfg.data.weights)
     train_samples = sum(s.n_samples for s in train_splits)
     if main_rank:
         write_run_config(run, cfg, world, str(device))
     model = build_model(cfg.model, log=say)
     state: dict = {"epoch": 0, "step": 0, "best": -1.0}
-    if ckpt is None and cfg.init_from:
-        init_weights(model, cfg, say)
+    if init is not None:
+        init_weights(model, cfg, init, say)
     elif ckpt is None:
         model.audio.mel_mean, model.audio.mel_std = on_rank0(mel_statistics, [s.urls for s in train_splits], cfg)
     else:

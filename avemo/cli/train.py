@@ -12,7 +12,8 @@ run folders: a new run needs an empty (or new) --run folder; an existing one is 
 (continue it; optim.epochs may grow) or --overwrite (start over: deletes its checkpoints and logs).
 several corpora: avemo train --shards paired --shards ravdess --shards fer data.weights=[2,1,1] --run R
 pre-train then fine-tune: avemo train --shards meld --init-from runs/pretrain/best.pt --run runs/meld
-RUN/config.yaml is a valid --config that reproduces the run (its train: section, every key resolved):
+RUN/config.yaml is a valid --config that reproduces the run (its train: section, every key resolved; give every
+--shards of the run again, in the same order):
   avemo train --shards S --run runs/b --config runs/a/config.yaml
 trackers: report_to=tensorboard,jsonl (default), wandb, mlflow (pip install 'avemo[wandb]' / 'avemo[mlflow]').
 multi-GPU / multi-node: torchrun --nproc_per_node=N -m avemo train --shards S --run-dir R ... (docs/scale.md)
@@ -31,8 +32,9 @@ def main(argv: list[str]) -> int:
                         help="folder or bucket URL (s3://b/meld) written by build-shards; repeat it to train on "
                              "several sets at once (mixed by data.weights; the first one's dev split picks best.pt)")
     parser.add_argument("--init-from", dest="init_from", default=None,
-                        help="start a new run from this checkpoint's model weights (e.g. a run pre-trained on "
-                             "other corpora); the optimiser and schedule start afresh")
+                        help="start a new run from this checkpoint's model weights and mel statistics (e.g. a run "
+                             "pre-trained on other corpora); the optimiser and schedule start afresh; ignored by "
+                             "--resume, which continues from RUN/last.pt")
     # --run-dir: the spelling to use under torchrun, whose argparse finds `--run` ambiguous (--run-path)
     parser.add_argument("--run", "--run-dir", dest="run",
                         help="output folder for checkpoints, config.yaml, metrics, logs and TensorBoard")

@@ -113,6 +113,27 @@ def test_only_frames_with_a_face_are_embedded_and_the_result_equals_the_dense_pa
 
 
 @pytest.mark.unit
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_utterance_mel_norm_ignores_a_clips_level_and_gain_and_its_padding():
+    """model.mel_norm=utterance: each clip's own per-bin mean/std over its valid frames, so a louder speaker
+    or another channel (a per-bin offset and scale of the log-mel) gives the same output; global does not."""
+    from avemo.model.net import AudioEncoder
+    torch.manual_seed(0)
+    mel, mask = torch.randn(2, 64, 80), torch.ones(2, 80, dtype=torch.bool)
+    mask[1, 50:] = False
+    shifted = mel * 1.7 + torch.randn(64, 1) * 3
+    shifted[1, :, 50:] = 99.0                                   # padding content must not matter
+    utt = AudioEncoder(ModelConfig(mel_norm="utterance")).eval()
+    glob = AudioEncoder(ModelConfig(mel_norm="global")).eval()
+    glob.load_state_dict(utt.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(utt(mel, mask), utt(shifted, mask), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(glob(mel, mask), glob(shifted, mask), atol=1e-2)
+        traced = torch.jit.trace(utt, (mel, mask))             # static shapes: exports like the global one
+        torch.testing.assert_close(traced(shifted, mask), utt(shifted, mask))
+
+
+@pytest.mark.unit
 def test_grey_speed_and_noise_augmentations():
     torch.manual_seed(0)
     faces = torch.randint(0, 255, (2, 3, 112, 112), dtype=torch.uint8)

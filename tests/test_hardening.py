@@ -74,6 +74,27 @@ def test_non_finite_loss_stops_the_run_and_saves_nothing(tiny_checkpoint, built_
     assert sha256_file(run / "last.pt") == before and not (run / "best.pt").exists()
 
 
+
+def test_a_run_that_stops_on_an_error_ends_its_tracker_run_failed(tiny_checkpoint, built_shards, tmp_path,
+                                                                     monkeypatch):
+    """The diverged resume above with report_to=mlflow on a real local file store: the MLflow run ends FAILED
+    (not left RUNNING forever), and the jsonl log is closed with what was logged."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                     for k, v in ckpt["model"].items()}
+    ckpt["config"]["optim"]["epochs"] = 2
+    run, uri = tmp_path / "run", f"file://{tmp_path / 'mlruns'}"
+    run.mkdir()
+    torch.save(ckpt, run / "last.pt")
+    with pytest.raises(TrainingError, match=r"loss of epoch 2 is nan"):
+        run_train(_train_cfg(built_shards, run, "optim.epochs=2", "report_to=jsonl,mlflow",
+                             f"tracker.mlflow_uri={uri}"), resume=True, log=lambda *a, **k: None)
+    from mlflow.tracking import MlflowClient
+    run_id = json.loads((run / "trackers.json").read_text())["mlflow"]["run_id"]
+    assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"
+    assert (run / "metrics.jsonl").read_text().endswith("\n")
+
 def _edited(src: Path, dest: Path, edit) -> Path:
     ckpt = torch.load(src, weights_only=True)
     edit(ckpt)

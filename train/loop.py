@@ -393,58 +393,63 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
                                cfg.data.max_frames, cfg.data.max_mel_frames, persistent=True,
                                n_mels=cfg.model.n_mels, listed=split.listed)
                    if main_rank and split is not None else None for i, split in enumerate(eval_splits)]
-    for epoch in range(state["epoch"], end_epoch):
-        net.train()
-        shared_epoch.set_value(epoch)
-        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not main_rank,
-                   dynamic_ncols=True)
-        # running sums stay on the device: reading them (.item()) waits for the device, so that happens
-        # only every log_every steps (rank 0) and at the end of the epoch
-        seen, t0 = 0, time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        for batch in bar:
-            batch = to_device(batch, device)
-            loss, logits, grad_norm = train_step(net, optimizer, scheduler, batch, cfg.optim, weights, autocast)
-            state["step"] += 1
-            n = batch["label"].shape[0]
-            seen += n
-            loss_sum += loss.detach().double() * n
-            correct += (logits.detach().argmax(1) == batch["label"]).sum()
-            if logger is not None and state["step"] % cfg.log_every == 0:
-                step_loss, norm, loss_total, n_correct = torch.stack(
-                    [loss.detach().double(), grad_norm.detach().double(), loss_sum, correct.double()]).tolist()
-                logger.log(state["step"], loss=step_loss, lr=scheduler.get_last_lr()[0], grad_norm=norm)
-                bar.set_postfix(loss=f"{loss_total / seen:.3f}", acc=f"{n_correct / seen:.3f}")
-        elapsed = time.perf_counter() - t0
-        loss_total, n_correct = loss_sum.item(), int(correct.item())
-        check_epoch(epoch + 1, seen, loss_total)   # before anything is saved: no broken or untrained best.pt
-        state["epoch"] = epoch + 1
-        record = {"epoch": state["epoch"], "train_loss": loss_total / max(1, seen),
-                  "train_acc": n_correct / max(1, seen), "samples_per_s": seen * world / max(elapsed, 1e-9)}
-        if main_rank and (state["epoch"] % cfg.eval_every == 0 or state["epoch"] == cfg.optim.epochs):
-            metrics = evaluate_split(model, eval_splits[0], cfg, device, dev_loaders[0])
-            record.update({f"{cfg.eval_split}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")})
-            for i, (name, split) in enumerate(zip(names, eval_splits)):
-                if len(names) > 1 and split is not None:     # every set scored; the first picks best.pt
-                    m = metrics if i == 0 else evaluate_split(model, split, cfg, device, dev_loaders[i])
-                    record.update({f"{cfg.eval_split}_{name}_{k}": m[k] for k in ("accuracy", "weighted_f1")})
-            if metrics["weighted_f1"] > state["best"]:
-                state["best"] = metrics["weighted_f1"]
-                record["best"] = True
-            record[f"{cfg.eval_split}_best_weighted_f1"] = state["best"]
-        if main_rank:
-            payload = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                           scheduler=scheduler.state_dict(), rng=rng_state(), config=asdict(cfg),
-                           build=build_config, **state)
-            if record.get("best"):   # best.pt first: last.pt never records a best score that no best.pt holds
-                save_checkpoint(run / "best.pt", **payload)
-            save_checkpoint(ckpt_path, **payload)
-            if logger is not None:
-                logger.log(state["step"], **record)
-            say(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
-        if world > 1:
-            dist.barrier()
+    try:
+        for epoch in range(state["epoch"], end_epoch):
+            net.train()
+            shared_epoch.set_value(epoch)
+            bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not main_rank,
+                       dynamic_ncols=True)
+            # running sums stay on the device: reading them (.item()) waits for the device, so that happens
+            # only every log_every steps (rank 0) and at the end of the epoch
+            seen, t0 = 0, time.perf_counter()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            for batch in bar:
+                batch = to_device(batch, device)
+                loss, logits, grad_norm = train_step(net, optimizer, scheduler, batch, cfg.optim, weights, autocast)
+                state["step"] += 1
+                n = batch["label"].shape[0]
+                seen += n
+                loss_sum += loss.detach().double() * n
+                correct += (logits.detach().argmax(1) == batch["label"]).sum()
+                if logger is not None and state["step"] % cfg.log_every == 0:
+                    step_loss, norm, loss_total, n_correct = torch.stack(
+                        [loss.detach().double(), grad_norm.detach().double(), loss_sum, correct.double()]).tolist()
+                    logger.log(state["step"], loss=step_loss, lr=scheduler.get_last_lr()[0], grad_norm=norm)
+                    bar.set_postfix(loss=f"{loss_total / seen:.3f}", acc=f"{n_correct / seen:.3f}")
+            elapsed = time.perf_counter() - t0
+            loss_total, n_correct = loss_sum.item(), int(correct.item())
+            check_epoch(epoch + 1, seen, loss_total)   # before anything is saved: no broken or untrained best.pt
+            state["epoch"] = epoch + 1
+            record = {"epoch": state["epoch"], "train_loss": loss_total / max(1, seen),
+                      "train_acc": n_correct / max(1, seen), "samples_per_s": seen * world / max(elapsed, 1e-9)}
+            if main_rank and (state["epoch"] % cfg.eval_every == 0 or state["epoch"] == cfg.optim.epochs):
+                metrics = evaluate_split(model, eval_splits[0], cfg, device, dev_loaders[0])
+                record.update({f"{cfg.eval_split}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")})
+                for i, (name, split) in enumerate(zip(names, eval_splits)):
+                    if len(names) > 1 and split is not None:     # every set scored; the first picks best.pt
+                        m = metrics if i == 0 else evaluate_split(model, split, cfg, device, dev_loaders[i])
+                        record.update({f"{cfg.eval_split}_{name}_{k}": m[k] for k in ("accuracy", "weighted_f1")})
+                if metrics["weighted_f1"] > state["best"]:
+                    state["best"] = metrics["weighted_f1"]
+                    record["best"] = True
+                record[f"{cfg.eval_split}_best_weighted_f1"] = state["best"]
+            if main_rank:
+                payload = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                               scheduler=scheduler.state_dict(), rng=rng_state(), config=asdict(cfg),
+                               build=build_config, **state)
+                if record.get("best"):   # best.pt first: last.pt never records a best score that no best.pt holds
+                    save_checkpoint(run / "best.pt", **payload)
+                save_checkpoint(ckpt_path, **payload)
+                if logger is not None:
+                    logger.log(state["step"], **record)
+                say(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+            if world > 1:
+                dist.barrier()
+    except BaseException as exc:   # Ctrl-C, a kill signal turned exception, a diverged loss: the tracker runs end
+        if logger is not None:     # marked KILLED/FAILED, not left RUNNING
+            logger.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     if logger is not None:
         logger.close()
     if world > 1:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from avemo.core.atomic import atomic_write_bytes
 from avemo.core.errors import ConfigError
+
+log = logging.getLogger("avemo.trackers")
 
 EXTRAS = {"wandb": "wandb", "mlflow": "mlflow"}    # tracker -> the module it needs (pip install 'avemo[NAME]')
 
@@ -71,7 +74,7 @@ class JsonlTracker:
         self.fh.write(json.dumps({"step": step, "time": round(time.time(), 3), **record}) + "\n")
         self.fh.flush()
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         self.fh.close()
 
 
@@ -95,7 +98,7 @@ class TensorBoardTracker:
             self.tb.add_scalar(key, value, step)
         self.tb.flush()
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         self.tb.close()
 
 
@@ -122,8 +125,8 @@ class WandbTracker:
             if key.startswith("test/"):
                 self.run.summary[key] = value
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, status: str = "FINISHED") -> None:
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
 
 
 class MlflowTracker:
@@ -158,8 +161,8 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
 
 
 TRACKERS = {"jsonl": JsonlTracker, "tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": MlflowTracker}
@@ -189,9 +192,13 @@ class Trackers:
         for t in self.trackers:
             t.log(step, record, metrics)
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
+        """End every tracker run: FINISHED, or FAILED / KILLED (MLflow's run states; W&B gets exit code 1)."""
         for t in self.trackers:
-            t.close()
+            try:
+                t.close(status)
+            except Exception as exc:   # one tracker's failure to close (a server gone) must not hide the others
+                log.warning("report_to: closing %s failed: %s", type(t).__name__, exc)
 
 
 def parse_report_to(text: str) -> list[str]:

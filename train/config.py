@@ -104,6 +104,7 @@ class TrainConfig:
     log_every: int = 20                                # steps between metric lines
     eval_every: int = 1                                # epochs between dev evaluations (best.pt)
     stop_after_epochs: int = 0                         # end this run early (tests, time-boxed jobs); 0 = never
+    dist_timeout_min: float = 60.0                     # DDP: how long ranks wait for rank 0 (dev scoring, hashing)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -120,6 +121,7 @@ class TrainConfig:
               (DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
               (self.log_every >= 1, "log_every must be >= 1"), (self.eval_every >= 1, "eval_every must be >= 1"),
               (self.stop_after_epochs >= 0, "stop_after_epochs must be >= 0 (0 = never)"),
+              (self.dist_timeout_min > 0, "dist_timeout_min must be > 0"),
               (not self.data.weights or len(self.data.weights) == len(self.shards),
                f"data.weights has {len(self.data.weights)} value(s) for {len(self.shards)} --shards set(s)"),
               (len(set(self.shards)) == len(self.shards), "the same --shards folder is given twice"))

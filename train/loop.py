@@ -9,6 +9,7 @@ re-planned over the new total (the LR at step s is what a run started with the n
 """
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -45,7 +46,7 @@ from avemo.train.runs import check_shards_hash, flat_config, manifest_sha256, pr
 from avemo.train.trackers import Trackers, check_available, parse_report_to
 
 
-def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+def setup_distributed(device_name: str, timeout_min: float = 60.0) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = resolve_device(device_name)
@@ -53,7 +54,10 @@ def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # the other ranks wait at a barrier while rank 0 hashes the shards and scores every set's dev split:
+        # NCCL's 10-minute default would kill a run with large or several dev sets
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_min))
     return rank, world, device
 
 
@@ -292,7 +296,7 @@ def init_weights(model, cfg: TrainConfig, source: tuple[dict, torch.nn.Module], 
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool = False) -> dict:
-    rank, world, device = setup_distributed(cfg.device)
+    rank, world, device = setup_distributed(cfg.device, cfg.dist_timeout_min)
     check_available(parse_report_to(cfg.report_to))
     if device.type == "cpu":
         keep_heap()  # 2x faster CPU steps: activations are not page-faulted in again every step (avemo/memory.py)

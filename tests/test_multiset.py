@@ -113,6 +113,25 @@ def test_only_frames_with_a_face_are_embedded_and_the_result_equals_the_dense_pa
 
 
 @pytest.mark.unit
+def test_every_pass_of_an_epoch_is_shuffled_anew_and_a_rerun_shuffles_alike():
+    """A set that a mix repeats within an epoch (or a worker holding one shard) gets a new shard order and
+    a new sample order on every pass; the same (seed, epoch, pass) gives the same order in a new process,
+    and the shard order is the same on every rank and worker (they split the list after it)."""
+    from avemo.train.data import SharedEpoch, _EpochShardShuffle, _SeededShuffle
+    epoch = SharedEpoch(3)
+    for stage_of in (lambda: _SeededShuffle(1000, 7, epoch), lambda: _EpochShardShuffle(40, 7, epoch)):
+        first, again = stage_of(), stage_of()
+        passes = [list(first.run(iter(range(40)))) for _ in range(12)]     # more passes than the old seed's 10
+        assert all(sorted(p) == list(range(40)) for p in passes)
+        assert len({tuple(p) for p in passes}) == 12
+        assert list(again.run(iter(range(40)))) == passes[0]
+        epoch.set_value(4)                                                 # a new epoch: new orders, pass 0 again
+        next_epoch = list(first.run(iter(range(40))))
+        assert next_epoch not in passes and next_epoch == list(stage_of().run(iter(range(40))))
+        epoch.set_value(3)
+
+
+@pytest.mark.unit
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 def test_utterance_mel_norm_ignores_a_clips_level_and_gain_and_its_padding():
     """model.mel_norm=utterance: each clip's own per-bin mean/std over its valid frames, so a louder speaker

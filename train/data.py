@@ -200,7 +200,7 @@ class SharedEpoch:
         return self.value.value
 
 
-AUGMENT_STREAM, MIX_STREAM = 1, 2   # tags that keep the seeded streams of one worker apart
+AUGMENT_STREAM, MIX_STREAM, SHARD_STREAM, SAMPLE_STREAM = 1, 2, 3, 4   # tags that keep the seeded streams apart
 
 
 def stream_seed(*parts: int) -> int:
@@ -217,8 +217,9 @@ def _epoch_of(epoch: int | SharedEpoch) -> int:
 
 
 class _EpochShardShuffle(wds.PipelineStage):
-    """wds.detshuffle over the shard list, seeded seed*1000 + epoch*10 + pass, the epoch read when a pass
-    starts (a new epoch restarts the pass count). In a worker, the first pass of an epoch also seeds
+    """wds.detshuffle over the shard list, seeded by (seed, epoch, pass): the same order on every rank and
+    worker (split_by_node/split_by_worker come after it), another order for every pass of a set that a mix
+    repeats within an epoch; the epoch is read when a pass starts (a new epoch restarts the pass count). In a worker, the first pass of an epoch also seeds
     torch's RNG (the augmentation draws) from (seed, epoch, rank, worker), so a resumed run draws the
     same augmentations as an uninterrupted one although its workers were started at another epoch."""
 
@@ -232,18 +233,26 @@ class _EpochShardShuffle(wds.PipelineStage):
             if torch.utils.data.get_worker_info() is not None:
                 rank, _, worker, _ = wds.utils.pytorch_worker_info()
                 torch.manual_seed(stream_seed(self.seed, epoch, rank, worker, AUGMENT_STREAM))
-        rng = random.Random(self.seed * 1000 + epoch * 10 + self.passes)
+        rng = random.Random(stream_seed(self.seed, epoch, self.passes, SHARD_STREAM))
         self.passes += 1
         return wds.filters._shuffle(src, self.n, self.n, rng)
 
 
-def _seeded_shuffle(bufsize: int, seed: int, epoch: int | SharedEpoch):
-    """Sample shuffle buffer seeded by (seed, epoch, rank, worker): reproducible, different per worker."""
-    def stage(src):
+class _SeededShuffle(wds.PipelineStage):
+    """Sample shuffle buffer seeded by (seed, epoch, rank, worker, pass): reproducible, different per worker
+    and per pass (a worker with one shard, repeated by a mix, would otherwise yield the same order again)."""
+
+    def __init__(self, bufsize: int, seed: int, epoch: int | SharedEpoch):
+        self.bufsize, self.seed, self.epoch, self.current, self.passes = bufsize, seed, epoch, None, 0
+
+    def run(self, src):
+        epoch = _epoch_of(self.epoch)
+        if epoch != self.current:
+            self.current, self.passes = epoch, 0
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
-        rng = random.Random(stream_seed(seed, _epoch_of(epoch), rank, worker))
-        return wds.shuffle(bufsize, min(bufsize, 100), rng=rng)(src)
-    return stage
+        rng = random.Random(stream_seed(self.seed, epoch, rank, worker, self.passes, SAMPLE_STREAM))
+        self.passes += 1
+        return wds.shuffle(self.bufsize, min(self.bufsize, 100), rng=rng)(src)
 
 
 def effective_workers(n_shards: int, world: int, wanted: int, what: str = "") -> int:
@@ -263,7 +272,7 @@ def _sample_stages(split: SplitShards, data: DataConfig, aug: AugmentConfig, epo
         wds.split_by_worker,
         read_shards(split.urls),
         listed_samples(split.listed),
-        _seeded_shuffle(data.shuffle_buffer, seed, epoch),
+        _SeededShuffle(data.shuffle_buffer, seed, epoch),
         wds.map(functools.partial(to_tensors, max_frames=data.max_frames, max_mel=data.max_mel_frames,
                                   random_crop=True, n_mels=n_mels), handler=skip_bad_sample),
         wds.map(functools.partial(augment_sample, cfg=aug)),

@@ -2,9 +2,9 @@
 modality with masks (padding and frames without a face), modality-aware fusion, 7 logits.
 
 Shapes: faces (B, T, 3, 112, 112) uint8, face_mask (B, T) bool, mel (B, n_mels, F) float, mel_mask (B, F)
-bool -> logits (B, 7). Static shapes throughout (no packing, no boolean indexing) when traced or compiled, so the same module
-trains, compiles, and exports to ONNX / TorchScript; in eager mode only frames with a face go through the face
-CNN (FaceEncoder.embed).
+bool -> logits (B, 7). Static shapes throughout (no packing, no boolean indexing) when traced or compiled,
+so the same module trains, compiles, and exports to ONNX / TorchScript; in eager mode only frames with a
+face go through the face CNN (FaceEncoder.embed).
 """
 from __future__ import annotations
 
@@ -31,8 +31,7 @@ class ModelConfig:
     #                                              runs); "last": only its last face_train_blocks blocks learn
     face_train_blocks: int = 4                    # with face_trainable=last: how many of MobileFaceNet's 21 blocks
     n_mels: int = 64                              # mel bins: must match the shards' audio.n_mels
-    mel_norm: Literal["global", "utterance"] = "global"  # log-mel normalisation: train-set statistics per bin,
-    #                                              or each clip's own mean/std per bin (removes speaker/channel level)
+    mel_norm: Literal["global", "utterance"] = "global"  # log-mel scaling: train set's or each clip's per-bin mean/std
     audio_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # audio CNN stage widths
     hidden: int = 128                             # LSTM hidden size per modality
     fusion_dim: int = 128                         # width of the fused clip embedding

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,12 @@ SHARED = Path(os.environ.get("AVEMO_SHARED", REPO.parent / "shared")).resolve()
 
 
 HAVE_SHARED = (SHARED / "weights").is_dir()
+
+# Ctrl-C tests need SIGINT to reach Python: a suite started in the background of a non-interactive shell
+# (`make test &`, nohup) inherits SIGINT ignored, which every child would inherit too (ignored signals
+# survive exec). Restore Python's handler, as a terminal gives it; children then start with the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_configure(config):

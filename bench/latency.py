@@ -43,7 +43,7 @@ STAGES = ["wait", "detect", "crop", "mel", "embed", "model"]
 def make_checkpoint(folder: Path) -> Path:
     from avemo.core.config import load_config
     from avemo.model.net import build_model
-    from avemo.train.checkpoint import save_checkpoint
+    from avemo.model.checkpoint import save_checkpoint
     from avemo.train.config import TrainConfig
     cfg = load_config(TrainConfig, "train", common.REPO / "configs" / "meld.yaml", ["model.face_weights=auto"])
     net = build_model(cfg.model, log=lambda *_: None)
@@ -59,7 +59,7 @@ def real_window(clip: Path, max_frames: int) -> dict:
     from avemo.pipeline.config import BuildConfig
     from avemo.pipeline.faces import get_detector, speaker_faces
     from avemo.inference.stream import StreamDecoder, probe_input, resolve_inputs, stream_plan
-    from avemo.train.data import collate
+    from avemo.model.inputs import collate
     cfg = BuildConfig()
     inp = resolve_inputs([str(clip)])[0]
     probe, head = probe_input(inp)
@@ -78,7 +78,7 @@ def real_window(clip: Path, max_frames: int) -> dict:
 def model_latency(ckpt: Path, onnx_path: Path, w: dict, threads: int, repeats: int, inner: int) -> dict:
     import torch
     from avemo.inference.runtime import load_runner
-    from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from avemo.model.checkpoint import load_checkpoint, model_from_checkpoint
     torch.set_num_threads(threads)
     net = model_from_checkpoint(load_checkpoint(ckpt))
     torch_runner, onnx_runner = load_runner(ckpt, "torch", threads), load_runner(onnx_path, "onnx", threads)
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
         ckpt = Path(args.checkpoint) if args.checkpoint else make_checkpoint(tmp)
         from avemo.inference.export import export
         onnx_path = export(ckpt, "onnx", tmp / "model.onnx")
-        from avemo.train.checkpoint import load_checkpoint
+        from avemo.model.checkpoint import load_checkpoint
         max_frames = load_checkpoint(ckpt)["config"]["data"]["max_frames"]
         print("model latency (batch 1, one 2 s window) ...")
         model = model_latency(ckpt, onnx_path, real_window(clip, max_frames), args.threads, args.model_repeats,

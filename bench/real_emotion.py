@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     import real_data
     from avemo.core.atomic import atomic_write_bytes
     from avemo.model.net import count_parameters
-    from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from avemo.model.checkpoint import load_checkpoint, model_from_checkpoint
     overrides = [*(QUICK_TRAIN if args.quick else []), *overrides]
     record = new_record(args)
     record.update(machine=machine(), load={"before": loadavg()}, config=args.config, overrides=overrides)

@@ -94,7 +94,7 @@ class SeedClips(torch.utils.data.Dataset):
 def seed_loader(shards: Path, batch: int, workers: int, max_frames: int, n: int):
     from avemo.pipeline.faces import get_detector
     from avemo.shards.manifest import read_manifest
-    from avemo.train.data import collate
+    from avemo.model.inputs import collate
     rows = [r for r in read_manifest(shards).select(["split", "status", "source", "label"]).to_pylist()
             if r["split"] == "train" and r["status"] == "ok"][:n]
     data = SeedClips([(r["source"], r["label"]) for r in rows], get_detector(common.seed_face_config()),

@@ -19,7 +19,7 @@ from conftest import command
 export_main = command("export")
 from avemo.inference.runtime import OnnxRunner, TorchRunner, load_runner
 from avemo.shards.labels import EMOTIONS
-from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
+from avemo.model.checkpoint import load_checkpoint, model_from_checkpoint
 from avemo.train.data import eval_loader, split_shards
 
 ATOL = 1e-4   # float32 graph vs eager: measured ~1e-7 on these inputs

@@ -18,7 +18,7 @@ import webdataset as wds
 from avemo.core.config import load_config
 from avemo.core.errors import CheckpointError, TrainingError
 from avemo.shards.manifest import make_table, sha256_file, write_table
-from avemo.train.checkpoint import load_checkpoint
+from avemo.model.checkpoint import load_checkpoint
 from avemo.train.config import TrainConfig
 from avemo.train.loop import run_train
 
@@ -112,7 +112,7 @@ def _edited(src: Path, dest: Path, edit) -> Path:
 def test_checkpoint_that_does_not_fit_is_refused_in_one_line(tiny_checkpoint, tmp_path, edit, message):
     """load_checkpoint + model_from_checkpoint: what train --resume, evaluate, predict and export all call
     before their work."""
-    from avemo.train.checkpoint import model_from_checkpoint
+    from avemo.model.checkpoint import model_from_checkpoint
     path = _edited(tiny_checkpoint, tmp_path / "bad.pt", edit)
     with pytest.raises(CheckpointError, match=message) as info:
         model_from_checkpoint(load_checkpoint(path), path)

@@ -104,7 +104,7 @@ def test_disk_full_while_saving_checkpoints_leaves_every_file_consistent(tiny_ch
         assert not [p for p in run.iterdir() if TMP_MARK in p.name]
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]  # all whole
         assert records
-        from avemo.train.checkpoint import load_checkpoint
+        from avemo.model.checkpoint import load_checkpoint
         if (run / "last.pt").exists():
             last = load_checkpoint(run / "last.pt")
             assert last["best"] < 0 or load_checkpoint(run / "best.pt")["best"] == last["best"]

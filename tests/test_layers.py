@@ -46,6 +46,17 @@ def test_import_contract_catches_an_upward_import(tmp_path):
     assert result.returncode != 0 and "avemo.core.errors -> avemo.train.loop" in result.stdout, result.stdout
 
 
+@pytest.mark.unit
+def test_import_contract_keeps_inference_off_the_training_package(tmp_path):
+    """Inference reads a model through avemo.model (inputs, checkpoints), never through avemo.train: a
+    predict-only install or runtime must not need the training loop's loaders, trackers and optimisers."""
+    stage = _staged(tmp_path)
+    predict = stage / "avemo" / "inference" / "predict.py"
+    predict.write_text(predict.read_text() + "\nimport avemo.train.data  # noqa\n")
+    result = _run([str(BIN / "lint-imports"), str(stage / "pyproject.toml")], stage, PYTHONPATH=str(stage))
+    assert result.returncode != 0 and "avemo.inference.predict -> avemo.train.data" in result.stdout, result.stdout
+
+
 def test_type_check_passes(tmp_path):
     stage = _staged(tmp_path)
     result = _run([str(BIN / "mypy"), "-p", "avemo"], stage, MYPYPATH=str(stage))

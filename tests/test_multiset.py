@@ -264,7 +264,7 @@ def test_the_mixed_stream_holds_samples_of_every_weighted_set_and_none_of_a_zero
 
 
 def test_init_from_starts_a_new_run_from_another_runs_weights(mixed_run, built_shards, tmp_path):
-    from avemo.train.checkpoint import load_checkpoint
+    from avemo.model.checkpoint import load_checkpoint
     source = load_checkpoint(mixed_run / "best.pt")["model"]
     run = tmp_path / "finetune"
     # a learning rate too small to move the weights: after an epoch they are still the source's
@@ -321,7 +321,7 @@ def test_a_resumed_mixed_run_equals_the_uninterrupted_one(built_shards, voices, 
     assert command("train")([*args, "--run", str(full)]) == 0
     assert command("train")([*args, "--run", str(parts), "stop_after_epochs=1"]) == 0
     assert command("train")([*args, "--run", str(parts), "--resume"]) == 0
-    from avemo.train.checkpoint import load_checkpoint
+    from avemo.model.checkpoint import load_checkpoint
     a, b = load_checkpoint(full / "last.pt")["model"], load_checkpoint(parts / "last.pt")["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)

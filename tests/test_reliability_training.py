@@ -22,7 +22,7 @@ import torch
 
 from badmedia import REPO, avemo, hidden_temporaries, kill_group, start_group, wait_for
 from avemo.shards.manifest import make_table, sha256_file, write_table
-from avemo.train.checkpoint import load_checkpoint
+from avemo.model.checkpoint import load_checkpoint
 
 from tiny_model import TINY as TINY_BASE
 
@@ -249,7 +249,7 @@ def test_train_sigkilled_mid_epoch_resumes_to_the_same_state(built_shards, refer
 
 SAVER = """
 import sys, torch
-from avemo.train.checkpoint import save_checkpoint
+from avemo.model.checkpoint import save_checkpoint
 weights = torch.zeros(8_000_000)                           # 32 MB: a save takes a while
 for step in range(1, 10**9):
     weights.fill_(step)

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import command
 from avemo.core.atomic import sha256_file
-from avemo.train.checkpoint import load_checkpoint
+from avemo.model.checkpoint import load_checkpoint
 
 TINY = ["device=cpu", "data.batch_size=4", "data.workers=0", "data.max_frames=4", "data.max_mel_frames=300",
         "model.face_trainable=none", "model.face_weights=auto", "data.shuffle_buffer=16", "log_every=1"]

@@ -12,9 +12,10 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from avemo.core.config import load_config
 from avemo.model.net import AVEmotionNet, ModelConfig, count_parameters, flops_per_clip
 from avemo.shards.labels import EMOTIONS
-from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
+from avemo.model.checkpoint import load_checkpoint, model_from_checkpoint
 from avemo.train.config import EvalConfig, TrainConfig
-from avemo.train.data import collate, crop_mel, eval_loader, frame_indices, split_shards, to_tensors, train_loader
+from avemo.model.inputs import collate, crop_mel, frame_indices, to_tensors
+from avemo.train.data import eval_loader, split_shards, train_loader
 from avemo.train.evaluate import MODES, predict, run_evaluate
 from avemo.train.loop import class_weights, make_optimizer, run_train
 from avemo.train.metrics import classification_metrics

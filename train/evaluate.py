@@ -19,7 +19,7 @@ from avemo.core.errors import ConfigError
 from avemo.core.logfile import tee
 from avemo.shards.labels import EMOTIONS
 from avemo.shards.manifest import write_table
-from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
+from avemo.model.checkpoint import load_checkpoint, model_from_checkpoint
 from avemo.train.config import EvalConfig
 from avemo.core.paths import writable_dir
 from avemo.train.data import eval_loader, split_shards

@@ -29,14 +29,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from avemo.core.config import resolve_device
-from avemo.core.errors import ConfigError, TrainingError
+from avemo.core.errors import CheckpointError, ConfigError, TrainingError
 from avemo.core.paths import writable_dir
 from avemo.core.memory import keep_heap
 from avemo.model.net import build_model, count_parameters, flops_per_clip
 from avemo.core.logfile import tee
 from avemo.shards.manifest import read_build_config
-from avemo.train.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, require_sections, rng_state,
-                                    save_checkpoint, set_rng_state)
+from avemo.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from avemo.train.checkpoint import require_sections, rng_state, set_rng_state
 from avemo.train.config import OptimConfig, TrainConfig
 from avemo.train.data import (EmptySplitError, SharedEpoch, SplitShards, eval_loader, mix_weights, mixed_label_counts, mixed_train_loader,
                               split_shards)

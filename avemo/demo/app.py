@@ -100,7 +100,7 @@ def training_changes(train: TrainConfig) -> list[str]:
     last = Path(train.run) / "last.pt"
     if not last.is_file():
         return []
-    from avemo.train.checkpoint import load_checkpoint
+    from avemo.model.checkpoint import load_checkpoint
     from avemo.train.loop import resume_mismatches
     from avemo.train.runs import manifest_sha256
     saved = load_checkpoint(last)["config"]

@@ -128,7 +128,7 @@ WRITERS = {"onnx": to_onnx_bytes, "torchscript": to_torchscript_bytes}
 
 def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> Path | str:
     """checkpoint and out: local paths or URLs (avemo.core.storage)."""
-    from avemo.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from avemo.model.checkpoint import load_checkpoint, model_from_checkpoint
     if not out:   # beside the checkpoint; a URL keeps its "//" (Path would fold it)
         out = (str(checkpoint).rsplit(".", 1)[0] + FORMATS[fmt] if storage.is_url(checkpoint)
                else Path(checkpoint).with_suffix(FORMATS[fmt]))

@@ -111,7 +111,7 @@ class WindowPredictor:
     def _mel(self, audio: np.ndarray | None):
         import torch
         from avemo.pipeline.audio import log_mel
-        from avemo.train.data import crop_mel
+        from avemo.model.inputs import crop_mel
         if audio is None or not len(audio):
             return torch.zeros((self.cfg.audio.n_mels, 0))
         mel = torch.from_numpy(log_mel(audio, self.rate, self.cfg.audio).astype(np.float32))
@@ -119,7 +119,7 @@ class WindowPredictor:
 
     def _probs(self, mask: np.ndarray, emb: np.ndarray, mel) -> np.ndarray:
         import torch
-        from avemo.train.data import collate
+        from avemo.model.inputs import collate
         t = max(1, len(mask))    # the model needs one time step; an all-False mask means "no face"
         # collate pads the mel exactly as training and evaluation batches are padded; faces are not used
         batch = collate([{"key": "", "label": -1, "faces": torch.zeros((t, 3, 1, 1), dtype=torch.uint8),
@@ -141,8 +141,8 @@ class WindowPredictor:
             tick = now
 
         ids, frames = window.frame_ids, window.frames
-        if len(ids) > self.max_frames:   # as in training (train.data.to_tensors): frames spread over the window
-            from avemo.train.data import frame_indices
+        if len(ids) > self.max_frames:   # as in training (avemo.model.inputs.to_tensors): frames spread over the window
+            from avemo.model.inputs import frame_indices
             keep = frame_indices(len(ids), self.max_frames)
             ids, frames = ids[keep], frames[keep]
         mask, emb = self._faces(ids, frames, lap)

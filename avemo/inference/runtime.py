@@ -75,7 +75,7 @@ def read_model(path: str | Path) -> ModelFile:
                 raise CheckpointError(f"{path}: bad avemo metadata: not JSON") from None
             return ModelFile(path, check_model_meta(meta, path), torchscript=True)
     from avemo.inference.export import model_meta
-    from avemo.train.checkpoint import load_checkpoint
+    from avemo.model.checkpoint import load_checkpoint
     ckpt = load_checkpoint(path)
     return ModelFile(path, model_meta(ckpt, str(path)), ckpt=ckpt)
 
@@ -163,7 +163,7 @@ def make_runner(model: ModelFile, runtime: str = "auto", threads: int = 1):
         if runtime == "onnx":
             raise ConfigError(f"{model.path} is a TorchScript file: it runs with runtime=torch (or auto)")
         return TorchScriptRunner(Path(model.path), model.meta)
-    from avemo.train.checkpoint import model_from_checkpoint
+    from avemo.model.checkpoint import model_from_checkpoint
     assert model.ckpt is not None        # read_model gives a graph or a checkpoint
     net = model_from_checkpoint(model.ckpt, model.path)
     if runtime == "onnx":

@@ -6,6 +6,7 @@ from typing import Literal
 
 from avemo.core.config import DEVICE_RE, check
 from avemo.core.storage import SECRETS_HELP, is_url, secret_keys
+from avemo.pipeline.layout import SPLITS
 
 
 @dataclass
@@ -140,4 +141,6 @@ class BuildConfig:
               (not is_url(self.media_list), f"media_list={self.media_list}: a media list must be a local file"),
               (self.limit >= 0, "limit must be >= 0 (0 = all rows)"),
               (not (self.root and self.media_list), "root and media_list cannot both be given: one source of rows"),
-              (len(self.splits) > 0, "splits must name at least one split"))
+              (len(self.splits) > 0, "splits must name at least one split"),
+              (set(self.splits) <= set(SPLITS) and len(set(self.splits)) == len(self.splits),
+               f"splits must name each of {', '.join(SPLITS)} at most once; got {self.splits}"))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from avemo.pipeline.probe import safe_resolve
 from avemo.core.errors import ConfigError, DataError
-from avemo.pipeline.media_list import AUDIO_EXTS, IMAGE_EXTS, derive_key
+from avemo.pipeline.media_list import AUDIO_EXTS, CLASS_NAMES, IMAGE_EXTS, derive_key
 
 COLUMNS = ("path", "label", "split", "key", "speaker")
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
@@ -30,12 +30,6 @@ RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "joy", "04": "sadness",
 RAVDESS_DEV_ACTORS = (19, 20, 21)   # ../shared/data/ravdess/labels.csv: actors 01-18 train, 19-21 dev
 CREMA_RE = re.compile(r"^(\d+)_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
 CREMA_EMOTIONS = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "joy", "NEU": "neutral", "SAD": "sadness"}
-# folder names of FER2013, CK+, AffectNet, RAF-DB-style sets and plain MELD names -> MELD class (None: no class)
-CLASS_NAMES = {
-    "angry": "anger", "anger": "anger", "disgust": "disgust", "disgusted": "disgust", "fear": "fear",
-    "fearful": "fear", "scared": "fear", "happy": "joy", "happiness": "joy", "joy": "joy", "neutral": "neutral",
-    "sad": "sadness", "sadness": "sadness", "surprise": "surprise", "surprised": "surprise", "contempt": None,
-}
 # numbered class folders: whose numbering (FER2013's CSV column; AffectNet's expression codes)
 NUMBERINGS = {
     "fer2013": ("anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral"),

@@ -17,13 +17,22 @@ from avemo.core.errors import DataError
 from avemo.pipeline.labels import _csv_lines, _malformed, decode_csv_bytes
 from avemo.pipeline.layout import SPLITS
 from avemo.shards.format import KEY_RE
-from avemo.shards.labels import emotion_id
+from avemo.shards.labels import EMOTIONS, emotion_id
 
 REQUIRED_COLUMNS = ("path", "label", "split")
 OPTIONAL_COLUMNS = ("key", "speaker", "start", "end")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 AUDIO_EXTS = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac", ".wma", ".aiff", ".aif"}
 INVALID_SPLIT = "invalid"   # the part parquet name of rows whose split is none of SPLITS
+# what other corpora call MELD's classes (FER2013, CK+, AffectNet, RAF-DB folder names, plain MELD names) -> the
+# MELD class; None: a class MELD lacks (make-list's image-folders reads folder names with it too)
+CLASS_NAMES = {
+    "angry": "anger", "anger": "anger", "disgust": "disgust", "disgusted": "disgust", "fear": "fear",
+    "fearful": "fear", "scared": "fear", "happy": "joy", "happiness": "joy", "joy": "joy", "neutral": "neutral",
+    "sad": "sadness", "sadness": "sadness", "surprise": "surprise", "surprised": "surprise", "contempt": None,
+    "calm": None,
+}
+CLOSEST = {"calm": "neutral"}   # classes MELD lacks, and the MELD class nearest to them
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]+")
 MAX_KEY = 128
 
@@ -47,6 +56,20 @@ def derive_key(relative: str) -> str:
         key = key[-(MAX_KEY - 9):].lstrip("_-") or "row"
         key = f"{hashlib.sha1(relative.encode()).hexdigest()[:8]}-{key}"
     return key
+
+
+def unknown_label_detail(raw: str) -> str:
+    """Why a list's label is refused, and which MELD class was probably meant."""
+    name = raw.strip().lower()
+    meant = CLASS_NAMES.get(name, False)
+    if meant:
+        return f"label={raw!r} is not a MELD class: did you mean {meant}?"
+    if name in CLOSEST:
+        return (f"label={raw!r} is not a MELD class: {CLOSEST[name]} is the closest, but {name} has no MELD class "
+                f"(relabel the row {CLOSEST[name]} or drop it)")
+    if meant is None:
+        return f"label={raw!r} is not a MELD class: {name} has no MELD class (drop the row)"
+    return f"label={raw!r} is not a MELD class (MELD's classes: {', '.join(EMOTIONS)})"
 
 
 def _seconds(text: str) -> float | None | str:
@@ -81,7 +104,7 @@ def _check(row: dict, get, folder: Path, seen_keys: dict, seen_sources: dict) ->
     if row["split"] not in SPLITS:
         return row.update(status="rejected", reason="bad_split", detail=f"split={raw_split!r} (train, dev or test)")
     if label is None:
-        return row.update(status="rejected", reason="unknown_label", detail=f"label={raw_label!r} is not a MELD class")
+        return row.update(status="rejected", reason="unknown_label", detail=unknown_label_detail(raw_label))
     if not raw_path:
         return row.update(status="rejected", reason="missing_file", detail="empty path")
     if explicit and not KEY_RE.match(explicit):

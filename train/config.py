@@ -6,7 +6,7 @@ from typing import Literal
 
 from avemo.core.config import DEVICE_RE, check
 from avemo.core.storage import SECRETS_HELP, secret_keys
-from avemo.model.net import ModelConfig
+from avemo.model.config import ModelConfig
 
 
 @dataclass
@@ -24,7 +24,7 @@ class DataConfig:
     def __post_init__(self):
         check((not secret_keys(self.storage_options), SECRETS_HELP),
               (all(w >= 0 for w in self.weights) and (not self.weights or sum(self.weights) > 0),
-               "data.weights must be >= 0 with a positive sum"),
+               "weights must be >= 0 with a positive sum"),
               (self.batch_size >= 1, "batch_size must be >= 1"), (self.workers >= 0, "workers must be >= 0"),
               (self.shuffle_buffer >= 0, "shuffle_buffer must be >= 0"),
               (self.max_frames >= 1, "max_frames must be >= 1"), (self.max_mel_frames >= 16, "max_mel_frames must be >= 16"))

@@ -37,7 +37,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config", default=None, help="YAML file or bundled name (meld); its `build:` section is used")
     ns, overrides = split_overrides(parser, argv, "config overrides, e.g. decode.fps=2", required=("out",))
     from avemo.core.config import load_config
-    from avemo.pipeline.build import run_build
     from avemo.pipeline.config import BuildConfig
     from avemo.pipeline.layout import parse_splits
     if not (ns.root or ns.list or ns.print_config):
@@ -50,6 +49,7 @@ def main(argv: list[str]) -> int:
     cfg = load_config(BuildConfig, "build", ns.config, overrides, extra)
     if ns.print_config:
         return print_config(cfg, "build")
+    from avemo.pipeline.build import run_build     # dask and torch: only once the settings are known good
     try:
         summary = run_build(cfg)
     except KeyboardInterrupt:

@@ -18,11 +18,11 @@ def main(argv: list[str]) -> int:
                                     required=("shards", "checkpoint", "out"))
     from avemo.core.config import load_config
     from avemo.train.config import EvalConfig
-    from avemo.train.evaluate import run_evaluate
     extra = {"shards": ns.shards, "checkpoint": ns.checkpoint, "split": ns.split, "out": ns.out}
     cfg = load_config(EvalConfig, "evaluate", ns.config, overrides, {k: v for k, v in extra.items() if v is not None})
     if ns.print_config:
         return print_config(cfg, "evaluate")
+    from avemo.train.evaluate import run_evaluate   # torch: only once the settings are known good
     metrics = run_evaluate(cfg)
     print(f"{cfg.split}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} "
           f"weighted_f1={metrics['weighted_f1']:.4f} macro_f1={metrics['macro_f1']:.4f}")

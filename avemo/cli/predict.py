@@ -62,6 +62,10 @@ def main(argv: list[str]) -> int:
     flags = {k: v for k, v in {"window_s": ns.window, "hop_s": ns.hop, "runtime": ns.runtime,
                                "realtime": ns.realtime, "timings": ns.timings,
                                "per_clip": ns.per_clip}.items() if v is not None}
+    from avemo.core.config import parse_overrides, read_yaml_section
+    for section in ("build", "predict") if ns.config else ():   # a bad file or override: one line, before torch
+        read_yaml_section(ns.config, section)
+    parse_overrides(overrides)
     from avemo.inference.predict import load_predict_config, run_predict
     from avemo.inference.runtime import read_model
     from avemo.core.paths import check_outputs, local_inputs

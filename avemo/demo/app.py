@@ -13,7 +13,6 @@ from typing import Sequence
 
 from avemo.core.atomic import atomic_write_bytes
 from avemo.core.config import ConfigError, bundled_config, load_config
-from avemo.pipeline.build import run_build
 from avemo.pipeline.config import BuildConfig
 from avemo.demo.synth import SynthSpec, make_mini_meld
 from avemo.train.config import EvalConfig, TrainConfig
@@ -127,6 +126,7 @@ def run_demo(run: DemoRun) -> dict:
     else:
         print(f"[1/4] using the dataset already in {data}")
     print("[2/4] build-shards (shards whose clips or settings changed are rebuilt)", flush=True)
+    from avemo.pipeline.build import run_build     # dask and torch: after every setting was checked
     print("\n".join(run_build(build).lines()), flush=True)
     from avemo.train.loop import run_train
     retrain = training_changes(train)

@@ -1,0 +1,26 @@
+"""The model's settings (section `model:` of train's config), apart from the model so that reading and
+checking a config never imports torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from avemo.core.config import check
+
+
+@dataclass
+class ModelConfig:
+    face_weights: str = ""                        # MobileFaceNet init: a file, or "auto" = $AVEMO_WEIGHTS_DIR/cache
+    face_trainable: Literal["all", "none", "last"] = "all"  # "none": frozen encoder in eval mode (fast CPU
+    #                                              runs); "last": only its last face_train_blocks blocks learn
+    face_train_blocks: int = 4                    # with face_trainable=last: how many of MobileFaceNet's 21 blocks
+    n_mels: int = 64                              # mel bins: must match the shards' audio.n_mels
+    mel_norm: Literal["global", "utterance"] = "global"  # log-mel scaling: train set's or each clip's per-bin mean/std
+    audio_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # audio CNN stage widths
+    hidden: int = 128                             # LSTM hidden size per modality
+    fusion_dim: int = 128                         # width of the fused clip embedding
+    dropout: float = 0.3                          # before the classifier
+    modality_dropout: float = 0.2                 # per sample, drop one present modality in training
+
+    def __post_init__(self):
+        check((1 <= self.face_train_blocks <= 21, "face_train_blocks must be in 1..21 (MobileFaceNet's blocks)"))

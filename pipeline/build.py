@@ -26,7 +26,7 @@ from avemo.pipeline.config import BuildConfig
 from avemo.pipeline.labels import read_label_csv
 from avemo.pipeline.media_list import INVALID_SPLIT, read_media_list
 from avemo.pipeline.layout import find_csv, find_video_dir, video_path
-from avemo.pipeline.out_dir import claim_out, ours
+from avemo.pipeline.out_dir import claim_out, ours, written_in_out, written_in_parts
 from avemo.pipeline.probe import safe_resolve
 from avemo.pipeline.shard_task import (PROGRESS_TOPIC, ShardSpec, build_shard, fingerprint, manifest_row,
                                        media_settings, probe_shard)
@@ -190,6 +190,12 @@ def _remove_stale(out: str | Path, split: str, keep: set[str], options: dict | N
                 storage.remove(join(folder, name), options)
 
 
+def clean_temporaries(out: str) -> None:
+    """Leftovers of killed writers of a build's own files (a user's `.draft.tmp-1` stays)."""
+    storage.clean_temporaries(out, written_in_out)
+    storage.clean_temporaries(join(out, "parts"), written_in_parts)
+
+
 def check_cuda(cfg: BuildConfig, client=None) -> None:
     """face.device=cuda on workers that have no CUDA device: one line before any shard runs (it used to fail
     every shard task after its retries). Local workers share this machine; remote ones are asked."""
@@ -243,8 +249,7 @@ def run_build(cfg: BuildConfig, log=print, progress=None) -> BuildSummary:
         claim_out(storage.local(out))   # a non-empty folder that is not a build of ours: one line, nothing touched
     check_kept_settings(out, cfg)
     storage.makedirs(join(out, "parts"))
-    for folder in (out, join(out, "parts")):
-        storage.clean_temporaries(folder)
+    clean_temporaries(out)
     if not storage.is_url(out):            # a bucket OUT keeps its log with the caller
         log = tee(log, storage.local(out) / "build.log")
 
@@ -311,8 +316,7 @@ def run_build(cfg: BuildConfig, log=print, progress=None) -> BuildSummary:
     # what training copies into its checkpoints, so `avemo predict` decodes and crops exactly like this build
     media = {k: v for k, v in asdict(cfg).items() if k in ("probe", "decode", "face", "audio")}
     storage.write_bytes(join(out, BUILD_CONFIG_NAME), json.dumps(media, indent=2, sort_keys=True).encode(), options)
-    for folder in (out, join(out, "parts")):  # e.g. what a worker that died mid-shard left; its task ran again
-        storage.clean_temporaries(folder)
+    clean_temporaries(out)   # e.g. what a worker that died mid-shard left; its task ran again
     statuses = manifest.column("status").to_pylist()
     summary.rows = len(statuses)
     summary.ok = statuses.count("ok")

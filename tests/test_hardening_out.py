@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from avemo.core.atomic import clean_temporaries
 from avemo.core.errors import ConfigError
-from avemo.pipeline.build import _remove_stale, run_build
+from avemo.pipeline.build import _remove_stale, clean_temporaries, run_build
 from avemo.pipeline.out_dir import MARKER, claim_out
+from avemo.shards.manifest import make_table, write_table
 
 from conftest import build_config
 
@@ -35,7 +35,7 @@ def test_in_our_folder_only_our_file_names_are_deleted(tmp_path):
         path.write_bytes(b"x")
     leftover = out / ".train-000008.tar.tmp-4242-0123abcd"   # what a killed atomic_open leaves
     leftover.write_bytes(b"partial")
-    clean_temporaries(out)                              # as a rerun does
+    clean_temporaries(str(out))                         # as a rerun does
     _remove_stale(out, "train", keep={"train-000000"})
     assert all(p.exists() for p in users), [p for p in users if not p.exists()]
     assert not any(p.exists() for p in stale) and not leftover.exists()
@@ -45,7 +45,7 @@ def test_in_our_folder_only_our_file_names_are_deleted(tmp_path):
 def test_an_older_build_without_the_marker_is_still_ours(tmp_path):
     out = tmp_path / "shards"
     (out / "parts").mkdir(parents=True)
-    (out / "manifest.parquet").write_bytes(b"x")
+    write_table(out / "manifest.parquet", make_table([]))   # a real manifest (any bytes are not: test_out_ownership)
     claim_out(out)
     assert (out / MARKER).is_file()
 

@@ -39,7 +39,7 @@ def prepare_run_folder(run: Path, resume: bool, overwrite: bool, say=print) -> N
     if run.exists() and not run.is_dir():
         raise ConfigError(f"--run {run} is a file, not a folder")
     if run.is_dir():
-        clean_temporaries(run)           # a checkpoint save cut short by a kill left its hidden .tmp- file
+        clean_temporaries(run, RUN_FILES.__contains__)   # a save cut short by a kill left its hidden .tmp- file
     entries = sorted(p.name for p in run.iterdir()) if run.is_dir() else []
     if entries and not resume and not overwrite:
         shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")

@@ -1,7 +1,8 @@
 """Crash-safe file writes: write a hidden temporary beside the target, fsync, rename, fsync the folder.
 
 A reader (or a rerun after SIGKILL) sees either the old file or the complete new one, never a torn one.
-Temporaries are named `.{name}.tmp-*` so `clean_temporaries` can remove leftovers of a killed run.
+Temporaries are named `.{name}.tmp-*` so `clean_temporaries` can remove leftovers of a killed run: only those
+of the names the caller writes, as a folder may hold a user's own `.draft.tmp-1`.
 """
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 TMP_MARK = ".tmp-"
-TEMP_RE = re.compile(r"^\..+\.tmp-\d+(-[0-9a-f]{8})?$")   # .NAME.tmp-PID-RANDOM (weights: .NAME.tmp-PID)
+TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-\d+(-[0-9a-f]{8})?$")   # .NAME.tmp-PID-RANDOM (weights: .NAME.tmp-PID)
 
 
 def fsync_dir(path: Path) -> None:
@@ -47,12 +48,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         fh.write(data)
 
 
-def clean_temporaries(folder: str | Path) -> list[Path]:
-    """Remove leftovers of killed writers (names exactly like atomic_open's: TEMP_RE; a user's
-    `.vimrc.tmp-keep` is not one); returns what was removed."""
+def clean_temporaries(folder: str | Path, ours: Callable[[str], bool]) -> list[Path]:
+    """Remove leftovers of killed writers: names exactly like atomic_open's (TEMP_RE; a user's `.vimrc.tmp-keep`
+    is not one) whose target name `ours` accepts (a user's `.draft.tmp-1` is not a temporary of ours);
+    returns what was removed."""
     removed = []
     for tmp in Path(folder).glob(f".*{TMP_MARK}*"):
-        if not TEMP_RE.match(tmp.name) or not tmp.is_file():
+        match = TEMP_RE.match(tmp.name)
+        if match is None or not ours(match["name"]) or not tmp.is_file():
             continue
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

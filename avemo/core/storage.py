@@ -178,9 +178,10 @@ def makedirs(folder: str | Path) -> None:
         local(folder).mkdir(parents=True, exist_ok=True)
 
 
-def clean_temporaries(folder: str | Path) -> list:
-    """Leftovers of killed local writers; an object store has none (uploads are whole objects)."""
-    return [] if is_url(folder) else atomic.clean_temporaries(local(folder))
+def clean_temporaries(folder: str | Path, ours: Callable[[str], bool]) -> list:
+    """Leftovers of killed local writers of the names `ours` accepts (atomic.clean_temporaries); an object
+    store has none (uploads are whole objects)."""
+    return [] if is_url(folder) else atomic.clean_temporaries(local(folder), ours)
 
 
 def sha256(path: str | Path, options: dict | None = None) -> str:

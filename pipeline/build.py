@@ -100,6 +100,7 @@ def _estimated_bytes(row: dict, cfg: BuildConfig) -> float:
         duration = 0.0 if row["kind"] == "image" else UNKNOWN_DURATION_S
     else:
         duration = max(0.0, (row.get("end_s") or 0) - (row.get("start_s") or 0))
+    duration = min(duration, cfg.probe.max_duration_s)   # a longer clip is too_long; a part past the end is cut
     frames = min(cfg.decode.max_frames, math.ceil(duration * cfg.decode.fps) + 1)
     mel = min(duration, cfg.decode.max_audio_s) * cfg.decode.sample_rate / cfg.audio.hop_length
     return frames * JPEG_BYTES_PER_FACE + mel * cfg.audio.n_mels * 2 + SAMPLE_OVERHEAD

@@ -14,11 +14,14 @@ class ProbeConfig:
     min_duration_s: float = 0.1      # shorter clips are rejected as too_short
     max_duration_s: float = 330.0    # longer ones as too_long (MELD's longest, test dia38_utt4, is 305 s)
     timeout_s: float = 60.0          # ffprobe gives up on a file after this long
+    max_pixels: int = 40_000_000     # a picture or video frame with more pixels is too_large, refused before it is
+                                     # decoded (a 775 KB PNG of 16000x16000 took ffmpeg ~830 MB)
 
     def __post_init__(self):
         check((self.min_duration_s >= 0, "min_duration_s must be >= 0"),
               (self.max_duration_s > self.min_duration_s, "max_duration_s must be greater than min_duration_s"),
-              (self.timeout_s > 0, "timeout_s must be > 0"))
+              (self.timeout_s > 0, "timeout_s must be > 0"),
+              (10_000 <= self.max_pixels <= 2**31 - 1, "max_pixels must be in [10000, 2147483647]"))
 
 
 @dataclass

@@ -65,9 +65,10 @@ def ffmpeg_command(source: str, plan: DecodePlan, audio_fd: int | None,
                    input_options: dict | None = None) -> list[str]:
     """input_options: extra input flags, e.g. {"f": "lavfi"} or {"re": None} (pipeline/stream.py).
     plan.max_frames <= 0 / plan.max_audio_s <= 0 mean no limit (a stream decoded to its end)."""
-    window = {"ss": f"{plan.start_s:.3f}"} if plan.start_s > 0 else {}
+    # microseconds, ffmpeg's time base: 3 decimals made a 0.3 ms part `-t 0.000`, which is the whole file
+    window = {"ss": f"{plan.start_s:.6f}"} if plan.start_s > 0 else {}
     if plan.window_s > 0:
-        window["t"] = f"{plan.window_s:.3f}"
+        window["t"] = f"{plan.window_s:.6f}"
     if source.startswith("file:"):   # a local file reads nothing but itself (probe.PROTOCOLS)
         window["protocol_whitelist"] = PROTOCOLS
     stream = ffmpeg.input(source, threads=plan.threads, **window, **(input_options or {}))

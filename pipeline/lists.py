@@ -74,10 +74,19 @@ def unique_keys(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def _media(root: Path, exts: set[str]):
+def _media(root: Path, exts: set[str], skipped: Counter) -> list[Path]:
+    """The media files under root; a link to a file out of ROOT (ROOT/happy/x.png -> /etc/shadow) is counted in
+    `skipped`, never listed (its target would be read and stored in the shards)."""
     if not root.is_dir():
         raise ListError(f"no folder {root}")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    inside = safe_resolve(root)
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts):
+        if safe_resolve(path).is_relative_to(inside):
+            found.append(path)
+        else:
+            skipped["a link to a file out of ROOT"] += 1
+    return found
 
 
 def _row(root: Path, path: Path, label: str, split: str, speaker: str = "") -> dict:
@@ -106,7 +115,7 @@ def ravdess(root: Path, calm: str = "drop", dev_actors=None, test_actors=()) -> 
     dev = set(RAVDESS_DEV_ACTORS if dev_actors is None else dev_actors)
     test = set(test_actors or ())
     out = MediaList()
-    for path in _media(root, AUDIO_EXTS | VIDEO_EXTS):
+    for path in _media(root, AUDIO_EXTS | VIDEO_EXTS, out.skipped):
         m = RAVDESS_RE.match(path.stem)
         if not m or m.group(3) not in RAVDESS_EMOTIONS:
             out.skipped["name not RAVDESS's MM-VV-EE-II-SS-RR-AA"] += 1
@@ -140,7 +149,7 @@ def crema_d(root: Path, dev_speakers=None, test_speakers=(), dev_fraction: float
             test_fraction: float = 0.0, seed: int = 0) -> MediaList:
     """Split by speaker: the given dev/test speakers, else a seeded draw of dev_fraction/test_fraction of them."""
     out, found = MediaList(), []
-    for path in _media(root, AUDIO_EXTS | VIDEO_EXTS):
+    for path in _media(root, AUDIO_EXTS | VIDEO_EXTS, out.skipped):
         m = CREMA_RE.match(path.stem)
         if not m:
             out.skipped["name not CREMA-D's SPEAKER_SENTENCE_EMOTION_LEVEL"] += 1
@@ -176,7 +185,7 @@ def image_folders(root: Path, numbering: str = "", ignore_split_folders: bool = 
     tops = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     by_split = bool(tops) and all(p.name.lower() in SPLIT_FOLDERS for p in tops)
     found = []   # (path, label, split or "")
-    for path in _media(root, IMAGE_EXTS):
+    for path in _media(root, IMAGE_EXTS, out.skipped):
         parts = path.relative_to(root).parts
         depth = 3 if by_split else 2
         if len(parts) != depth:

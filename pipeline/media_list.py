@@ -8,13 +8,15 @@ the kind reported for a row rejected before its file is read. Bad rows become re
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import re
 from pathlib import Path
 
 from avemo.pipeline.probe import safe_resolve
 from avemo.core.errors import DataError
-from avemo.pipeline.labels import _csv_lines, _malformed, decode_csv_bytes
+from avemo.pipeline.labels import _malformed, decode_csv_bytes
 from avemo.pipeline.layout import SPLITS
 from avemo.shards.format import KEY_RE
 from avemo.shards.labels import EMOTIONS, emotion_id
@@ -94,7 +96,7 @@ def _row(line: int, name: str) -> dict:
 def _check(row: dict, get, folder: Path, seen_keys: dict, seen_sources: dict) -> None:
     """Fill `row` from the line's fields; mark it rejected with the first problem found."""
     raw_path, raw_label, raw_split = get("path").strip(), get("label").strip(), get("split").strip()
-    source = safe_resolve(folder / raw_path) if raw_path else None
+    source = safe_resolve(folder / raw_path) if raw_path and "\0" not in raw_path else None
     row.update(split=raw_split.lower(), emotion=raw_label.lower(), speaker=" ".join(get("speaker").split()),
                source=str(source) if source else "", kind=kind_of(raw_path))
     label = emotion_id(raw_label) if raw_label else None
@@ -118,10 +120,60 @@ def _check(row: dict, get, folder: Path, seen_keys: dict, seen_sources: dict) ->
         return row.update(status="rejected", reason="duplicate_key",
                           detail=f"key {key} was already given at line {seen_keys[key]}")
     seen_keys[key], seen_sources[key] = row["csv_line"], str(source)
+    if source is None:
+        return row.update(status="rejected", reason="bad_row", detail="the path holds a NUL byte: no file has that name")
     if isinstance(start, str) or isinstance(end, str) or (start is not None and end is not None and end <= start):
         return row.update(status="rejected", reason="bad_time",
                           detail=f"start={get('start')!r} end={get('end')!r} (seconds, start < end)")
     row.update(start_s=start, end_s=end)
+
+
+class _Lines:
+    """A text's physical lines (each with its \\n, \\r\\n or \\r), handed to a csv.reader one at a time: `pos`
+    says how many it has taken."""
+
+    def __init__(self, text: str):
+        self.lines, self.pos = io.StringIO(text, newline="").readlines(), 0
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+def _one_line(line: str) -> list[str] | csv.Error:
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error as exc:
+        return exc
+
+
+def _records(text: str):
+    """(first line number, fields or csv.Error) per CSV record, the header first. A list is real CSV: a quoted
+    field may hold a line break (make-list quotes such paths). A record over several lines whose field count is
+    not the header's (a stray quote swallowing the lines after it) is read again as its first line alone, so a
+    stray quote costs its own row only, as in MELD's line-by-line reading (labels._csv_lines)."""
+    lines = _Lines(text)
+    reader = csv.reader(lines)
+    n_columns = None
+    while lines.pos < len(lines.lines):
+        start = lines.pos
+        try:
+            values: list[str] | csv.Error = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            values = exc
+        if lines.pos - start > 1 and n_columns is not None and _malformed(values, n_columns):
+            lines.pos = start + 1
+            values = _one_line(lines.lines[start])
+        if n_columns is None:
+            n_columns = len(values) if isinstance(values, list) else 0
+        yield start + 1, values
 
 
 def read_media_list(path: str | Path, splits, limit: int = 0) -> tuple[dict[str, list[dict]], list[dict]]:
@@ -130,7 +182,7 @@ def read_media_list(path: str | Path, splits, limit: int = 0) -> tuple[dict[str,
     path = Path(path)
     if not path.is_file():
         raise MediaListError(f"no media list {path}")
-    lines = _csv_lines(decode_csv_bytes(path.read_bytes()))
+    lines = _records(decode_csv_bytes(path.read_bytes()))
     _, first = next(lines, (1, []))
     header = [] if isinstance(first, Exception) else [h.strip().lstrip("\ufeff").lower() for h in first]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import ffmpeg
 
+from avemo.core.errors import DataError
 from avemo.pipeline.config import AudioConfig, ProbeConfig
 
 
@@ -136,7 +137,16 @@ def ffmpeg_message(lines: list[str]) -> str:
     return text[:300]
 
 
-PROBE_ERRORS = (ffmpeg.Error, subprocess.TimeoutExpired, json.JSONDecodeError)   # what run_ffprobe raises
+class PictureTooLarge(DataError):
+    """ffprobe refused a picture or frame past its -max_pixels (it prints the size and gives 0x0)."""
+
+    def __init__(self, width: int, height: int, limit: int):
+        super().__init__(f"picture {width}x{height} ({width * height / 1e6:.1f} MP) has more than "
+                         f"probe.max_pixels={limit} pixels; refused before decoding")
+
+
+PROBE_ERRORS = (ffmpeg.Error, subprocess.TimeoutExpired, json.JSONDecodeError, PictureTooLarge)   # run_ffprobe's
+_PIXEL_LIMIT = re.compile(rb"Picture size (\d+)x(\d+) exceeds specified max pixel count (\d+)")
 
 
 def run_ffprobe(source: str, timeout_s: float, options: dict | None = None, stdin: bytes | None = None) -> dict:
@@ -151,6 +161,9 @@ def run_ffprobe(source: str, timeout_s: float, options: dict | None = None, stdi
     proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False, **feed)
     if proc.returncode != 0:
         raise ffmpeg.Error("ffprobe", proc.stdout, proc.stderr)
+    too_large = _PIXEL_LIMIT.search(proc.stderr or b"")
+    if too_large:   # options={"max_pixels": N}: the decoder stopped at the header, before allocating the picture
+        raise PictureTooLarge(*(int(x) for x in too_large.groups()))
     return json.loads(proc.stdout.decode("utf-8", "replace"))
 
 
@@ -160,6 +173,8 @@ def probe_failure(exc: BaseException, timeout_s: float) -> ProbeResult:
         return ProbeResult(False, "unreadable_container", f"ffprobe timed out after {timeout_s:.0f} s")
     if isinstance(exc, json.JSONDecodeError):
         return ProbeResult(False, "unreadable_container", "ffprobe printed no JSON")
+    if isinstance(exc, PictureTooLarge):
+        return ProbeResult(False, "too_large", str(exc))
     stderr = getattr(exc, "stderr", None) or b""
     return ProbeResult(False, "unreadable_container", ffmpeg_message(stderr.decode("utf-8", "replace").splitlines()))
 
@@ -203,7 +218,7 @@ def probe_clip(path: Path | None, cfg: ProbeConfig, audio: AudioConfig, any_kind
     if problem is not None:
         return problem
     try:
-        info = run_ffprobe(ffmpeg_source(path), cfg.timeout_s)
+        info = run_ffprobe(ffmpeg_source(path), cfg.timeout_s, {"max_pixels": cfg.max_pixels})
     except PROBE_ERRORS as exc:
         return probe_failure(exc, cfg.timeout_s)
     container = container_problem(info)

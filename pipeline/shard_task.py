@@ -28,6 +28,7 @@ from avemo.shards.format import encode_sample
 from avemo.shards.manifest import make_table, write_table
 
 TAR_MTIME = 0.0  # fixed member mtimes: the same inputs give byte-identical shards
+MIN_WINDOW_S = 1e-3   # a media list's part shorter than this is too_short whatever probe.min_duration_s says
 META_FIELDS = ("split", "dialogue_id", "utterance_id", "label", "emotion", "sentiment", "sentiment_id",
                "speaker", "utterance", "season", "episode", "start_s", "end_s", "csv_file", "csv_line")
 
@@ -46,9 +47,10 @@ class ShardSpec:
         return f"{self.name}.tar"
 
 
-# knobs that change how fast a shard is made, never its bytes: not in the fingerprint, nor in the settings
-# a kept shard is checked against (build.check_kept_settings)
-SCHEDULING_KEYS = {"probe": ("timeout_s",), "decode": ("ffmpeg_threads", "timeout_s"),
+# knobs that change how fast a shard is made, never its bytes, and resource limits (as timeouts, they refuse
+# only what could not be made here): not in the fingerprint, nor in the settings a kept shard is checked
+# against (build.check_kept_settings)
+SCHEDULING_KEYS = {"probe": ("timeout_s", "max_pixels"), "decode": ("ffmpeg_threads", "timeout_s"),
                    "face": ("device", "batch_frames"), "audio": ()}
 
 
@@ -75,7 +77,7 @@ def probe_shard(spec: ShardSpec) -> list[dict]:
     with ThreadPoolExecutor(cfg.dask.decode_threads) as pool:
         results = pool.map(lambda r: probe_clip(Path(r["source"]) if r.get("source") else None,
                                                 cfg.probe, cfg.audio, any_kind="kind" in r), spec.rows)
-        return [_window(row, result).to_dict() for row, result in zip(spec.rows, results)]
+        return [_window(row, result, cfg.probe.min_duration_s).to_dict() for row, result in zip(spec.rows, results)]
 
 
 def list_window(row: dict) -> tuple[float, float]:
@@ -87,8 +89,10 @@ def list_window(row: dict) -> tuple[float, float]:
     return start, (row["end_s"] - start) if row.get("end_s") is not None else 0.0
 
 
-def _window(row: dict, probe: ProbeResult) -> ProbeResult:
-    """A probed file's result for the part of it the row names: its length, or bad_time past its end."""
+def _window(row: dict, probe: ProbeResult, min_duration_s: float) -> ProbeResult:
+    """A probed file's result for the part of it the row names: its length (an end past the file's is the
+    file's end), bad_time when it starts past the end, too_short when the part is shorter than
+    probe.min_duration_s or than MIN_WINDOW_S."""
     start, length = list_window(row)
     if not probe.ok or probe.kind == "image" or (start == 0 and length == 0):
         return probe
@@ -97,12 +101,22 @@ def _window(row: dict, probe: ProbeResult) -> ProbeResult:
         return ProbeResult(False, "bad_time", f"start={start} s is past the end of the file "
                                               f"({probe.duration_s:.3f} s)", probe.duration_s, kind=probe.kind)
     probe.duration_s = min(left, length) if length > 0 else left
+    if probe.duration_s < max(min_duration_s, MIN_WINDOW_S):
+        return ProbeResult(False, "too_short", f"the part start={start} end={row.get('end_s')} is "
+                                               f"{probe.duration_s:.6f} s < probe.min_duration_s={min_duration_s}",
+                           probe.duration_s, kind=probe.kind)
     return probe
+
+
+def _decode_window(row: dict, probe: ProbeResult) -> tuple[float, float]:
+    """(start, length) for ffmpeg: the row's part, its length cut at the file's end (_window did the check)."""
+    start, length = list_window(row)
+    return start, min(length, probe.duration_s) if length > 0 else 0.0
 
 
 def _decode_one(row: dict, probe: ProbeResult, cfg: BuildConfig) -> Decoded | str:
     try:
-        plan = plan_decode(probe, cfg.decode, *list_window(row))
+        plan = plan_decode(probe, cfg.decode, *_decode_window(row, probe))
         decoded = decode_clip(ffmpeg_source(row["source"]), plan, cfg.decode.timeout_s)
     except DecodeError as exc:
         return str(exc)

@@ -115,10 +115,13 @@ def test_shared_fer2013_list_matches_its_labels_csv(shared):
     if not (root / "labels.csv").is_file():
         pytest.skip(f"no FER2013 at {root}")
     with open(root / "labels.csv", newline="", encoding="utf-8") as fh:
-        expected = {str((root / r["path"]).resolve()): r["label7"] for r in csv.DictReader(fh)}
-    result = lists.image_folders(root)   # validation/ is a split folder: all dev
-    assert {r["path"]: r["label"] for r in result.rows} == expected and len(expected) == 3589
-    assert {r["split"] for r in result.rows} == {"dev"} and not result.skipped
+        labelled = list(csv.DictReader(fh))
+    # the split folders decide: train/ (fer_usage Training) -> train, validation/ (PublicTest) -> dev
+    usage = {"Training": "train", "PublicTest": "dev"}
+    expected = {str((root / r["path"]).resolve()): (r["label7"], usage[r["fer_usage"]]) for r in labelled}
+    result = lists.image_folders(root)
+    assert {r["path"]: (r["label"], r["split"]) for r in result.rows} == expected and not result.skipped
+    assert Counter(r["split"] for r in result.rows) == Counter(usage[r["fer_usage"]] for r in labelled)
     pooled = lists.image_folders(root / "validation", dev_fraction=0.5, seed=0)
     assert Counter(r["split"] for r in pooled.rows) == {"train": 1793, "dev": 1796}
 

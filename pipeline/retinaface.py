@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import fuse_conv_bn_eval
 
 from avemo.core.errors import ConfigError
 
@@ -185,3 +186,20 @@ class ResNet50RetinaFace(nn.Module):
 
 
 BACKENDS = {"mobilenet0.25": MobileNetRetinaFace, "resnet50": ResNet50RetinaFace}
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Inference only: every Conv2d followed by a BatchNorm2d in an nn.Sequential becomes one Conv2d with the
+    normalisation folded into its weights (the same outputs, to float rounding; one pass over the
+    activations fewer). `module` must be in eval mode; returns it, its children replaced."""
+    for name, child in module.named_children():
+        setattr(module, name, fold_batchnorm(child))
+    if not isinstance(module, nn.Sequential):
+        return module
+    layers: list[nn.Module] = []
+    for layer in module:
+        if isinstance(layer, nn.BatchNorm2d) and layers and isinstance(layers[-1], nn.Conv2d):
+            layers[-1] = fuse_conv_bn_eval(layers[-1], layer)
+        else:
+            layers.append(layer)
+    return nn.Sequential(*layers)

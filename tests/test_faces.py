@@ -121,3 +121,21 @@ def test_resnet50_backend_matches_the_retina_face_package_decoding():
         np.testing.assert_allclose(scores[1, stride_offset: stride_offset + n].numpy(),
                                    outs[3 * i][1][..., 2:].reshape(-1), rtol=1e-5, atol=1e-6)
         stride_offset += n
+
+
+@pytest.mark.unit
+def test_folded_detector_gives_the_same_outputs():
+    import copy
+    from avemo.pipeline.retinaface import MobileNetRetinaFace, fold_batchnorm
+    torch.manual_seed(0)
+    net = MobileNetRetinaFace().eval()
+    for m in net.modules():   # BatchNorm with statistics of its own, so folding has something to fold
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    folded = fold_batchnorm(copy.deepcopy(net))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    frames = torch.rand(2, 3, 96, 128) * 255
+    with torch.inference_mode():
+        for a, b in zip(net(frames), folded.to(memory_format=torch.channels_last)(
+                frames.contiguous(memory_format=torch.channels_last))):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-2)

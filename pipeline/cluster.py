@@ -1,6 +1,7 @@
 """The Dask side: a LocalCluster by default, any existing scheduler with `--scheduler`, same code."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -64,4 +65,9 @@ def open_client(cfg: BuildConfig, log=print) -> Iterator[Client]:
     finally:
         client.close()
         if cluster is not None:
-            cluster.close()
+            try:
+                cluster.close()
+            except (TimeoutError, asyncio.TimeoutError):   # the same class from Python 3.11 on
+                # a worker not yet reaped after the nanny's SIGKILL (seen at load average 20 on 2 cores): the
+                # build's work is done, and raising here lost its manifest and summary (exit 1, a traceback)
+                log("dask: a worker was slow to exit and was killed")

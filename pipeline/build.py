@@ -173,7 +173,8 @@ def check_kept_settings(out: str, cfg: BuildConfig) -> None:
     except (OSError, ValueError):
         return  # unreadable: nothing to compare with; this run writes a new one
     differ = [f"{section}.{key}={saved[section][key]!r} there, {value!r} now"
-              for section, values in media_settings(cfg).items() if isinstance(saved.get(section), dict)
+              for section, values in media_settings(cfg, bool(cfg.media_list)).items()
+              if isinstance(saved.get(section), dict)
               for key, value in values.items() if key in saved[section] and saved[section][key] != value]
     if differ:
         every = [s for s in ("train", "dev", "test") if s in set(cfg.splits) | set(kept)]

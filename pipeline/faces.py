@@ -30,6 +30,7 @@ class FrameDets:
     boxes: np.ndarray      # (n, 4) xyxy pixels of the detector frame
     scores: np.ndarray     # (n,)
     landmarks: np.ndarray  # (n, 5, 2)
+    whole: bool = False    # the image taken whole as the face (face.image_mode=whole), not a detection
 
 
 @dataclass
@@ -51,7 +52,8 @@ class FaceDetector:
                                f"unexpected {list(unexpected)[:3]}")
         # BatchNorm folded into the convolutions and NHWC activations (channels_last): ~20 % less CPU per frame
         # here, the same detections (boxes within 1e-3 px)
-        self.model = fold_batchnorm(model.eval()).to(self.device, memory_format=torch.channels_last)
+        self.model = fold_batchnorm(model.eval()).to(self.device)
+        self.model.to(memory_format=torch.channels_last)   # type: ignore[call-overload]  # (stubs lack it)
         # CPU: small batches stay in cache (26.7 -> 14.3 ms/frame at 640x360); a GPU wants many frames per pass
         self.batch_frames = cfg.batch_frames or (64 if self.device.type == "cuda" else 8)
 
@@ -222,20 +224,63 @@ def speaker_faces(frames: np.ndarray, dets: list[FrameDets], cfg: FaceConfig) ->
 PAD_GREY = 128
 
 
+def _padded(h: int, w: int, cfg: FaceConfig) -> tuple[int, int, int] | None:
+    """(scaled height, scaled width, canvas side) of an h x w image that pad_small_frames pads, else None."""
+    if not cfg.pad_small_images or max(h, w) >= cfg.pad_target_px:
+        return None
+    scale = cfg.pad_target_px / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale)), cfg.pad_canvas_px
+
+
 def pad_small_frames(frames: np.ndarray, cfg: FaceConfig) -> np.ndarray:
     """(T, h, w, 3) uint8 frames of an image smaller than face.pad_target_px (long side) -> scaled up to it
     and centred on a grey (T, C, C, 3) canvas, C = face.pad_canvas_px: the margin a detector trained on
     faces in scenes needs around a tightly cropped face. Larger frames, or the setting off: unchanged."""
     t, h, w = frames.shape[:3]
-    if not cfg.pad_small_images or t == 0 or max(h, w) >= cfg.pad_target_px:
+    padded = _padded(h, w, cfg) if t else None
+    if padded is None:
         return frames
-    scale = cfg.pad_target_px / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh, nw, side = padded
     block = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()      # (T, 3, h, w)
     block = F.interpolate(block, size=(nh, nw), mode="bicubic", align_corners=False)
     scaled = block.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()         # (T, nh, nw, 3)
-    side = cfg.pad_canvas_px
     canvas = np.full((t, side, side, 3), PAD_GREY, dtype=np.uint8)
     top, left = (side - nh) // 2, (side - nw) // 2
     canvas[:, top: top + nh, left: left + nw] = scaled
     return canvas
+
+
+def image_box(h: int, w: int, cfg: FaceConfig) -> np.ndarray:
+    """x1, y1, x2, y2 (pixels) of an h x w image on the frame pad_small_frames makes of it."""
+    padded = _padded(h, w, cfg)
+    if padded is None:
+        return np.array([0, 0, w, h], dtype=np.float32)
+    nh, nw, side = padded
+    top, left = (side - nh) // 2, (side - nw) // 2
+    return np.array([left, top, left + nw, top + nh], dtype=np.float32)
+
+
+# Where RetinaFace (mobilenet0.25, on the padded frame) puts the face of an already-cropped face image, as
+# fractions of the image: the median box and five landmarks (eyes, nose, mouth corners; made left-right
+# symmetric) of its detections on 384 of 400 seeded FER2013 training faces. face.image_mode=whole crops
+# every image as if these were its detection, so its crops are framed like the detector's (and predict's).
+WHOLE_FACE_BOX = np.array([0.10, 0.01, 0.90, 1.00], dtype=np.float32)
+WHOLE_FACE_LANDMARKS = np.array([[0.312, 0.390], [0.688, 0.390], [0.500, 0.590], [0.350, 0.760], [0.650, 0.760]],
+                                dtype=np.float32)
+BLANK_STD = 2.0   # grey levels: an image this flat (one colour, a blank scan) has no face to crop
+
+
+def whole_face(image: np.ndarray, box: np.ndarray, cfg: FaceConfig) -> FrameDets | str:
+    """face.image_mode=whole: the image (h, w, 3) is the face; its detection on the frame where it fills
+    `box` (image_box), score 1, or why it cannot be a face (blank, smaller than face.min_face_px)."""
+    h, w = image.shape[:2]
+    if min(h, w) < cfg.min_face_px:
+        return f"the image ({w}x{h}) is smaller than face.min_face_px={cfg.min_face_px:g}"
+    if float(image.std()) < BLANK_STD:
+        return "the image is blank (one colour)"
+    x1, y1, x2, y2 = box
+    scale = np.array([x2 - x1, y2 - y1], dtype=np.float32)
+    origin = np.array([x1, y1], dtype=np.float32)
+    face_box = np.concatenate([origin + WHOLE_FACE_BOX[:2] * scale, origin + WHOLE_FACE_BOX[2:] * scale])
+    marks = origin + WHOLE_FACE_LANDMARKS * scale                                               # (5, 2)
+    return FrameDets(boxes=face_box[None], scores=np.ones(1, np.float32), landmarks=marks[None], whole=True)

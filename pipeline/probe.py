@@ -27,6 +27,7 @@ class ProbeResult:
     has_audio: bool = False
     video_codec: str = ""
     kind: str = "video"              # video, audio (no video stream) or image (one still picture)
+    reader: str = "ffmpeg"           # what decodes it: ffmpeg, or in this process pillow / soundfile (readers.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -227,6 +228,11 @@ def probe_clip(path: Path | None, cfg: ProbeConfig, audio: AudioConfig, any_kind
     result = check_streams(info, any_kind)
     if not result.ok or result.kind == "image":
         return result
+    return check_duration(result, cfg, audio)
+
+
+def check_duration(result: ProbeResult, cfg: ProbeConfig, audio: AudioConfig) -> ProbeResult:
+    """An ok video or audio result -> rejected when its duration (or missing audio) breaks the policy."""
     duration = result.duration_s
     if duration <= 0:
         result.ok, result.reason, result.detail = False, "zero_duration", "duration is 0 or unknown"

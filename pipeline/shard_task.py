@@ -20,9 +20,10 @@ import webdataset as wds
 from avemo.core.config import config_from_dict
 from avemo.pipeline.audio import log_mel
 from avemo.pipeline.config import BuildConfig
-from avemo.pipeline.decode import DecodeError, Decoded, decode_clip, plan_decode
-from avemo.pipeline.faces import get_detector, pad_small_frames, speaker_faces
-from avemo.pipeline.probe import ProbeResult, ffmpeg_source, probe_clip
+from avemo.pipeline.decode import DecodeError, Decoded, plan_decode
+from avemo.pipeline.faces import FrameDets, get_detector, image_box, pad_small_frames, speaker_faces, whole_face
+from avemo.pipeline.probe import ProbeResult
+from avemo.pipeline.readers import decode_file, probe_file
 from avemo.core import storage
 from avemo.shards.format import encode_sample
 from avemo.shards.manifest import make_table, write_table
@@ -52,11 +53,15 @@ class ShardSpec:
 # against (build.check_kept_settings)
 SCHEDULING_KEYS = {"probe": ("timeout_s", "max_pixels"), "decode": ("ffmpeg_threads", "timeout_s"),
                    "face": ("device", "batch_frames"), "audio": ()}
+# settings only a media list's images and audio files use: MELD's shards (all videos) keep their fingerprints
+LIST_ONLY_KEYS = {"decode": ("in_process",), "face": ("image_mode",)}
 
 
-def media_settings(cfg: BuildConfig) -> dict:
-    """{section: {key: value}} of the probe/decode/face/audio settings that decide a shard's clips and bytes."""
-    return {name: {k: v for k, v in vars(getattr(cfg, name)).items() if k not in skip}
+def media_settings(cfg: BuildConfig, media_list: bool = True) -> dict:
+    """{section: {key: value}} of the probe/decode/face/audio settings that decide a shard's clips and bytes
+    (of a MELD build's shards when not media_list)."""
+    return {name: {k: v for k, v in vars(getattr(cfg, name)).items()
+                   if k not in skip and (media_list or k not in LIST_ONLY_KEYS.get(name, ()))}
             for name, skip in SCHEDULING_KEYS.items()}
 
 
@@ -66,7 +71,7 @@ def fingerprint(rows: list[dict], cfg: BuildConfig) -> str:
     # a media list's rows add their kind (MELD's rows, all videos, keep the fingerprints they had)
     payload = {"rows": [[r["key"], r.get("source", ""), *(r.get(k) for k in META_FIELDS),
                          *([r["kind"]] if "kind" in r else [])] for r in rows],
-               **media_settings(cfg)}
+               **media_settings(cfg, media_list=any("kind" in r for r in rows))}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -75,8 +80,9 @@ def probe_shard(spec: ShardSpec) -> list[dict]:
     may be a video, an audio file or an image; a MELD row must be a video."""
     cfg = config_from_dict(BuildConfig, spec.config)
     with ThreadPoolExecutor(cfg.dask.decode_threads) as pool:
-        results = pool.map(lambda r: probe_clip(Path(r["source"]) if r.get("source") else None,
-                                                cfg.probe, cfg.audio, any_kind="kind" in r), spec.rows)
+        results = pool.map(lambda r: probe_file(Path(r["source"]) if r.get("source") else None, cfg.probe,
+                                                cfg.audio, any_kind="kind" in r, in_process=cfg.decode.in_process),
+                           spec.rows)
         return [_window(row, result, cfg.probe.min_duration_s).to_dict() for row, result in zip(spec.rows, results)]
 
 
@@ -114,15 +120,22 @@ def _decode_window(row: dict, probe: ProbeResult) -> tuple[float, float]:
     return start, min(length, probe.duration_s) if length > 0 else 0.0
 
 
-def _decode_one(row: dict, probe: ProbeResult, cfg: BuildConfig) -> Decoded | str:
+def _decode_one(row: dict, probe: ProbeResult, cfg: BuildConfig) -> tuple[Decoded, FrameDets | str | None] | str:
+    """(decoded clip, its whole-image face: detection or why there is none, with face.image_mode=whole; None:
+    the detector decides), or why it cannot be decoded."""
     try:
         plan = plan_decode(probe, cfg.decode, *_decode_window(row, probe))
-        decoded = decode_clip(ffmpeg_source(row["source"]), plan, cfg.decode.timeout_s)
+        decoded = decode_file(row["source"], probe.reader, plan, cfg.decode.timeout_s)
     except DecodeError as exc:
         return str(exc)
+    whole = None
     if probe.kind == "image":
+        image = decoded.frames[0]                                   # (h, w, 3) before padding
         decoded.frames = pad_small_frames(decoded.frames, cfg.face)
-    return decoded
+        if cfg.face.image_mode == "whole":
+            h, w = image.shape[:2]
+            whole = whole_face(image, image_box(h, w, cfg.face), cfg.face)
+    return decoded, whole
 
 
 def manifest_row(row: dict, **values) -> dict:
@@ -161,8 +174,12 @@ class _ShardWriter:
         cfg = self.cfg
         try:
             track = speaker_faces(decoded.frames, dets, cfg.face)
+            # an image without a face holds nothing to learn from (it has no audio either): always rejected
+            if track.mask.sum() == 0 and probe.kind == "image":
+                return self.reject(row, "no_face", "the detector found no face in the image")
             if track.mask.sum() == 0 and cfg.face.missing == "reject" and probe.kind != "audio":
                 return self.reject(row, "no_face", "no face in any sampled frame", probe.duration_s)
+            face_mode = "" if track.mask.sum() == 0 else "whole" if dets and dets[0].whole else "detect"
             mel = None if decoded.audio is None else log_mel(decoded.audio, cfg.decode.sample_rate, cfg.audio)
             problem = non_finite_audio(decoded.audio, mel)
             if problem:
@@ -172,7 +189,8 @@ class _ShardWriter:
                         frame_times=[round(float(t), 3) for t in decoded.times],
                         frame_size=[int(decoded.frames.shape[2]), int(decoded.frames.shape[1])],
                         sample_rate=cfg.decode.sample_rate, hop_length=cfg.audio.hop_length,
-                        n_mels=cfg.audio.n_mels, detector=cfg.face.backend, crop=cfg.face.crop)
+                        n_mels=cfg.audio.n_mels, crop=cfg.face.crop, face_mode=face_mode,
+                        detector="none" if face_mode == "whole" else cfg.face.backend)
             sample = encode_sample(row["key"], meta, track.mask, track.boxes, track.crops, mel,
                                    cfg.face.jpeg_quality)
         except Exception as exc:  # one clip's failure is recorded, never fatal to the shard
@@ -181,6 +199,7 @@ class _ShardWriter:
         self.rows.append(manifest_row(
             row, status="ok", shard=self.spec.tar_name, duration_s=probe.duration_s,
             n_frames=int(track.mask.shape[0]), n_faces=int(track.mask.sum()), has_audio=mel is not None,
+            face_mode=face_mode,
             sample_bytes=sum(len(v) for k, v in sample.items() if not k.startswith("__"))))
         clip_done(self.spec.name)
 
@@ -240,12 +259,17 @@ def _run_clips(spec: ShardSpec, cfg: BuildConfig, probes: list[ProbeResult], det
             if probe.ok:
                 row = {**row, "kind": probe.kind}   # what the file turned out to be (a list's rows: by ffprobe)
             submit_next()
-            decoded = job.result() if job is not None else None
+            result = job.result() if job is not None else None
             if job is None:
                 queue.append([row, probe, None, [], (probe.reason, probe.detail)])
-            elif isinstance(decoded, str):
-                queue.append([row, probe, None, [], ("decode_error", decoded)])
+            elif isinstance(result, str):
+                queue.append([row, probe, None, [], ("decode_error", result)])
+            elif isinstance(result[1], str):      # face.image_mode=whole: an image that cannot be a face
+                queue.append([row, probe, None, [], ("no_face", result[1])])
+            elif result[1] is not None:           # face.image_mode=whole: its face is known, no detector run
+                queue.append([row, probe, result[0], [result[1]], None])
             else:
+                decoded = result[0]
                 entry = [row, probe, decoded, [], None]
                 queue.append(entry)
                 frames.extend(decoded.frames)

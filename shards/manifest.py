@@ -45,7 +45,8 @@ REASONS: dict[str, str] = {
     "too_long": "longer than probe.max_duration_s",
     "too_large": "a picture or video frame of more than probe.max_pixels pixels (refused before it is decoded)",
     "decode_error": "ffmpeg failed to decode the sampled frames or the audio",
-    "no_face": "no face in any sampled frame (policy face.missing=reject)",
+    "no_face": "no face in any sampled frame (policy face.missing=reject); an image: no face found (always "
+               "rejected: it has no audio), or with face.image_mode=whole a blank or too small image",
     "processing_error": "an unexpected error while processing this clip (message in detail)",
     "task_failed": "the shard task failed after its retries",
 }
@@ -68,6 +69,7 @@ SCHEMA = pa.schema([
     ("duration_s", pa.float32()),
     ("n_frames", pa.int32()),
     ("n_faces", pa.int32()),
+    ("face_mode", pa.string()),      # how its faces were found: detect (RetinaFace) or whole (face.image_mode=whole); "" none
     ("has_audio", pa.bool_()),
     ("sample_bytes", pa.int64()),
     ("shard_sha256", pa.string()),
@@ -75,7 +77,7 @@ SCHEMA = pa.schema([
 
 DEFAULTS = {"kind": "video", "dialogue_id": None, "utterance_id": None, "label": -1, "emotion": "", "sentiment": "",
             "reason": "", "detail": "", "shard": "", "source": "", "csv_line": None, "duration_s": None,
-            "n_frames": 0, "n_faces": 0, "has_audio": False, "sample_bytes": 0, "shard_sha256": ""}
+            "n_frames": 0, "n_faces": 0, "face_mode": "", "has_audio": False, "sample_bytes": 0, "shard_sha256": ""}
 
 
 def make_table(rows: Iterable[dict]) -> pa.Table:

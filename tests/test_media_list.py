@@ -124,15 +124,14 @@ def test_list_builds_every_kind_with_reasons(list_shards, media):
     audio = sorted(k for k, v in ok.items() if v[0] == "audio")
     assert audio[0] == "tone" and audio[1].startswith("tone-") and audio[2:] == ["tone_part"]   # .wav, .flac
     assert all(ok[k][1:] == (0, False, True) for k in audio), "audio: no frames, no faces, a log-mel"
-    assert ok["pattern"] == ("image", 1, False, False)
     images = {k: v for k, v in ok.items() if v[0] == "image"}
-    assert len(images) == 3 and all(v[1] == 1 and not v[3] for v in images.values())
-    assert images["fer_face"][2], "the FER face is found (small images are padded before detection)"
+    assert images == {"fer_face": ("image", 1, True, False)}, "the FER face is found (small images are padded first)"
     parts = {r["key"]: r for r in rows if r["key"] in ("tone_part", "video_part")}
     assert abs(parts["tone_part"]["duration_s"] - 0.5) < 1e-3 and abs(parts["video_part"]["duration_s"] - 1.0) < 1e-3
     assert parts["video_part"]["n_frames"] == 4 and parts["video_part"]["n_faces"] == 4   # 1 s at decode.fps=4
     reasons = sorted((r["reason"], r["kind"]) for r in rows if r["status"] != "ok")
     assert reasons == [("bad_split", "audio"), ("bad_time", "audio"), ("duplicate_key", "image"), ("missing_file", "audio"),
+                       ("no_face", "image"), ("no_face", "image"),   # the test patterns: an image without a face
                        ("unknown_label", "audio"), ("unreadable_container", "audio")]
 
 

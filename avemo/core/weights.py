@@ -23,6 +23,7 @@ class WeightsSpec:
     url: str
 
 
+LIGHT_ASD = "https://github.com/Junhua-Liao/Light-ASD/raw/ed38c232de5efe0261dbd68627c0ade7cdfe14eb/weight"
 WEIGHTS = {
     "mobilenet0.25": WeightsSpec(
         "retinaface/mobilenet0.25_Final.pth",
@@ -35,6 +36,15 @@ WEIGHTS = {
         "mobilefacenet/mobilefacenet.pt",
         "90a00ba1d8b0b688af3deb731ed53dca582e6106805d1bc3cfdef55f570493f4",
         "https://github.com/foamliu/MobileFaceNet/releases/download/v1.0/mobilefacenet.pt"),
+    # Light-ASD active speaker detector (MIT), pinned to the authors' commit
+    "light-asd-talkset": WeightsSpec(
+        "light-asd/finetuning_TalkSet.model",
+        "efc375833887eefa9d209dc92810e18519b04c3c73ea35a549f2a7f40b7d94d5",
+        f"{LIGHT_ASD}/finetuning_TalkSet.model"),
+    "light-asd-ava": WeightsSpec(
+        "light-asd/pretrain_AVA_CVPR.model",
+        "d44bc3ea7baa8e0946fa3921311714a630ed8b90a1928fab0dbe30d918909317",
+        f"{LIGHT_ASD}/pretrain_AVA_CVPR.model"),
 }
 
 

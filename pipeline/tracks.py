@@ -53,6 +53,12 @@ class Track:
     def span(self) -> tuple[int, int]:
         return int(self.frames[0]), int(self.frames[-1])
 
+    def segments(self, max_gap: int) -> list[Track]:
+        """The track cut where it goes undetected for more than max_gap frames (same id)."""
+        cuts = np.flatnonzero(np.diff(self.frames) > max_gap + 1) + 1
+        return [Track(self.id, f, d, b, s) for f, d, b, s in
+                zip(*(np.split(x, cuts) for x in (self.frames, self.dets, self.boxes, self.scores)))]
+
     def boxes_at(self, frames: np.ndarray) -> np.ndarray:
         """(m,) frame positions (may be fractional) -> (m, 4) boxes, linear between detections, held at the ends."""
         pos = np.asarray(frames, dtype=np.float64)

@@ -1,0 +1,149 @@
+"""Who is speaking: each face track's active-speaker input (grey 112x112 crops at 25 fps + the audio from its
+first frame), scored by a network passed in, and its speaking probability per frame, per track and per window.
+
+The network is a `Scorer` (avemo.model.asd.LightASD.speaking_logodds fits): the pipeline does not import
+the model layer, so build-shards can be handed one without a cycle.
+
+Crops as Light-ASD's authors prepare them (TalkNet's convention): the box's centre and half-size
+s = max(w, h) / 2 median-filtered over 13 frames; a square of side 2.8 s from s above the centre to 1.8 s
+below it, out-of-frame pixels grey (110), resized to 224, grey, and its central 112x112. Here that central
+square (side 1.4 s, centred 0.4 s below the box centre: mouth, nose and cheeks) is sampled from the grey
+frame straight at 112 pixels (bilinear, as their resize; no intermediate 224 video file), and the median
+filter holds the track's first and last values at its ends (theirs pads with zeros, which shrinks the
+box of tracks shorter than 13 frames to nothing).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avemo.core.errors import DataError
+from avemo.pipeline.tracks import Track
+
+ASD_FPS = 25
+ASD_RATE = 16000
+CROP = 112
+PAD_GREY = 110.0          # the original's out-of-frame fill
+SMOOTH = 13               # median filter length of the box centre and size, in 25 fps frames
+GREY = (0.299, 0.587, 0.114)
+
+# faces (T, 112, 112) uint8 grey at 25 fps, audio (N,) float32 16 kHz from the first face -> (T,) log-odds
+Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class TrackSpeech:
+    track: int
+    times: np.ndarray     # (n,) seconds of the 25 fps samples of the track
+    boxes: np.ndarray     # (n, 4) xyxy pixels of the face box at those times
+    logodds: np.ndarray   # (n,) speaking log-odds per sample
+
+    @property
+    def probs(self) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logodds.astype(np.float64)))
+
+    @property
+    def prob(self) -> float:
+        """Speaking probability of the track: its mean per-frame probability (the share of time it speaks)."""
+        return float(self.probs.mean()) if len(self.logodds) else 0.0
+
+    def window(self, start: float, end: float) -> float | None:
+        """Mean speaking probability over the track's samples in [start, end) seconds; None: not on screen."""
+        sel = (self.times >= start) & (self.times < end)
+        return float(self.probs[sel].mean()) if sel.any() else None
+
+
+def median_smooth(x: np.ndarray, size: int = SMOOTH) -> np.ndarray:
+    """(n, c) -> running median over `size` rows, the first and last rows repeated at the ends."""
+    if len(x) < 2 or size < 2:
+        return x.copy()
+    half = size // 2
+    padded = np.concatenate([np.repeat(x[:1], half, 0), x, np.repeat(x[-1:], half, 0)])
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, size, axis=0), axis=-1)
+
+
+def crop_squares(boxes: np.ndarray) -> np.ndarray:
+    """(n, 4) xyxy face boxes at 25 fps -> (n, 3) crop squares (centre x, centre y, side) in pixels."""
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    half = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2
+    cx, cy, half = median_smooth(np.stack([cx, cy, half], 1).astype(np.float64)).T
+    return np.stack([cx, cy + 0.4 * half, 1.4 * half], 1)
+
+
+def grey_crops(frames: np.ndarray, ids: np.ndarray, squares: np.ndarray, chunk: int = 16) -> np.ndarray:
+    """frames (T, H, W, 3) uint8 RGB, ids (n,) frame of each crop, squares (n, 3) -> (n, 112, 112) uint8 grey."""
+    n, (h, w) = len(ids), frames.shape[1:3]
+    out = np.empty((n, CROP, CROP), dtype=np.uint8)
+    weights = torch.tensor(GREY).view(1, 1, 1, 3)
+    for lo in range(0, n, chunk):
+        sel, sq = ids[lo: lo + chunk], torch.from_numpy(squares[lo: lo + chunk]).float()
+        uniq, inverse = np.unique(sel, return_inverse=True)       # a frame held for several samples: once
+        grey = (torch.from_numpy(frames[uniq]).float() * weights).sum(-1, keepdim=True) - PAD_GREY
+        grey = grey.permute(0, 3, 1, 2)[torch.from_numpy(inverse.reshape(-1))]          # (m, 1, H, W)
+        theta = torch.zeros((len(sel), 2, 3))                     # crop pixel -> normalised frame coordinates
+        theta[:, 0, 0], theta[:, 1, 1] = sq[:, 2] / w, sq[:, 2] / h
+        theta[:, 0, 2], theta[:, 1, 2] = 2 * sq[:, 0] / w - 1, 2 * sq[:, 1] / h - 1
+        grid = F.affine_grid(theta, [len(sel), 1, CROP, CROP], align_corners=False)
+        crops = F.grid_sample(grey, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[lo: lo + chunk] = (crops[:, 0] + PAD_GREY).round().clamp(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def track_samples(track: Track, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The track's 25 fps samples: (n,) times from its first frame to the end of its last, (n,) index of the
+    decoded frame shown at each, (n, 4) boxes (linear between detections)."""
+    times = np.asarray(times, dtype=np.float64)
+    first, last = track.span
+    frame_s = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / ASD_FPS
+    n = max(1, int(round((times[last] + frame_s - times[first]) * ASD_FPS)))
+    at = times[first] + np.arange(n) / ASD_FPS
+    ids = np.clip(np.searchsorted(times, at + 1e-6, side="right") - 1, first, last)
+    pos = np.interp(at, times, np.arange(len(times)))             # fractional frame position of each sample
+    return at, ids, track.boxes_at(pos)
+
+
+def check_frame_rate(times: np.ndarray, min_fps: float) -> None:
+    if len(times) > 1:
+        fps = 1.0 / max(float(np.median(np.diff(times))), 1e-9)
+        if fps < min_fps:
+            raise DataError(f"frames at {fps:.1f} fps: the speaker detector reads lip motion and needs "
+                            f">= {min_fps:g} fps (decode at 25)")
+
+
+def score_tracks(frames: np.ndarray, times: np.ndarray, tracks: Sequence[Track], audio: np.ndarray | None,
+                 scorer: Scorer, sample_rate: int = ASD_RATE, min_fps: float = 15.0,
+                 max_gap_s: float = 0.4) -> list[TrackSpeech]:
+    """frames (T, H, W, 3) uint8 RGB at their source rate (or 25 fps), times (T,) seconds, the clip's mono
+    audio -> one TrackSpeech per track. No audio: nothing to say about speaking, []. A track is scored in
+    segments split where it goes undetected for more than max_gap_s (re-linked across a cut: the frames
+    between show someone else)."""
+    if audio is None or not len(tracks):
+        return []
+    check_frame_rate(times, min_fps)
+    wave = np.asarray(audio, dtype=np.float32)
+    if sample_rate != ASD_RATE:
+        import torchaudio
+        wave = torchaudio.functional.resample(torch.from_numpy(wave), sample_rate, ASD_RATE).numpy()
+    times = np.asarray(times, dtype=np.float64)
+    gap = max(1, int(np.floor(max_gap_s / max(float(np.median(np.diff(times))), 1e-9)))) if len(times) > 1 else 1
+    out = []
+    for track in tracks:
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for seg in track.segments(gap):
+            at, ids, boxes = track_samples(seg, times)
+            faces = grey_crops(frames, ids, crop_squares(boxes))
+            start = int(round(at[0] * ASD_RATE))
+            parts.append((at, boxes, np.asarray(scorer(faces, wave[start:]), dtype=np.float32)))
+        at, boxes, logodds = (np.concatenate(p) for p in zip(*parts))
+        out.append(TrackSpeech(track.id, at, boxes, logodds))
+    return out
+
+
+def speaking_in_window(speech: Sequence[TrackSpeech], start: float, end: float) -> dict[int, float]:
+    """Track id -> mean speaking probability in [start, end) seconds, for the tracks on screen then."""
+    probs = {s.track: s.window(start, end) for s in speech}
+    return {k: v for k, v in probs.items() if v is not None}

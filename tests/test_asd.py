@@ -1,0 +1,173 @@
+"""Light-ASD (model/asd.py), its crops and scoring of tracks (pipeline/speaker.py), on real talking faces."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avemo.core.errors import DataError, WeightsError
+from avemo.model.asd import LightASD, _chunks, load_light_asd, mfcc
+from avemo.pipeline.speaker import (TrackSpeech, crop_squares, grey_crops, median_smooth, score_tracks,
+                                    speaking_in_window, track_samples)
+from avemo.pipeline.tracks import Track
+
+RATE = 16000
+
+
+def make_track(frames: list[int], box=(100.0, 50.0, 200.0, 170.0), track_id: int = 0) -> Track:
+    n = len(frames)
+    return Track(track_id, np.array(frames, dtype=np.int64), np.zeros(n, dtype=np.int64),
+                 np.tile(np.array(box, dtype=np.float32), (n, 1)), np.ones(n, dtype=np.float32))
+
+
+# ---------------------------------------------------------------- pure logic (random weights, no media)
+
+@pytest.mark.unit
+def test_network_shapes_and_candidate_audio_tracks():
+    torch.manual_seed(0)
+    net = LightASD().eval()
+    assert net(torch.randn(2, 40, 13), torch.rand(2, 10, 112, 112) * 255).shape == (2, 10, 2)
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (27, 112, 112), dtype=np.uint8)
+    audio = (0.1 * rng.standard_normal(27 * 640)).astype(np.float32)
+    one = net.speaking_logodds(faces, audio, durations_s=(1,))          # chunks of frames 0-24 and 25-26
+    assert one.shape == (27,) and one.dtype == np.float32 and np.isfinite(one).all()
+    many = net.speaking_logodds(faces, [audio, audio[: RATE // 2], np.zeros(0, np.float32)], durations_s=(1,))
+    assert many.shape == (3, 27) and np.allclose(many[0], one, atol=1e-5)   # short audio: padded with silence
+    assert net.speaking_logodds(faces[:0], audio).shape == (0,)
+    assert net.speaking_logodds(faces, audio, durations_s=(1,), encoders_once=True).shape == (27,)
+    assert _chunks(60, 25) == [(0, 50), (50, 60)] and _chunks(50, 25) == [(0, 50)] and _chunks(7, 25) == [(0, 7)]
+
+
+@pytest.mark.unit
+def test_mfcc_frames_and_silence():
+    assert mfcc(np.zeros(16000, np.float32)).shape == (99, 13)          # 1 + ceil((16000 - 400) / 160)
+    assert mfcc(np.zeros(16000 + 240, np.float32)).shape == (100, 13)   # 100 frames/s with the last window whole
+    assert mfcc(np.zeros(10, np.float32)).shape == (1, 13) and mfcc(np.zeros(0, np.float32)).shape == (1, 13)
+    assert np.isfinite(mfcc(np.zeros(4000, np.float32))).all()          # digital silence: log(eps), not -inf
+    noise = (0.1 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32)
+    loud, soft = mfcc(noise), mfcc(noise * 0.1)
+    assert np.allclose(loud[:, 1:], soft[:, 1:], atol=0.05)             # scale moves c0 (log energy) only
+    assert np.allclose(loud[:, 0] - soft[:, 0], np.log(100), atol=1e-2)
+
+
+@pytest.mark.unit
+def test_crop_geometry_follows_the_original():
+    boxes = np.array([[100, 50, 200, 170]] * 5, dtype=np.float32)       # w 100, h 120 -> half-size 60
+    (cx, cy, side), = crop_squares(boxes)[:1]
+    assert (cx, cy, side) == pytest.approx((150, 110 + 24, 84))         # centre 0.4 s below, side 1.4 s
+    jitter = np.array([[0.0], [0.0], [9.0], [0.0], [0.0]])
+    assert np.allclose(median_smooth(jitter, 3)[:, 0], 0) and median_smooth(jitter[:1], 13).shape == (1, 1)
+    frames = np.zeros((2, 40, 60, 3), dtype=np.uint8)
+    frames[1] = 200
+    squares = np.array([[30.0, 20.0, 10.0], [30.0, 20.0, 10.0], [0.0, 0.0, 40.0]])
+    crops = grey_crops(frames, np.array([0, 1, 1]), squares)
+    assert crops.shape == (3, 112, 112) and crops.dtype == np.uint8
+    assert (crops[0] == 0).all() and (crops[1] == 200).all()
+    assert crops[2, 0, 0] == 110 and crops[2, -1, -1] == 200            # outside the frame: the original's grey
+
+
+@pytest.mark.unit
+def test_tracks_are_resampled_to_25_fps_with_their_audio():
+    times = np.arange(90) / 29.97                                       # 3 s of NTSC video
+    track = make_track(list(range(15, 75)))
+    at, ids, boxes = track_samples(track, times)
+    assert len(at) == 50 and at[0] == pytest.approx(0.5, abs=1e-3)     # 60 frames of 1/29.97 s = 2.0 s
+    assert ids[0] == 15 and ids[-1] <= 74 and np.all(np.diff(ids) >= 1) and boxes.shape == (50, 4)
+    seen = []
+
+    def scorer(faces, audio):
+        seen.append((faces.shape, len(audio)))
+        return np.linspace(-2, 2, len(faces))
+
+    audio = np.zeros(3 * RATE, np.float32)
+    cut = make_track(list(range(0, 20)) + list(range(60, 90)), track_id=1)   # away 1.3 s: two segments
+    out = score_tracks(np.zeros((90, 48, 64, 3), np.uint8), times, [track, cut], audio, scorer)
+    assert [s.track for s in out] == [0, 1]
+    assert seen[0] == ((50, 112, 112), 3 * RATE - round(15 / 29.97 * RATE)) and len(seen) == 3
+    assert len(out[1].logodds) == len(out[1].times) == len(out[1].boxes) == 17 + 25
+    assert 0 < out[0].prob < 1 and out[0].window(10, 11) is None
+    assert out[0].window(0.5, 1.5) < 0.5 < out[0].window(1.5, 2.5)
+    assert set(speaking_in_window(out, 0.0, 0.4)) == {1}
+    assert score_tracks(np.zeros((90, 48, 64, 3), np.uint8), times, [track], None, scorer) == []
+    with pytest.raises(DataError, match="fps"):
+        score_tracks(np.zeros((8, 48, 64, 3), np.uint8), np.arange(8) / 4.0, [make_track([0, 1])], audio, scorer)
+    empty = TrackSpeech(0, np.zeros(0), np.zeros((0, 4)), np.zeros(0, np.float32))
+    assert empty.prob == 0.0 and empty.window(0, 1) is None
+
+
+# ---------------------------------------------------------------- the published weights
+
+@pytest.mark.parametrize("variant", ["talkset", "ava"])
+def test_published_checkpoints_load_strict_and_safely(shared, variant):
+    name = {"talkset": "finetuning_TalkSet.model", "ava": "pretrain_AVA_CVPR.model"}[variant]
+    state = torch.load(shared / "weights" / "light-asd" / name, map_location="cpu", weights_only=True)
+    net = LightASD()
+    assert net.load_state_dict(state, strict=True) is not None and len(state) == 192
+    assert sum(p.numel() for p in net.model.parameters()) == pytest.approx(1.02e6, rel=0.01)
+    loaded = load_light_asd(variant=variant)
+    assert not loaded.training
+    assert torch.equal(loaded.lossAV.FC.weight, state["lossAV.FC.weight"])
+
+
+def test_wrong_weights_are_one_clear_error(shared, tmp_path):
+    with pytest.raises(WeightsError, match="does not fit Light-ASD"):
+        load_light_asd(str(shared / "weights" / "mobilefacenet" / "mobilefacenet.pt"))
+    with pytest.raises(WeightsError, match="variant"):
+        load_light_asd(variant="columbia")
+
+
+def test_mfcc_matches_python_speech_features():
+    psf = pytest.importorskip("python_speech_features", reason="the reference MFCC package is not installed")
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal(16123)).astype(np.float32)
+    pcm = np.clip(np.round(audio.astype(np.float64) * 32768), -32768, 32767).astype(np.int16)
+    ref = psf.mfcc(pcm, RATE, numcep=13, winlen=0.025, winstep=0.010)
+    assert np.abs(ref - mfcc(audio)).max() < 1e-4
+
+
+# ---------------------------------------------------------------- real talking faces (../shared/media)
+
+def decode_25fps(path, max_frames: int = 1024):
+    from avemo.core.config import load_config
+    from avemo.pipeline.config import BuildConfig, DecodeConfig
+    from avemo.pipeline.decode import decode_clip, plan_decode
+    from avemo.pipeline.probe import ffmpeg_source, probe_clip
+    cfg = load_config(BuildConfig, "build", None, [], {})
+    probe = probe_clip(path, cfg.probe, cfg.audio, any_kind=True)
+    return decode_clip(ffmpeg_source(path), plan_decode(probe, DecodeConfig(fps=25, max_frames=max_frames)))
+
+
+@pytest.fixture(scope="module")
+def finder():
+    from avemo.inference.speaker import SpeakerConfig, SpeakerFinder
+    return SpeakerFinder(SpeakerConfig(encoders_once=True))    # one visual pass: the suite stays quick
+
+
+def test_a_real_face_speaks_with_its_own_voice_not_with_it_shifted_or_muted(media, finder):
+    """CREMA-D: a real actor saying "Don't forget a jacket" (bench/asd_check.py measures all clips)."""
+    clip = decode_25fps(media / "crema-d" / "1001_DFA_ANG_XX.flv")
+    found = finder(clip.frames, clip.times, clip.audio)
+    assert len(found.tracks) == 1 and found.speaker() is not None and found.speaker()[0] == 0
+    track = found.tracks[0]
+    times, ids, boxes = track_samples(track, clip.times)
+    crops = grey_crops(clip.frames, ids, crop_squares(boxes))
+    own = clip.audio[int(round(times[0] * RATE)):]
+    muted = (1e-4 * np.random.default_rng(0).standard_normal(len(own))).astype(np.float32)
+    logodds = finder.asd.speaking_logodds(crops, [own, np.roll(own, RATE), muted], encoders_once=True)
+    probs = (1 / (1 + np.exp(-logodds.astype(np.float64)))).mean(1)
+    assert probs[0] > 0.4 and probs[0] > 2 * probs[1] and probs[0] > 10 * probs[2], probs
+    assert found.speech[0].prob == pytest.approx(probs[0], abs=1e-3)   # score_tracks: the same crops and audio
+    rms = np.array([np.sqrt(np.mean(own[i * 640:(i + 1) * 640] ** 2)) for i in range(len(crops))])
+    speech = rms > 0.2 * rms.max()                                      # frames while the voice sounds
+    frame = found.speech[0].probs
+    assert frame[speech].mean() > 0.7 and frame[:5].mean() < 0.3       # before the first word: not speaking
+
+
+def test_no_audio_and_no_face_give_no_speaking_mark(media, finder):
+    silent = decode_25fps(media / "fer_test.mp4", max_frames=8)         # a face, no audio stream
+    found = finder(silent.frames, silent.times, silent.audio)
+    assert silent.audio is None and len(found.tracks) >= 1 and found.speech == [] and found.speaker() is None
+    empty = decode_25fps(media / "no_face.mp4", max_frames=8)
+    found = finder(empty.frames, empty.times, empty.audio)
+    assert found.tracks == [] and found.speech == [] and found.speaker() is None

@@ -143,32 +143,35 @@ def _tracklets(dets: Sequence[Detections], embs: Sequence[np.ndarray | None], cf
 
 def _relink(tracklets: list[_Tracklet], n_frames: int, link_sim: float) -> list[list[int]]:
     """Groups of tracklet indices: greedy merging of the most similar pair that shares no frame (tracklets
-    without any embedding stay alone)."""
+    without any embedding stay alone). O(k^2) per merge on k tracklets."""
     groups = [[i] for i in range(len(tracklets))]
     embedded = np.array([k.emb is not None for k in tracklets], dtype=bool)
     if embedded.sum() < 2:
         return groups
     dim = next(k.emb for k in tracklets if k.emb is not None).shape[-1]
-    sums = np.stack([k.emb if k.emb is not None else np.zeros(dim) for k in tracklets])   # (g, D)
-    present = np.zeros((len(tracklets), n_frames), dtype=bool)
+    sums = np.stack([k.emb if k.emb is not None else np.zeros(dim) for k in tracklets])   # (k, D)
+    present = np.zeros((len(tracklets), n_frames), dtype=np.float32)
     for i, k in enumerate(tracklets):
-        present[i, [f for f, _ in k.rows]] = True
-    alive = np.ones(len(tracklets), dtype=bool)
+        present[i, [f for f, _ in k.rows]] = 1
+    apart = (present @ present.T) == 0                        # (k, k): never on screen together
+    unit = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    sim = np.where(apart & embedded[:, None] & embedded[None, :], unit @ unit.T, -np.inf)
+    np.fill_diagonal(sim, -np.inf)
     while True:
-        unit = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        sim = unit @ unit.T
-        overlap = (present.astype(np.int32) @ present.T.astype(np.int32)) > 0   # share a frame: two people
-        usable = alive & embedded
-        sim[overlap | ~usable[:, None] | ~usable[None, :]] = -np.inf
-        np.fill_diagonal(sim, -np.inf)
-        a, b = np.unravel_index(int(np.argmax(sim)), sim.shape)
+        a, b = sorted(np.unravel_index(int(np.argmax(sim)), sim.shape))
         if sim[a, b] < link_sim:
-            return [g for g, ok in zip(groups, alive) if ok]
-        a, b = min(a, b), max(a, b)
+            return [g for g in groups if g]
         groups[a] += groups[b]
+        groups[b] = []
         sums[a] += sums[b]
-        present[a] |= present[b]
-        alive[b] = False
+        apart[a] &= apart[b]                                  # the merged person is on screen in both's frames
+        row = sums[a] / max(float(np.linalg.norm(sums[a])), 1e-12) @ (
+            sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).T
+        row = np.where(apart[a] & embedded & (np.array([bool(g) for g in groups])), row, -np.inf)
+        row[a] = -np.inf
+        sim[a], sim[:, a] = row, row
+        sim[b], sim[:, b] = -np.inf, -np.inf
+        apart[:, a] = apart[a]
 
 
 def follow_faces(dets: Sequence[Detections], embeddings: Sequence[np.ndarray | None] | None = None,

@@ -130,3 +130,20 @@ def test_iou_matrix_and_config_checks():
         TrackConfig(iou=0)
     with pytest.raises(ValueError, match="embedding"):
         follow_faces(frames([box(0)]), [None, None])
+
+
+def test_shots_alternating_between_two_people_give_two_tracks():
+    """Shot/reverse shot: A, B, A, B, A, each shot 8 frames at a new place; faces never overlap across cuts."""
+    rng = np.random.default_rng(4)
+    ident = identities()
+    per_frame, embs, who = [], [], []
+    for shot in range(5):
+        person, x = shot % 2, 40.0 + 130.0 * shot
+        for _ in range(8):
+            per_frame.append([box(x)])
+            embs.append(np.stack([noisy(ident[person], rng)]))
+            who.append(person)
+    tracks = follow_faces(frames(*per_frame), embs)
+    assert len(tracks) == 2
+    assert [list(t.frames) for t in tracks] == [[f for f, p in enumerate(who) if p == 0],
+                                                [f for f, p in enumerate(who) if p == 1]]

@@ -7,9 +7,11 @@ Every test is offline and CPU-only. Two tiers:
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,10 @@ SHARED = Path(os.environ.get("AVEMO_SHARED", REPO.parent / "shared")).resolve()
 
 
 HAVE_SHARED = (SHARED / "weights").is_dir()
+
+# pytest imports this file as `conftest`; a test that writes `from tests.conftest import ...` must get the same
+# module (one session cluster, one set of session fixtures), not a second copy.
+sys.modules.setdefault("tests.conftest", sys.modules[__name__])
 
 # Ctrl-C tests need SIGINT to reach Python: a suite started in the background of a non-interactive shell
 # (`make test &`, nohup) inherits SIGINT ignored, which every child would inherit too (ignored signals
@@ -101,17 +107,67 @@ def mini_meld(tmp_path_factory, media) -> Path:
     return root
 
 
-def build_config(root: Path, out: Path, *overrides: str):
+_CLUSTER = None   # the session's in-process Dask cluster, started by the first build that needs it
+
+
+def session_scheduler() -> str:
+    """One in-process Dask cluster (a worker of 2 threads, no worker processes) that the suite's builds share:
+    it starts once and the detector loads once, so a test's build costs only its own work. Tests about the
+    cluster itself (LocalCluster start and stop, Ctrl-C, killed or faulty workers) start their own."""
+    global _CLUSTER
+    if _CLUSTER is None:
+        from distributed import LocalCluster
+        _CLUSTER = LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
+                                silence_logs=logging.CRITICAL)
+    return _CLUSTER.scheduler_address
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _CLUSTER is not None:
+        _CLUSTER.close()
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A build in this process (the session cluster's threads) sets torch's intra-op threads to
+    dask.torch_threads; the next test gets back the count it had."""
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch else int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def build_config(root: Path, out: Path, *overrides: str, shared_cluster: bool = True):
+    """The suite's build settings; on the session's cluster unless `shared_cluster=False` (then a LocalCluster
+    of 2 worker processes, as a user's build gets). A `scheduler=` override still wins."""
     from avemo.core.config import load_config
     from avemo.pipeline.config import BuildConfig
+    cluster = [f"scheduler={session_scheduler()}"] if shared_cluster else []
     return load_config(BuildConfig, "build", None,
-                       ["dask.workers=2", "shards.max_clips=8", "decode.max_frames=8", *overrides],
+                       ["dask.workers=2", *cluster, "shards.max_clips=8", "decode.max_frames=8", *overrides],
                        {"root": str(root), "out": str(out)})
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, built_shards) -> Path:
+    """A small checkpoint trained once per session on `built_shards` (tests/tiny_model.py's recipe), for the
+    predict, export and hardening tests. Here, not in tiny_model.py: a session fixture imported into several
+    test modules is one fixture per module, and trained once in each."""
+    from avemo.core.config import load_config
+    from avemo.train.config import TrainConfig
+    from avemo.train.loop import run_train
+    from tiny_model import TINY_TRAIN
+    run = tmp_path_factory.mktemp("tiny_run")
+    cfg = load_config(TrainConfig, "train", None, TINY_TRAIN, {"shards": str(built_shards), "run": str(run)})
+    run_train(cfg, log=lambda *a, **k: None)
+    return run / "last.pt"
+
+
+@pytest.fixture(scope="session")
 def built_shards(tmp_path_factory, mini_meld) -> Path:
-    """Shards of the mini-MELD tree, built once by the real Dask pipeline (LocalCluster, 2 workers)."""
+    """Shards of the mini-MELD tree, built once by the real Dask pipeline (the session's cluster)."""
     from avemo.pipeline.build import run_build
     out = tmp_path_factory.mktemp("shards")
     summary = run_build(build_config(mini_meld, out))

@@ -33,7 +33,7 @@ def build_cli(root: Path, out: Path, address: str, cfg_file: Path, *args: str) -
 
 def fixture_config(tmp: Path, root: Path) -> Path:
     """The `built_shards` fixture's exact BuildConfig (conftest.build_config) as a --config file."""
-    data = asdict(build_config(root, tmp / "unused"))
+    data = asdict(build_config(root, tmp / "unused", shared_cluster=False))
     for key in ("root", "out", "scheduler"):
         data.pop(key)
     path = tmp / "build.yaml"

@@ -11,7 +11,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from tiny_model import tiny_checkpoint  # noqa: F401  (session fixture)
 
 from avemo.inference.export import OUTPUTS, export
 from conftest import command

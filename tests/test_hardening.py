@@ -22,7 +22,7 @@ from avemo.model.checkpoint import load_checkpoint
 from avemo.train.config import TrainConfig
 from avemo.train.loop import run_train
 
-from tiny_model import TINY_TRAIN, tiny_checkpoint  # noqa: F401  (a fixture)
+from tiny_model import TINY_TRAIN
 
 
 def _rewrite_split(shards: Path, split: str, change) -> None:

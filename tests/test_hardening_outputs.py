@@ -16,7 +16,7 @@ from avemo.core.atomic import TMP_MARK
 from avemo.core.errors import ConfigError
 
 from badmedia import avemo
-from tiny_model import TINY_TRAIN, tiny_checkpoint  # noqa: F401  (a fixture)
+from tiny_model import TINY_TRAIN
 
 
 def _one_line(capsys) -> str:

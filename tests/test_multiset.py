@@ -17,7 +17,7 @@ from avemo.train.augment import augment_faces, augment_mel
 from avemo.train.config import AugmentConfig, TrainConfig
 from avemo.train.data import MixedSets, SplitShards, mix_weights, mixed_label_counts
 from tests.conftest import command
-from tests.tiny_model import TINY
+from tiny_model import TINY
 
 
 # ------------------------------------------------------------------ pure logic

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 from badmedia import clip, ffmpeg
-from tiny_model import tiny_checkpoint  # noqa: F401  (session fixture)
 
 from conftest import command
 

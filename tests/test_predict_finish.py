@@ -14,7 +14,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from tiny_model import tiny_checkpoint  # noqa: F401  (session fixture)
 
 from conftest import REPO, command
 

@@ -20,14 +20,8 @@ TRAIN_TEXTS = ["Hello there", "How you doin", "We were on a break", "Pivot"]
 
 @pytest.fixture(scope="module")
 def warm():
-    """One in-process Dask worker for every build here: quick to reuse, and a monkeypatch reaches its tasks."""
-    import torch
-    from distributed import LocalCluster
-    threads = torch.get_num_threads()     # build_shard sets dask.torch_threads in its (here: this) process
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
-                      silence_logs=logging.CRITICAL) as cluster:
-        yield f"scheduler={cluster.scheduler_address}"
-    torch.set_num_threads(threads)
+    """The session's in-process Dask worker (conftest): quick to reuse, and a monkeypatch reaches its tasks."""
+    return f"scheduler={session_scheduler()}"
 
 
 def _tree(root, train_texts=TRAIN_TEXTS):

@@ -53,11 +53,9 @@ def tree(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def warm():
-    """A Dask cluster kept warm for the clean build and the reruns (the faulty runs start their own)."""
-    from distributed import LocalCluster
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.CRITICAL) as cluster:
-        yield f"scheduler={cluster.scheduler_address}"
+    """The session's warm Dask cluster (conftest) for the clean build and the reruns (the faulty runs start
+    their own)."""
+    return f"scheduler={session_scheduler()}"
 
 
 def rebuild(tree: Path, out: Path, warm: str):

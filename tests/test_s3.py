@@ -14,7 +14,7 @@ import torch
 from badmedia import kill_group, start_group, wait_for
 from conftest import build_config, command
 from s3local import FaultyProxy, moto_s3
-from tiny_model import TINY_TRAIN, tiny_checkpoint  # noqa: F401  (fixture)
+from tiny_model import TINY_TRAIN
 from avemo.core import storage
 from avemo.core.config import load_config
 from avemo.core.errors import ConfigError

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from conftest import session_scheduler
 from tiny_model import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +32,9 @@ def tiny_config(path: Path) -> Path:
             node[leaf] = yaml.safe_load(value)
         return out
     path.write_text(yaml.safe_dump({
-        "build": tree(["dask.workers=2", "shards.max_clips=8", "decode.max_frames=8"]),
+        # the session's warm Dask cluster (conftest): the example's build costs its clips, not a cluster start
+        "build": tree(["dask.workers=2", "shards.max_clips=8", "decode.max_frames=8",
+                       f"scheduler={session_scheduler()}"]),
         "train": tree([*TINY, "optim.epochs=1"]),
         "evaluate": {"batch_size": 8, "workers": 0, "ablation": False}}))
     return path

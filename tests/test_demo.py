@@ -6,11 +6,14 @@ import json
 import pytest
 
 from avemo.cli import main
+from conftest import session_scheduler
 
 
 @pytest.mark.slow
 def test_demo_learns_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    # the demo's own settings, but its build runs on the session's warm Dask cluster (conftest): starting a
+    # LocalCluster is what the other build tests check
+    assert main(["demo", "--out", str(tmp_path), f"build.scheduler={session_scheduler()}"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == 70 and metrics["weighted_f1"] >= 0.5, metrics["weighted_f1"]
     for name in ("confusion.png", "predictions.parquet"):

@@ -14,7 +14,7 @@ import pytest
 from avemo.pipeline import lists
 from avemo.pipeline.media_list import read_media_list
 from tests.badmedia import clip, ffmpeg
-from tests.conftest import command
+from tests.conftest import command, session_scheduler
 
 COLUMNS = ["path", "label", "split", "key", "speaker", "start", "end"]
 
@@ -102,7 +102,8 @@ def hostile_list(tmp_path_factory) -> Path:
 
 def test_a_hostile_list_builds_with_one_reason_per_row(tmp_path, hostile_list):
     out = tmp_path / "out"
-    assert command("build-shards")(["--list", str(hostile_list), "--out", str(out), "dask.workers=1"]) == 0
+    assert command("build-shards")(["--list", str(hostile_list), "--out", str(out),
+                                    f"scheduler={session_scheduler()}"]) == 0
     rows = {r["key"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
     assert Counter(r["csv_line"] for r in rows.values()) == Counter({2: 1, 3: 1, 4: 1, 5: 1, 6: 1, 8: 1, 9: 1})
     got = {k: (r["status"], r["reason"]) for k, r in rows.items()}

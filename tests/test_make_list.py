@@ -10,7 +10,7 @@ import pytest
 
 from avemo.pipeline import lists
 from avemo.pipeline.media_list import read_media_list
-from tests.conftest import command
+from tests.conftest import command, session_scheduler
 
 
 def touch(root: Path, *names: str) -> None:
@@ -139,7 +139,8 @@ def test_shared_corpora_lists_build_shards(shared, tmp_path, capsys):
     path = tmp_path / "both.csv"
     path.write_text(lists.MediaList(rows=picked).csv_text(), encoding="utf-8")
     out = tmp_path / "out"
-    assert command("build-shards")(["--list", str(path), "--out", str(out), "--splits", "dev", "dask.workers=1"]) == 0
+    assert command("build-shards")(["--list", str(path), "--out", str(out), "--splits", "dev",
+                                    f"scheduler={session_scheduler()}"]) == 0
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     assert [(r["kind"], r["status"]) for r in rows] == [("audio", "ok")] * 3 + [("image", "ok")] * 3
     assert all(r["has_audio"] and r["n_frames"] == 0 for r in rows[:3])

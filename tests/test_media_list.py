@@ -11,7 +11,7 @@ import webdataset as wds
 
 from avemo.pipeline.media_list import derive_key, read_media_list
 from avemo.shards.format import KEY_RE
-from tests.conftest import command
+from tests.conftest import command, session_scheduler
 
 HEADER = "path,label,split,key,speaker,start,end"
 
@@ -109,7 +109,7 @@ def media_list(tmp_path_factory, shared, media) -> Path:
 @pytest.fixture(scope="module")
 def list_shards(tmp_path_factory, media_list) -> Path:
     out = tmp_path_factory.mktemp("list_shards")
-    code = command("build-shards")(["--list", str(media_list), "--out", str(out), "dask.workers=1",
+    code = command("build-shards")(["--list", str(media_list), "--out", str(out), f"scheduler={session_scheduler()}",
                                     "shards.max_clips=4"])
     assert code == 0
     return out

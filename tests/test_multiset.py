@@ -16,7 +16,7 @@ from avemo.model.net import AVEmotionNet, ModelConfig
 from avemo.train.augment import augment_faces, augment_mel
 from avemo.train.config import AugmentConfig, TrainConfig
 from avemo.train.data import MixedSets, SplitShards, mix_weights, mixed_label_counts
-from tests.conftest import command
+from tests.conftest import command, session_scheduler
 from tiny_model import TINY
 
 
@@ -179,8 +179,8 @@ def ffmpeg(*args: str) -> None:
 
 def build_list(folder: Path, lines: list[str], out: Path, *overrides: str) -> Path:
     (folder / "list.csv").write_text("\n".join(["path,label,split,key", *lines]) + "\n", encoding="utf-8")
-    code = command("build-shards")(["--list", str(folder / "list.csv"), "--out", str(out), "dask.workers=1",
-                                    "shards.max_clips=4", *overrides])
+    code = command("build-shards")(["--list", str(folder / "list.csv"), "--out", str(out),
+                                    f"scheduler={session_scheduler()}", "shards.max_clips=4", *overrides])
     assert code == 0
     return out
 

@@ -11,12 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from avemo.pipeline.lists import RAVDESS_EMOTIONS, RAVDESS_RE, class_of
-from tests.conftest import REPO, SHARED
+from tests.conftest import REPO, SHARED, session_scheduler
 
 DATA = SHARED / "data"
 pytestmark = pytest.mark.skipif(not ((DATA / "ravdess").is_dir() and (DATA / "fer2013").is_dir()),
                                 reason=f"needs the real RAVDESS and FER2013 files at {DATA} (set AVEMO_SHARED)")
 SEED = 3
+
+
+def _warm() -> list[str]:
+    return [f"scheduler={session_scheduler()}"]   # the session's Dask cluster (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,7 @@ def real_data():
 def prepared(tmp_path_factory, real_data):
     out = tmp_path_factory.mktemp("real")
     lines: list[str] = []
-    shards = real_data.prepare(SHARED, out, quick=True, seed=SEED, log=lines.append)
+    shards = real_data.prepare(SHARED, out, quick=True, seed=SEED, log=lines.append, overrides=_warm())
     return out, shards, lines
 
 
@@ -135,7 +139,7 @@ def test_prepare_again_only_checks(prepared, real_data):
     tars = {p: p.stat().st_mtime_ns for s in shards.values() for p in s.glob("*.tar")}
     clips = {p: p.stat().st_mtime_ns for p in (out / "paired").rglob("*.mp4")}
     lines: list[str] = []
-    assert real_data.prepare(SHARED, out, quick=True, seed=SEED, log=lines.append) == shards
+    assert real_data.prepare(SHARED, out, quick=True, seed=SEED, log=lines.append, overrides=_warm()) == shards
     assert any("(0 made," in line for line in lines), lines
     assert not any("dask:" in line for line in lines), "a finished set started a cluster"
     assert {p: p.stat().st_mtime_ns for s in shards.values() for p in s.glob("*.tar")} == tars

@@ -11,7 +11,7 @@ import pytest
 import webdataset as wds
 
 from badmedia import clip, csv_row, write_csv
-from conftest import build_config
+from conftest import build_config, session_scheduler
 from avemo.pipeline.build import SettingsMismatchError, run_build
 from avemo.shards.manifest import read_build_config, sha256_file
 

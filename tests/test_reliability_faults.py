@@ -22,7 +22,7 @@ import pytest
 
 from badmedia import (clip, csv_row, group_alive, hidden_temporaries, kill_group, start_group, visible_files,
                       wait_for, write_csv)
-from conftest import build_config
+from conftest import build_config, session_scheduler
 from avemo.pipeline.build import run_build
 from avemo.shards.manifest import sha256_file
 

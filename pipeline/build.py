@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -288,10 +289,14 @@ def run_build(cfg: BuildConfig, log=print, progress=None) -> BuildSummary:
             if cfg.scheduler:
                 check_cuda(cfg, client)
             futures = {}
+            # a token per run in the task keys: on a shared scheduler, another build of the same rows and
+            # settings (another OUT, or a rerun while an interrupted run's task still runs) would otherwise get
+            # that task's result, written to the other run's OUT
+            run = uuid.uuid4().hex[:12]
             for spec in todo:
-                probed = client.submit(probe_shard, spec, key=f"probe-{spec.name}-{spec.fingerprint}",
+                probed = client.submit(probe_shard, spec, key=f"probe-{spec.name}-{spec.fingerprint}-{run}",
                                        retries=cfg.dask.retries, pure=False)
-                built = client.submit(build_shard, spec, probed, key=f"shard-{spec.name}-{spec.fingerprint}",
+                built = client.submit(build_shard, spec, probed, key=f"shard-{spec.name}-{spec.fingerprint}-{run}",
                                       retries=cfg.dask.retries, resources=resources, pure=False)
                 futures[built] = spec
             with tqdm(total=n_clips, unit="clip", desc="build-shards", dynamic_ncols=True) as bar:

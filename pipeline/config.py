@@ -61,7 +61,7 @@ class FaceConfig:
     margin: float = 0.2              # extra border around the box (crop=box), fraction of its size
     crop_size: int = 112             # crop side in pixels (MobileFaceNet takes 112)
     track_iou: float = 0.3           # IoU linking detections of the same face across frames
-    missing: Literal["keep", "reject"] = "keep"   # clip with no face: keep audio + empty mask, or reject
+    missing: Literal["keep", "reject"] = "keep"   # video with no face: keep audio + empty mask, or reject (image: always)
     jpeg_quality: int = 90           # of the face crops stored in the shards
     # a tightly cropped face (FER2013's 48x48) fills its whole picture, and the detector, trained on faces in
     # scenes, misses most of them: an image whose longest side is below pad_target_px is scaled up to it

@@ -108,8 +108,10 @@ def _window(row: dict, probe: ProbeResult, min_duration_s: float) -> ProbeResult
                                               f"({probe.duration_s:.3f} s)", probe.duration_s, kind=probe.kind)
     probe.duration_s = min(left, length) if length > 0 else left
     if probe.duration_s < max(min_duration_s, MIN_WINDOW_S):
+        bound = (f"probe.min_duration_s={min_duration_s}" if min_duration_s >= MIN_WINDOW_S
+                 else f"the shortest part, {MIN_WINDOW_S} s")
         return ProbeResult(False, "too_short", f"the part start={start} end={row.get('end_s')} is "
-                                               f"{probe.duration_s:.6f} s < probe.min_duration_s={min_duration_s}",
+                                               f"{probe.duration_s:.6f} s < {bound}",
                            probe.duration_s, kind=probe.kind)
     return probe
 

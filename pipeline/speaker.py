@@ -121,7 +121,7 @@ def score_tracks(frames: np.ndarray, times: np.ndarray, tracks: Sequence[Track],
     audio -> one TrackSpeech per track. No audio: nothing to say about speaking, []. A track is scored in
     segments split where it goes undetected for more than max_gap_s (re-linked across a cut: the frames
     between show someone else)."""
-    if audio is None or not len(tracks):
+    if audio is None or not len(audio) or not len(tracks):   # an empty track says no more than none
         return []
     check_frame_rate(times, min_fps)
     wave = np.asarray(audio, dtype=np.float32)

@@ -15,7 +15,8 @@ from avemo.pipeline.build import BuildSummary, is_transient, run_build
 def test_the_bar_advances_per_clip_and_the_build_keeps_its_log(mini_meld, tmp_path):
     out = tmp_path / "out"
     events: list[tuple[str, int]] = []
-    cfg = build_config(mini_meld, out, "splits=[dev]", "dask.workers=1", "shards.max_clips=50")
+    # a LocalCluster of its own, as a user's build starts one (the suite's other builds share a warm cluster)
+    cfg = build_config(mini_meld, out, "splits=[dev]", "dask.workers=1", "shards.max_clips=50", shared_cluster=False)
     summary = run_build(cfg, log=lambda *a, **k: None, progress=lambda shard, n: events.append((shard, n)))
     clips = summary.ok + sum(summary.rejected.values())
     assert summary.shards_built == 1 and clips >= 5

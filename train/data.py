@@ -237,12 +237,19 @@ def _train_web_loader(dataset, workers: int, steps: int, data: DataConfig, epoch
     return loader.with_epoch(steps)
 
 
+def epoch_steps(splits: list[SplitShards], batch_size: int, world: int = 1) -> int:
+    """Batches per epoch on each rank: as many as the sets' train samples together fill, split over the
+    ranks (at least one). The one place this is computed: the loaders yield it, the LR schedule is planned
+    over the number they return."""
+    return max(1, sum(s.n_samples for s in splits) // (batch_size * world))
+
+
 def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch, seed: int,
                  world: int = 1, n_mels: int | None = None) -> tuple[wds.WebLoader, int]:
-    """The training stream; with a SharedEpoch it is built once and iterated once per epoch (set the epoch
-    first), its workers kept alive between epochs."""
+    """The training stream and its batches per epoch (epoch_steps); with a SharedEpoch it is built once and
+    iterated once per epoch (set the epoch first), its workers kept alive between epochs."""
     workers = effective_workers(len(split.urls), world, data.workers)
-    steps = max(1, split.n_samples // (data.batch_size * world))
+    steps = epoch_steps([split], data.batch_size, world)
     per_worker = math.ceil(steps / max(1, workers))
     dataset = wds.DataPipeline(
         *_sample_stages(split, data, aug, epoch, seed, n_mels),
@@ -308,7 +315,7 @@ def mixed_train_loader(splits: list[SplitShards], data: DataConfig, aug: Augment
         log.warning("mixed loader: %d worker(s), not data.workers=%d: a worker reads every set, and set %d has "
                     "%d shard(s) per rank", workers, data.workers, per_set.index(workers) + 1,
                     len(splits[per_set.index(workers)].urls) // world)
-    steps = max(1, sum(s.n_samples for s in splits) // (data.batch_size * world))
+    steps = epoch_steps(splits, data.batch_size, world)
     per_worker = math.ceil(steps / max(1, workers))
     sources = [_set_stream(s, i, data, aug, epoch, seed, n_mels) for i, s in enumerate(splits)]
     dataset = wds.DataPipeline(
@@ -338,5 +345,5 @@ def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int 
                          pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
 
 
-__all__ = ["SharedEpoch", "SplitShards", "split_shards", "train_loader", "mixed_train_loader", "MixedSets",
+__all__ = ["SharedEpoch", "SplitShards", "split_shards", "epoch_steps", "train_loader", "mixed_train_loader", "MixedSets",
            "mix_weights", "mixed_label_counts", "eval_loader"]

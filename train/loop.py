@@ -9,18 +9,15 @@ re-planned over the new total (the LR at step s is what a run started with the n
 """
 from __future__ import annotations
 
-import datetime
 import json
 import math
-import os
-import pickle
 import random
-import re
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -28,63 +25,22 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from avemo.core.config import resolve_device
-from avemo.core.errors import CheckpointError, ConfigError, TrainingError
-from avemo.core.paths import writable_dir
-from avemo.core.memory import keep_heap
-from avemo.model.net import build_model, count_parameters, flops_per_clip
+from avemo.core.errors import ConfigError, TrainingError
 from avemo.core.logfile import tee
-from avemo.shards.manifest import read_build_config
-from avemo.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from avemo.train.checkpoint import require_sections, rng_state, set_rng_state
+from avemo.core.memory import keep_heap
+from avemo.core.paths import writable_dir
+from avemo.model.checkpoint import load_checkpoint, save_checkpoint
+from avemo.model.net import build_model, count_parameters, flops_per_clip
+from avemo.train.checkpoint import (check_resume, check_same_sets, init_source, init_weights, replan_schedule,
+                                    rng_state, set_rng_state)
 from avemo.train.config import OptimConfig, TrainConfig
-from avemo.train.data import (EmptySplitError, SharedEpoch, SplitShards, eval_loader, mix_weights, mixed_label_counts, mixed_train_loader,
-                              split_shards)
+from avemo.train.data import SharedEpoch, SplitShards, eval_loader, mix_weights, mixed_label_counts, mixed_train_loader
+from avemo.train.distributed import on_rank0, setup_distributed
 from avemo.train.evaluate import predict, to_device, use_bf16
 from avemo.train.metrics import classification_metrics
 from avemo.train.runs import check_shards_hash, flat_config, manifest_sha256, prepare_run_folder, write_run_config
+from avemo.train.sets import mel_statistics, prepare_data, set_names
 from avemo.train.trackers import Trackers, check_available, parse_report_to
-
-
-def setup_distributed(device_name: str, timeout_min: float = 60.0) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = resolve_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        # the other ranks wait at a barrier while rank 0 hashes the shards and scores every set's dev split:
-        # NCCL's 10-minute default would kill a run with large or several dev sets
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=timeout_min))
-    return rank, world, device
-
-
-def on_rank0(fn, *args, **kwargs):
-    """fn(*args, **kwargs) on rank 0 alone, its result sent to every rank (dist.broadcast_object_list); an
-    exception there is raised on every rank, so none waits forever. Without a process group: a plain call."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return fn(*args, **kwargs)
-    box: list = [None]
-    error = None
-    if dist.get_rank() == 0:
-        try:
-            box[0] = (True, fn(*args, **kwargs))
-        except Exception as exc:
-            error = exc
-            try:
-                pickle.dumps(exc)
-                box[0] = (False, exc)
-            except Exception:
-                box[0] = (False, RuntimeError(str(exc)))
-    dist.broadcast_object_list(box, src=0)
-    if error is not None:
-        raise error                          # rank 0: its own exception, with its traceback
-    ok, value = box[0]
-    if not ok:
-        raise value
-    return value
 
 
 def class_weights(counts: Sequence[float], mode: str) -> torch.Tensor | None:
@@ -120,26 +76,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
                              lr=o.lr, fused=torch.cuda.is_available())
 
 
-@torch.no_grad()
-def mel_statistics(urls: list[str] | list[list[str]], cfg: TrainConfig,
-                   max_batches: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-mel-bin mean/std over valid frames of the first train samples of each set (model buffers)."""
-    total = torch.zeros(cfg.model.n_mels, dtype=torch.float64)
-    sq = torch.zeros_like(total)
-    n = 0
-    for set_urls in (urls if urls and isinstance(urls[0], list) else [urls]):
-        for i, batch in enumerate(eval_loader(set_urls, cfg.data.batch_size, 0, cfg.data.max_frames,  # type: ignore[arg-type]
-                                              cfg.data.max_mel_frames, n_mels=cfg.model.n_mels)):
-            m = batch["mel_mask"].unsqueeze(1)
-            total += (batch["mel"] * m).sum((0, 2)).double()
-            sq += (batch["mel"] ** 2 * m).sum((0, 2)).double()
-            n += int(m.sum())
-            if i + 1 >= max_batches:
-                break
-    if n == 0:
-        return torch.zeros(cfg.model.n_mels), torch.ones(cfg.model.n_mels)
-    mean = total / n
-    return mean.float(), (sq / n - mean ** 2).clamp(min=1e-4).sqrt().float()
+def make_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, steps_per_epoch: int):
+    """Linear warmup, then a cosine to 0 over optim.epochs x steps_per_epoch steps: the steps the training
+    loader yields per epoch (train.data.epoch_steps), so the plan ends on the last batch."""
+    total = steps_per_epoch * optim.epochs
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total, max(1, int(optim.warmup_epochs * steps_per_epoch))))
 
 
 def train_step(net, optimizer, scheduler, batch: dict, optim: OptimConfig, weights: torch.Tensor | None = None,
@@ -157,56 +99,6 @@ def train_step(net, optimizer, scheduler, batch: dict, optim: OptimConfig, weigh
     if scheduler is not None:
         scheduler.step()
     return loss, logits, grad_norm
-
-
-# settings a resumed run must share with its checkpoint: the weights' shapes, and what the restored optimiser
-# and LR schedule were computed for (model.face_weights only seeds a new run: a resume loads every weight)
-RESUME_KEYS = [("data", "batch_size"), ("data", "weights"), ("optim", None), ("model", None)]
-RESUME_FREE = {("model", "face_weights"), ("optim", "epochs")}   # epochs: the schedule is re-planned
-
-
-def resume_mismatches(saved: dict, cfg: TrainConfig) -> list[str]:
-    """`section.key checkpoint -> now` for each RESUME_KEYS setting that differs between the checkpoint's
-    config and this run's (a key the checkpoint lacks counts as its default)."""
-    now, defaults = asdict(cfg), asdict(TrainConfig())
-    changed = []
-    for section, only in RESUME_KEYS:
-        old_section = saved.get(section) or {}
-        for key in ([only] if only else now[section]):
-            if (section, key) in RESUME_FREE:
-                continue
-            old = old_section.get(key, defaults[section][key])
-            if old != now[section][key]:
-                changed.append(f"{section}.{key} {old!r} -> {now[section][key]!r}")
-    return changed
-
-
-def check_same_sets(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    """A resume trains on the shard sets of its checkpoint, in the same order (the mix, its seeds, the class
-    weights, the steps per epoch and the set that picks best.pt all follow from them)."""
-    old = saved.get("shards") or []
-    old = [old] if isinstance(old, str) else list(old)
-    old_sha = str(saved.get("shards_sha256") or "").split(",")
-    new_sha = cfg.shards_sha256.split(",")
-    changed = [str(new) for new, a, b in zip(cfg.shards, old_sha, new_sha) if a and b and a != b]
-    if len(old) != len(cfg.shards) or changed:
-        what = (f"the data of --shards {', '.join(changed)} changed since (its manifest's sha256 differs)" if
-                len(old) == len(cfg.shards) else f"it was trained on {len(old)} shard set(s): {', '.join(map(str, old))}")
-        raise CheckpointError(f"cannot resume from {path}: {what}; resume with the same --shards in the same "
-                              f"order, or start a new run from its weights with --init-from {path}")
-
-
-def open_trackers(cfg: TrainConfig, run: Path, resume_step: int | None) -> Trackers:
-    return Trackers(run, parse_report_to(cfg.report_to), (cfg.train_split, cfg.eval_split, "test"),
-                    cfg.tracker.project, cfg.tracker.run_name, cfg.tracker.mlflow_uri, resume_step, flat_config(cfg))
-
-
-def replan_schedule(optimizer, scheduler) -> None:
-    """After a resume that changed optim.epochs: the restored optimiser holds the old plan's LR for the next
-    step; set every group to the new plan's LR at the current step (LambdaLR's own formula)."""
-    for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * fn(scheduler.last_epoch)
-    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 def check_epoch(epoch: int, seen: int, loss_total: float) -> None:
@@ -230,232 +122,265 @@ def evaluate_split(model, split, cfg: TrainConfig, device, loader=None) -> dict:
     return classification_metrics(labels, probs.argmax(1))
 
 
-# build settings that shape the model's input: every set trained on together must share them
-AUDIO_KEYS = ("n_mels", "n_fft", "hop_length", "sample_rate")
+# ---- the phases of a run: prepare -> stream -> build the trainer -> (train, evaluate, save) per epoch ------
+
+@dataclass
+class Run:
+    """What set-up resolves once and every later phase reads: this process's place, the run folder, the
+    verified data, and where the weights start (RUN/last.pt of a resume, --init-from's model)."""
+    cfg: TrainConfig                    # shards_sha256 resolved: RUN/config.yaml names the exact data
+    rank: int
+    world: int
+    device: torch.device
+    folder: Path
+    say: Callable[..., None]            # rank 0: the log, also into RUN/train.log; other ranks: silent
+    resume_from: dict | None            # RUN/last.pt on --resume
+    init: tuple[dict, torch.nn.Module] | None   # --init-from: its checkpoint and model
+    train_splits: list[SplitShards]
+    eval_splits: list[SplitShards | None]   # None: a later set without an eval split (trained on, not scored)
+    build_config: dict                  # the first set's build settings: every checkpoint carries them
+    names: list[str]                    # a metric name per set (dev_NAME_weighted_f1)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
 
 
-def set_names(shards: list[str]) -> list[str]:
-    """A short name per shard set for its metrics (dev_NAME_weighted_f1): the folder's name, made unique."""
-    names: list[str] = []
-    for i, url in enumerate(shards):
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(url).rstrip("/").rsplit("/", 1)[-1]) or f"set{i}"
-        name = f"{name}_set" if name in ("best", "set") else name    # dev_best_weighted_f1 is the run's best
-        names.append(name if name not in names else f"{name}_{i}")
-    return names
+@dataclass
+class Stream:
+    """The training batches, built once (their workers persist across epochs; the epoch reaches them through
+    `epoch`): `steps` batches per epoch on each rank, the number the LR schedule is planned over."""
+    loader: Any
+    steps: int
+    epoch: SharedEpoch
 
 
-def prepare_data(cfg: TrainConfig, log) -> tuple[list, list, dict]:
-    """([train split per set], [eval split per set, None where a later set has none], build config of the
-    first set): every shard of both splits hashed against its manifest; sets whose audio settings differ
-    are refused (one model reads them all)."""
-    options = cfg.data.storage_options    # a --shards may be a URL (avemo.core.storage)
-    trains: list[SplitShards] = []
-    evals: list[SplitShards | None] = []
-    builds: list[dict] = []
-    for i, shards in enumerate(cfg.shards):
-        trains.append(split_shards(shards, cfg.train_split, cfg.data.corrupt_shards, log_fn=log, options=options))
-        try:
-            evals.append(split_shards(shards, cfg.eval_split, cfg.data.corrupt_shards, log_fn=log, options=options))
-        except EmptySplitError:
-            if i == 0:
-                raise
-            log(f"note: {shards} has no {cfg.eval_split} samples: it is trained on, not scored")
-            evals.append(None)
-        builds.append(read_build_config(shards, options))   # the first travels in every checkpoint (predict)
-    audio = [{k: (b.get("audio") or {}).get(k) for k in AUDIO_KEYS} for b in builds]
-    for shards, settings in zip(cfg.shards[1:], audio[1:]):
-        differ = [f"{k} {audio[0][k]} vs {settings[k]}" for k in AUDIO_KEYS
-                  if None not in (audio[0][k], settings[k]) and audio[0][k] != settings[k]]
-        if differ:
-            raise ConfigError(f"--shards {shards} was built with other audio settings than {cfg.shards[0]} "
-                              f"({', '.join(differ)}): rebuild it with the same audio: section")
-    return trains, evals, builds[0]
+@dataclass
+class Trainer:
+    model: torch.nn.Module              # the bare model (checkpoints, evaluation)
+    net: torch.nn.Module                # what steps: the model, DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    weights: torch.Tensor | None        # the loss's class weights
+    autocast: Any
+    progress: dict                      # epoch, step, best: saved in every checkpoint
+    size: dict                          # model/parameters, model/gflops_per_clip (rank 0; {} elsewhere)
 
 
-def init_source(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
-    """--init-from: the checkpoint and its model, checked before any work (a wrong path or other shapes is
-    one line before the run folder is touched). Its mel statistics come with its weights."""
-    ckpt = load_checkpoint(cfg.init_from, cfg.data.storage_options)
-    source = model_from_checkpoint(ckpt, cfg.init_from)     # its weights fit its own config: one line if not
-    saved, now = asdict(source.cfg), asdict(cfg.model)
-    shape = [k for k in ("n_mels", "audio_channels", "hidden", "fusion_dim") if saved[k] != now[k]]
-    if shape:
-        raise CheckpointError(f"cannot start from {cfg.init_from}: its model has other shapes ("
-                              + ", ".join(f"model.{k} {saved[k]!r} vs {now[k]!r}" for k in shape) + ")")
-    return ckpt, source
-
-
-def init_weights(model, cfg: TrainConfig, source: tuple[dict, torch.nn.Module], say) -> None:
-    """A new run starts from another run's model weights (its optimiser and step are not taken)."""
-    ckpt, net = source
-    model.load_state_dict(net.state_dict())
-    trained_on = ckpt["config"].get("shards") or []
-    trained_on = [trained_on] if isinstance(trained_on, str) else trained_on   # checkpoints before multi-set
-    say(f"model initialised from {cfg.init_from} (epoch {ckpt.get('epoch')}, trained on "
-        f"{', '.join(map(str, trained_on)) or 'unknown shards'})")
-
-
-def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool = False) -> dict:
-    rank, world, device = setup_distributed(cfg.device, cfg.dist_timeout_min)
-    check_available(parse_report_to(cfg.report_to))
-    if device.type == "cpu":
-        keep_heap()  # 2x faster CPU steps: activations are not page-faulted in again every step (avemo/memory.py)
-    main_rank = rank == 0
-    say = log if main_rank else (lambda *a, **k: None)
-    run = Path(cfg.run)
-    ckpt_path = run / "last.pt"
-    if main_rank:
-        writable_dir(run, "--run")   # a file there, or a read-only folder: one line now, not after an epoch
-    ckpt = load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
-    if ckpt is not None:
-        require_sections(ckpt, ckpt_path)
-        model_from_checkpoint(ckpt, ckpt_path)   # its weights fit its own config: one line, not a traceback
-        check_same_sets(ckpt["config"], cfg, ckpt_path)   # other sets first: their settings differ as a result
-        changed = resume_mismatches(ckpt["config"], cfg)
-        if changed:
-            raise CheckpointError(f"cannot resume from {ckpt_path}: it was trained with other settings "
-                                  f"({', '.join(changed)}); resume with its settings or start a new run")
-    init = init_source(cfg) if cfg.init_from and ckpt is None else None   # a resume takes RUN/last.pt instead
-    if len(cfg.shards_sha256.split(",")) != len(cfg.shards) and cfg.shards_sha256:
-        raise ConfigError(f"shards_sha256 lists {len(cfg.shards_sha256.split(','))} hash(es) for "
-                          f"{len(cfg.shards)} --shards set(s)")
-    on_rank0(prepare_run_folder, run, resume, overwrite, say)
-    if main_rank:
-        say = tee(say, run / "train.log")
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-
-    # shard hashing and statistics: rank 0 does them, the other ranks receive its results
-    train_splits, eval_splits, build_config = on_rank0(prepare_data, cfg, say)
-    names = set_names(list(cfg.shards))
+def resolve_hashes(cfg: TrainConfig) -> TrainConfig:
+    """cfg with each set's manifest sha256 (checked against shards_sha256 where that names one)."""
     expected = cfg.shards_sha256.split(",") if cfg.shards_sha256 else [""] * len(cfg.shards)
     shas = [on_rank0(manifest_sha256, shards) for shards in cfg.shards]
     for want, sha, shards in zip(expected, shas, cfg.shards):
         check_shards_hash(want, sha, shards)
     resolved = [sha or want for sha, want in zip(shas, expected)]
-    cfg = replace(cfg, shards_sha256=",".join(resolved) if any(resolved) else "")  # RUN/config.yaml names the data
+    return replace(cfg, shards_sha256=",".join(resolved) if any(resolved) else "")
+
+
+def prepare(cfg: TrainConfig, resume: bool, log, overwrite: bool) -> Run:
+    """Every check that can fail before the work, then the run folder and the data: a bad setting is one line
+    before anything is written; rank 0 hashes the shards, the other ranks receive its results."""
+    rank, world, device = setup_distributed(cfg.device, cfg.dist_timeout_min)
+    check_available(parse_report_to(cfg.report_to))
+    if device.type == "cpu":
+        keep_heap()  # 2x faster CPU steps: activations are not page-faulted in again every step (avemo/memory.py)
+    say = log if rank == 0 else (lambda *a, **k: None)
+    folder = Path(cfg.run)
+    last = folder / "last.pt"
+    if rank == 0:
+        writable_dir(folder, "--run")   # a file there, or a read-only folder: one line now, not after an epoch
+    ckpt = load_checkpoint(last) if resume and last.is_file() else None
     if ckpt is not None:
-        check_same_sets(ckpt["config"], cfg, ckpt_path)
-    probs = mix_weights(train_splits, cfg.data.weights)
-    train_samples = sum(s.n_samples for s in train_splits)
-    if main_rank:
-        write_run_config(run, cfg, world, str(device))
+        check_resume(ckpt, last, cfg)
+    init = init_source(cfg) if cfg.init_from and ckpt is None else None   # a resume takes RUN/last.pt instead
+    if cfg.shards_sha256 and len(cfg.shards_sha256.split(",")) != len(cfg.shards):
+        raise ConfigError(f"shards_sha256 lists {len(cfg.shards_sha256.split(','))} hash(es) for "
+                          f"{len(cfg.shards)} --shards set(s)")
+    on_rank0(prepare_run_folder, folder, resume, overwrite, say)
+    if rank == 0:
+        say = tee(say, folder / "train.log")
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    train_splits, eval_splits, build_config = on_rank0(prepare_data, cfg, say)
+    cfg = resolve_hashes(cfg)
+    if ckpt is not None:
+        check_same_sets(ckpt["config"], cfg, last)
+    if rank == 0:
+        write_run_config(folder, cfg, world, str(device))
+    return Run(cfg, rank, world, device, folder, say, ckpt, init, train_splits, eval_splits, build_config,
+               set_names(list(cfg.shards)))
+
+
+def train_stream(run: Run) -> Stream:
+    cfg = run.cfg
+    epoch = SharedEpoch(run.resume_from["epoch"] if run.resume_from else 0)
+    loader, steps = mixed_train_loader(run.train_splits, cfg.data, cfg.augment, epoch, cfg.seed, run.world,
+                                       n_mels=cfg.model.n_mels)
+    return Stream(loader, steps, epoch)
+
+
+def build_trainer(run: Run, steps_per_epoch: int) -> Trainer:
+    """The model (new, from --init-from, or RUN/last.pt's), its optimiser and LR schedule (restored on a
+    resume, with the RNG and the progress), wrapped for DDP / torch.compile."""
+    cfg, say, ckpt = run.cfg, run.say, run.resume_from
     model = build_model(cfg.model, log=say)
-    state: dict = {"epoch": 0, "step": 0, "best": -1.0}
-    if init is not None:
-        init_weights(model, cfg, init, say)
+    if run.init is not None:
+        init_weights(model, cfg, run.init, say)
     elif ckpt is None:
-        model.audio.mel_mean, model.audio.mel_std = on_rank0(mel_statistics, [s.urls for s in train_splits], cfg)
+        model.audio.mel_mean, model.audio.mel_std = on_rank0(mel_statistics, [s.urls for s in run.train_splits], cfg)
     else:
         model.load_state_dict(ckpt["model"])
-    model.to(device)
-    if main_rank:
+    model.to(run.device)
+    size: dict = {}
+    if run.main:
         flops = flops_per_clip(model, cfg.data.max_frames)   # dummy inputs on the model's device
         size = {"model/parameters": count_parameters(model), "model/gflops_per_clip": round(flops / 1e9, 3)}
         say(f"model: {count_parameters(model) / 1e6:.2f} M parameters, {flops / 1e9:.2f} GFLOPs per clip "
             f"({cfg.data.max_frames} frames)")
-    weights = class_weights(mixed_label_counts(train_splits, probs), cfg.imbalance)
-    weights = weights.to(device) if weights is not None else None
+    weights = class_weights(mixed_label_counts(run.train_splits, mix_weights(run.train_splits, cfg.data.weights)),
+                            cfg.imbalance)
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = max(1, train_samples // (cfg.data.batch_size * world))
-    total = steps_per_epoch * cfg.optim.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total, max(1, int(cfg.optim.warmup_epochs * steps_per_epoch))))
+    scheduler = make_schedule(optimizer, cfg.optim, steps_per_epoch)
+    progress = {"epoch": 0, "step": 0, "best": -1.0}
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt["config"]["optim"]["epochs"] != cfg.optim.epochs:
             replan_schedule(optimizer, scheduler)
             say(f"optim.epochs {ckpt['config']['optim']['epochs']} -> {cfg.optim.epochs}: the cosine schedule "
-                f"is re-planned over {total} steps (LR now {scheduler.get_last_lr()[0]:.3g})")
-        state = {k: ckpt[k] for k in ("epoch", "step", "best")}
+                f"is re-planned over {steps_per_epoch * cfg.optim.epochs} steps (LR now {scheduler.get_last_lr()[0]:.3g})")
+        progress = {k: ckpt[k] for k in ("epoch", "step", "best")}
         set_rng_state(ckpt["rng"])
-        say(f"resumed from {ckpt_path}: epoch {state['epoch']}, step {state['step']}")
-    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+        say(f"resumed from {run.folder / 'last.pt'}: epoch {progress['epoch']}, step {progress['step']}")
+    device = run.device
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if run.world > 1 else model
     if cfg.compile:
         net = torch.compile(net)  # type: ignore[assignment]
-    bf16 = use_bf16(device, cfg.amp)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
-    logger = open_trackers(cfg, run, None if ckpt is None else state["step"]) if main_rank else None
-    if logger is not None and ckpt is None:
-        logger.params(flat_config(cfg), size)          # once per run: hyper-parameters and model size
-    say(f"training on {device} x{world}: {train_samples} clips, {steps_per_epoch} steps/epoch, "
-        f"{sum(len(s.urls) for s in train_splits)} shards; class weights "
-        f"{None if weights is None else [round(w, 3) for w in weights.tolist()]}")
-    if len(train_splits) > 1:
-        say("shard sets: " + "; ".join(f"{n} {s.n_samples} train clips, p={p:.3f}"
-                                       for n, s, p in zip(names, train_splits, probs)))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16(device, cfg.amp) else nullcontext()
+    return Trainer(model, net, optimizer, scheduler, None if weights is None else weights.to(device), autocast,
+                   progress, size)
 
+
+def describe(run: Run, trainer: Trainer, stream: Stream) -> None:
+    splits, weights = run.train_splits, trainer.weights
+    run.say(f"training on {run.device} x{run.world}: {sum(s.n_samples for s in splits)} clips, {stream.steps} "
+            f"steps/epoch, {sum(len(s.urls) for s in splits)} shards; class weights "
+            f"{None if weights is None else [round(w, 3) for w in weights.tolist()]}")
+    if len(splits) > 1:
+        probs = mix_weights(splits, run.cfg.data.weights)
+        run.say("shard sets: " + "; ".join(f"{n} {s.n_samples} train clips, p={p:.3f}"
+                                           for n, s, p in zip(run.names, splits, probs)))
+
+
+def open_trackers(run: Run, resume_step: int | None) -> Trackers:
+    cfg = run.cfg
+    return Trackers(run.folder, parse_report_to(cfg.report_to), (cfg.train_split, cfg.eval_split, "test"),
+                    cfg.tracker.project, cfg.tracker.run_name, cfg.tracker.mlflow_uri, resume_step, flat_config(cfg))
+
+
+def dev_loaders(run: Run) -> list:
+    """Rank 0's loaders of each set's eval split, kept (persistent workers) for every epoch's scoring."""
+    cfg = run.cfg
+    return [eval_loader(split.urls, cfg.data.batch_size, min(2 if i == 0 else 1, cfg.data.workers),
+                        cfg.data.max_frames, cfg.data.max_mel_frames, persistent=True, n_mels=cfg.model.n_mels,
+                        listed=split.listed)
+            if run.main and split is not None else None for i, split in enumerate(run.eval_splits)]
+
+
+def train_epoch(run: Run, trainer: Trainer, stream: Stream, epoch: int, logger: Trackers | None) -> dict:
+    """One pass of `stream.steps` batches -> the epoch's record (loss, accuracy, speed); stops the run on an
+    epoch that trained on nothing or diverged (check_epoch), before anything is saved."""
+    cfg, t, progress = run.cfg, trainer, trainer.progress
+    t.net.train()
+    stream.epoch.set_value(epoch)
+    bar = tqdm(stream.loader, total=stream.steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+               disable=not run.main, dynamic_ncols=True)
+    # running sums stay on the device: reading them (.item()) waits for the device, so that happens only
+    # every log_every steps (rank 0) and at the end of the epoch
+    seen, t0 = 0, time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    correct = torch.zeros((), dtype=torch.int64, device=run.device)
+    for batch in bar:
+        batch = to_device(batch, run.device)
+        loss, logits, grad_norm = train_step(t.net, t.optimizer, t.scheduler, batch, cfg.optim, t.weights,
+                                             t.autocast)
+        progress["step"] += 1
+        n = batch["label"].shape[0]
+        seen += n
+        loss_sum += loss.detach().double() * n
+        correct += (logits.detach().argmax(1) == batch["label"]).sum()
+        if logger is not None and progress["step"] % cfg.log_every == 0:
+            step_loss, norm, loss_total, n_correct = torch.stack(
+                [loss.detach().double(), grad_norm.detach().double(), loss_sum, correct.double()]).tolist()
+            logger.log(progress["step"], loss=step_loss, lr=t.scheduler.get_last_lr()[0], grad_norm=norm)
+            bar.set_postfix(loss=f"{loss_total / seen:.3f}", acc=f"{n_correct / seen:.3f}")
+    elapsed = time.perf_counter() - t0
+    loss_total, n_correct = loss_sum.item(), int(correct.item())
+    check_epoch(epoch + 1, seen, loss_total)   # before anything is saved: no broken or untrained best.pt
+    progress["epoch"] = epoch + 1
+    return {"epoch": progress["epoch"], "train_loss": loss_total / max(1, seen),
+            "train_acc": n_correct / max(1, seen), "samples_per_s": seen * run.world / max(elapsed, 1e-9)}
+
+
+def evaluate_epoch(run: Run, trainer: Trainer, loaders: list, record: dict) -> None:
+    """Rank 0: every set's eval split scored into `record`; the first set's weighted F1 picks best.pt."""
+    cfg, progress = run.cfg, trainer.progress
+    metrics = evaluate_split(trainer.model, run.eval_splits[0], cfg, run.device, loaders[0])
+    record.update({f"{cfg.eval_split}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")})
+    for i, (name, split) in enumerate(zip(run.names, run.eval_splits)):
+        if len(run.names) > 1 and split is not None:
+            m = metrics if i == 0 else evaluate_split(trainer.model, split, cfg, run.device, loaders[i])
+            record.update({f"{cfg.eval_split}_{name}_{k}": m[k] for k in ("accuracy", "weighted_f1")})
+    if metrics["weighted_f1"] > progress["best"]:
+        progress["best"] = metrics["weighted_f1"]
+        record["best"] = True
+    record[f"{cfg.eval_split}_best_weighted_f1"] = progress["best"]
+
+
+def save_epoch(run: Run, trainer: Trainer, record: dict, logger: Trackers | None) -> None:
+    """Rank 0: RUN/best.pt (a new best) and RUN/last.pt, then the epoch's record to the trackers and the log."""
+    t = trainer
+    payload = dict(model=t.model.state_dict(), optimizer=t.optimizer.state_dict(),
+                   scheduler=t.scheduler.state_dict(), rng=rng_state(), config=asdict(run.cfg),
+                   build=run.build_config, **t.progress)
+    if record.get("best"):   # best.pt first: last.pt never records a best score that no best.pt holds
+        save_checkpoint(run.folder / "best.pt", **payload)
+    save_checkpoint(run.folder / "last.pt", **payload)
+    if logger is not None:
+        logger.log(t.progress["step"], **record)
+    run.say(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+
+
+def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool = False) -> dict:
+    run = prepare(cfg, resume, log, overwrite)
+    cfg = run.cfg
+    stream = train_stream(run)               # first: the schedule is planned over the batches it yields
+    trainer = build_trainer(run, stream.steps)
     end_epoch = cfg.optim.epochs
     if cfg.stop_after_epochs:
-        end_epoch = min(end_epoch, state["epoch"] + cfg.stop_after_epochs)
-    # built once: their workers persist across epochs (the epoch number reaches them through SharedEpoch)
-    shared_epoch = SharedEpoch(state["epoch"])
-    loader, steps = mixed_train_loader(train_splits, cfg.data, cfg.augment, shared_epoch, cfg.seed, world,
-                                       n_mels=cfg.model.n_mels)
-    dev_loaders = [eval_loader(split.urls, cfg.data.batch_size, min(2 if i == 0 else 1, cfg.data.workers),
-                               cfg.data.max_frames, cfg.data.max_mel_frames, persistent=True,
-                               n_mels=cfg.model.n_mels, listed=split.listed)
-                   if main_rank and split is not None else None for i, split in enumerate(eval_splits)]
-    try:
-        for epoch in range(state["epoch"], end_epoch):
-            net.train()
-            shared_epoch.set_value(epoch)
-            bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not main_rank,
-                       dynamic_ncols=True)
-            # running sums stay on the device: reading them (.item()) waits for the device, so that happens
-            # only every log_every steps (rank 0) and at the end of the epoch
-            seen, t0 = 0, time.perf_counter()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            for batch in bar:
-                batch = to_device(batch, device)
-                loss, logits, grad_norm = train_step(net, optimizer, scheduler, batch, cfg.optim, weights, autocast)
-                state["step"] += 1
-                n = batch["label"].shape[0]
-                seen += n
-                loss_sum += loss.detach().double() * n
-                correct += (logits.detach().argmax(1) == batch["label"]).sum()
-                if logger is not None and state["step"] % cfg.log_every == 0:
-                    step_loss, norm, loss_total, n_correct = torch.stack(
-                        [loss.detach().double(), grad_norm.detach().double(), loss_sum, correct.double()]).tolist()
-                    logger.log(state["step"], loss=step_loss, lr=scheduler.get_last_lr()[0], grad_norm=norm)
-                    bar.set_postfix(loss=f"{loss_total / seen:.3f}", acc=f"{n_correct / seen:.3f}")
-            elapsed = time.perf_counter() - t0
-            loss_total, n_correct = loss_sum.item(), int(correct.item())
-            check_epoch(epoch + 1, seen, loss_total)   # before anything is saved: no broken or untrained best.pt
-            state["epoch"] = epoch + 1
-            record = {"epoch": state["epoch"], "train_loss": loss_total / max(1, seen),
-                      "train_acc": n_correct / max(1, seen), "samples_per_s": seen * world / max(elapsed, 1e-9)}
-            if main_rank and (state["epoch"] % cfg.eval_every == 0 or state["epoch"] == cfg.optim.epochs):
-                metrics = evaluate_split(model, eval_splits[0], cfg, device, dev_loaders[0])
-                record.update({f"{cfg.eval_split}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")})
-                for i, (name, split) in enumerate(zip(names, eval_splits)):
-                    if len(names) > 1 and split is not None:     # every set scored; the first picks best.pt
-                        m = metrics if i == 0 else evaluate_split(model, split, cfg, device, dev_loaders[i])
-                        record.update({f"{cfg.eval_split}_{name}_{k}": m[k] for k in ("accuracy", "weighted_f1")})
-                if metrics["weighted_f1"] > state["best"]:
-                    state["best"] = metrics["weighted_f1"]
-                    record["best"] = True
-                record[f"{cfg.eval_split}_best_weighted_f1"] = state["best"]
-            if main_rank:
-                payload = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                               scheduler=scheduler.state_dict(), rng=rng_state(), config=asdict(cfg),
-                               build=build_config, **state)
-                if record.get("best"):   # best.pt first: last.pt never records a best score that no best.pt holds
-                    save_checkpoint(run / "best.pt", **payload)
-                save_checkpoint(ckpt_path, **payload)
-                if logger is not None:
-                    logger.log(state["step"], **record)
-                say(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
-            if world > 1:
+        end_epoch = min(end_epoch, trainer.progress["epoch"] + cfg.stop_after_epochs)
+    logger: Trackers | None = None
+    try:   # from the moment a tracker run exists: whatever stops the run ends it KILLED / FAILED, not RUNNING
+        if run.main:
+            logger = open_trackers(run, trainer.progress["step"] if run.resume_from else None)
+            if run.resume_from is None:
+                logger.params(flat_config(cfg), trainer.size)   # once per run: hyper-parameters, model size
+        describe(run, trainer, stream)
+        loaders = dev_loaders(run)
+        for epoch in range(trainer.progress["epoch"], end_epoch):
+            record = train_epoch(run, trainer, stream, epoch, logger)
+            if run.main:
+                if record["epoch"] % cfg.eval_every == 0 or record["epoch"] == cfg.optim.epochs:
+                    evaluate_epoch(run, trainer, loaders, record)
+                save_epoch(run, trainer, record, logger)
+            if run.world > 1:
                 dist.barrier()
-    except BaseException as exc:   # Ctrl-C, a kill signal turned exception, a diverged loss: the tracker runs end
-        if logger is not None:     # marked KILLED/FAILED, not left RUNNING
+    except BaseException as exc:   # Ctrl-C, a kill signal turned exception, a diverged loss, a broken pipe
+        if logger is not None:
             logger.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     if logger is not None:
         logger.close()
-    if world > 1:
+    if run.world > 1:
         dist.destroy_process_group()
-    return state
+    return trainer.progress

@@ -179,7 +179,13 @@ class Trackers:
         state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
         ctx = {"state": state, "project": project, "name": name or run.resolve().name, "mlflow_uri": mlflow_uri,
                "resume_step": resume_step, "flat": flat}
-        self.trackers: list[Any] = [TRACKERS[n](run, ctx) for n in names]
+        self.trackers: list[Any] = []
+        try:
+            for n in names:
+                self.trackers.append(TRACKERS[n](run, ctx))
+        except BaseException:   # one that cannot open: those already open end FAILED, not RUNNING
+            self.close("FAILED")
+            raise
         if state:
             atomic_write_bytes(state_path, json.dumps(state, indent=1).encode("utf-8"))
 

@@ -100,7 +100,7 @@ def training_changes(train: TrainConfig) -> list[str]:
     if not last.is_file():
         return []
     from avemo.model.checkpoint import load_checkpoint
-    from avemo.train.loop import resume_mismatches
+    from avemo.train.checkpoint import resume_mismatches
     from avemo.train.runs import manifest_sha256
     saved = load_checkpoint(last)["config"]
     changed = [f"train.{c}" for c in resume_mismatches(saved, train)]

@@ -1,0 +1,77 @@
+"""The shard sets a run trains on: every shard of their train and eval splits verified, a short name per set
+for its metrics, the sets' audio settings checked against each other, and the log-mel statistics that
+scale the model's input."""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from avemo.core.errors import ConfigError
+from avemo.shards.manifest import read_build_config
+from avemo.train.config import TrainConfig
+from avemo.train.data import EmptySplitError, SplitShards, eval_loader, split_shards
+
+
+# build settings that shape the model's input: every set trained on together must share them
+AUDIO_KEYS = ("n_mels", "n_fft", "hop_length", "sample_rate")
+
+
+def set_names(shards: list[str]) -> list[str]:
+    """A short name per shard set for its metrics (dev_NAME_weighted_f1): the folder's name, made unique."""
+    names: list[str] = []
+    for i, url in enumerate(shards):
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(url).rstrip("/").rsplit("/", 1)[-1]) or f"set{i}"
+        name = f"{name}_set" if name in ("best", "set") else name    # dev_best_weighted_f1 is the run's best
+        names.append(name if name not in names else f"{name}_{i}")
+    return names
+
+
+def prepare_data(cfg: TrainConfig, log) -> tuple[list, list, dict]:
+    """([train split per set], [eval split per set, None where a later set has none], build config of the
+    first set): every shard of both splits hashed against its manifest; sets whose audio settings differ
+    are refused (one model reads them all)."""
+    options = cfg.data.storage_options    # a --shards may be a URL (avemo.core.storage)
+    trains: list[SplitShards] = []
+    evals: list[SplitShards | None] = []
+    builds: list[dict] = []
+    for i, shards in enumerate(cfg.shards):
+        trains.append(split_shards(shards, cfg.train_split, cfg.data.corrupt_shards, log_fn=log, options=options))
+        try:
+            evals.append(split_shards(shards, cfg.eval_split, cfg.data.corrupt_shards, log_fn=log, options=options))
+        except EmptySplitError:
+            if i == 0:
+                raise
+            log(f"note: {shards} has no {cfg.eval_split} samples: it is trained on, not scored")
+            evals.append(None)
+        builds.append(read_build_config(shards, options))   # the first travels in every checkpoint (predict)
+    audio = [{k: (b.get("audio") or {}).get(k) for k in AUDIO_KEYS} for b in builds]
+    for shards, settings in zip(cfg.shards[1:], audio[1:]):
+        differ = [f"{k} {audio[0][k]} vs {settings[k]}" for k in AUDIO_KEYS
+                  if None not in (audio[0][k], settings[k]) and audio[0][k] != settings[k]]
+        if differ:
+            raise ConfigError(f"--shards {shards} was built with other audio settings than {cfg.shards[0]} "
+                              f"({', '.join(differ)}): rebuild it with the same audio: section")
+    return trains, evals, builds[0]
+
+
+@torch.no_grad()
+def mel_statistics(urls: list[str] | list[list[str]], cfg: TrainConfig,
+                   max_batches: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mel-bin mean/std over valid frames of the first train samples of each set (model buffers)."""
+    total = torch.zeros(cfg.model.n_mels, dtype=torch.float64)
+    sq = torch.zeros_like(total)
+    n = 0
+    for set_urls in (urls if urls and isinstance(urls[0], list) else [urls]):
+        for i, batch in enumerate(eval_loader(set_urls, cfg.data.batch_size, 0, cfg.data.max_frames,  # type: ignore[arg-type]
+                                              cfg.data.max_mel_frames, n_mels=cfg.model.n_mels)):
+            m = batch["mel_mask"].unsqueeze(1)
+            total += (batch["mel"] * m).sum((0, 2)).double()
+            sq += (batch["mel"] ** 2 * m).sum((0, 2)).double()
+            n += int(m.sum())
+            if i + 1 >= max_batches:
+                break
+    if n == 0:
+        return torch.zeros(cfg.model.n_mels), torch.ones(cfg.model.n_mels)
+    mean = total / n
+    return mean.float(), (sq / n - mean ** 2).clamp(min=1e-4).sqrt().float()

@@ -318,7 +318,16 @@ def run_build(cfg: BuildConfig, log=print, progress=None) -> BuildSummary:
                         log(f"shard {spec.name} failed after {cfg.dask.retries} retries: {exc}")
                     clips.finished(spec.name)
                 client.unsubscribe_topic(PROGRESS_TOPIC)
+            # while the cluster still runs: its shutdown (a worker slow to die) cannot cost the manifest
+            return finish_build(cfg, out, specs, failed_rows, summary, n_clips, t0)
+    return finish_build(cfg, out, specs, failed_rows, summary, n_clips, t0)
 
+
+def finish_build(cfg: BuildConfig, out: str, specs: list[ShardSpec], failed_rows: list[dict], summary: BuildSummary,
+                 n_clips: int, t0: float) -> BuildSummary:
+    """Every part parquet -> OUT/manifest.parquet, the build's media settings -> OUT/build_config.json, and
+    the summary's counts."""
+    options = cfg.storage_options
     manifest = assemble_manifest(out, specs, cfg.splits, failed_rows, options)
     # what training copies into its checkpoints, so `avemo predict` decodes and crops exactly like this build
     media = {k: v for k, v in asdict(cfg).items() if k in ("probe", "decode", "face", "audio")}

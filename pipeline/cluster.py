@@ -1,9 +1,9 @@
 """The Dask side: a LocalCluster by default, any existing scheduler with `--scheduler`, same code."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -54,7 +54,10 @@ def open_client(cfg: BuildConfig, log=print) -> Iterator[Client]:
                                    memory_limit=cfg.dask.memory_limit, dashboard_address=":0",
                                    silence_logs=logging.CRITICAL)
         client = Client(cluster)
+    pids: set[int] = set()
     try:
+        if cluster is not None:   # the worker processes: this process's children, stopped by it at the end
+            pids = set(client.run(os.getpid).values())
         workers = client.scheduler_info().get("workers", {})
         n = len(workers)
         if cfg.dask.gpu_resource and not any(w.get("resources", {}).get("GPU") for w in workers.values()):
@@ -63,11 +66,46 @@ def open_client(cfg: BuildConfig, log=print) -> Iterator[Client]:
         log(f"dask: {n} worker(s) at {client.scheduler.address}; dashboard: {client.dashboard_link}")
         yield client
     finally:
-        client.close()
-        if cluster is not None:
-            try:
-                cluster.close()
-            except (TimeoutError, asyncio.TimeoutError):   # the same class from Python 3.11 on
-                # a worker not yet reaped after the nanny's SIGKILL (seen at load average 20 on 2 cores): the
-                # build's work is done, and raising here lost its manifest and summary (exit 1, a traceback)
-                log("dask: a worker was slow to exit and was killed")
+        close_quietly(client, cluster, pids, cfg.dask.close_timeout_s, log)
+
+
+def close_quietly(client: Client, cluster: LocalCluster | None, worker_pids: set[int], timeout: float,
+                  log=print) -> None:
+    """Stop the client, then the local cluster. The work is done (and its manifest written) before this runs,
+    so nothing here fails the build: a slow or failed shutdown is a warning. Seen at load average 20 on 2
+    cores after 37 minutes of work: the nanny's kill -> join of a worker timed out, and the TimeoutError
+    lost the manifest. Dask closes the cluster in a thread of its own; after `timeout` seconds its worker
+    processes that are still alive (one ignoring SIGTERM, one stuck in native code) are SIGKILLed, by id,
+    and Dask's close then finishes: no worker outlives build-shards and its exit does not hang on one."""
+    try:
+        client.close(timeout=timeout)
+    except Exception as exc:      # a lost connection, a timeout: nothing the user can act on
+        log(f"warning: dask: the client did not close cleanly ({_first_line(exc)})")
+    if cluster is None:
+        return
+    errors: list[BaseException] = []
+    closing = threading.Thread(target=_close, args=(cluster, errors), name="avemo-cluster-close", daemon=True)
+    closing.start()
+    closing.join(timeout)
+    if closing.is_alive():
+        late = [p for p in multiprocessing.active_children() if p.pid in worker_pids]
+        log(f"warning: dask: the local cluster did not stop within {timeout:g} s (dask.close_timeout_s); "
+            f"killing its {len(late)} remaining worker process(es); the build's results are complete")
+        for process in late:
+            process.kill()
+        closing.join(timeout)
+    if errors:
+        log(f"warning: dask: the local cluster did not shut down cleanly ({_first_line(errors[0])}); "
+            "the build's results are complete")
+
+
+def _close(cluster: LocalCluster, errors: list) -> None:
+    try:
+        cluster.close()
+    except Exception as exc:      # e.g. TimeoutError from the nanny's join of a worker slow to die
+        errors.append(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__

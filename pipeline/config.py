@@ -119,9 +119,11 @@ class DaskConfig:
     retries: int = 2                 # a failed shard task is retried this many times
     gpu_resource: bool = False       # shard tasks need the Dask resource GPU=1 (workers started with --resources GPU=1)
     memory_limit: str = "auto"       # per LocalCluster worker (Dask syntax: "4GB"; auto = share of RAM)
+    close_timeout_s: float = 30.0    # wait this long for the LocalCluster to stop after the build; longer is a warning
 
     def __post_init__(self):
         check((0 <= self.workers <= 1024, "workers must be in [0, 1024] (0 = one per core)"),
+              (0 < self.close_timeout_s <= 3600, "close_timeout_s must be in (0, 3600] seconds"),
               (1 <= self.decode_threads <= 64, "decode_threads must be in [1, 64]"),
               (1 <= self.torch_threads <= 256, "torch_threads must be in [1, 256]"),
               (0 <= self.retries <= 100, "retries must be in [0, 100]"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,14 @@ def test_list_only_settings_leave_melds_fingerprints_alone():
         other = load_config(BuildConfig, "build", None, [override], {})
         assert fingerprint(meld, BuildConfig()) == fingerprint(meld, other)
         assert fingerprint(listed, BuildConfig()) != fingerprint(listed, other)
+
+
+def test_what_pillow_and_soundfile_do_not_read_like_ffmpeg_goes_to_ffmpeg(tmp_path, media, pictures):
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=300:duration=0.6",
+                    str(tmp_path / "tone.mp3")], check=True)
+    Image.open(pictures["palette.png"]).save(tmp_path / "still.gif")
+    for path, kind in ((tmp_path / "tone.mp3", "audio"), (tmp_path / "still.gif", "video"),
+                       (media / "single_face.mp4", "video")):
+        fast, slow = probe(path, in_process=True), probe(path, in_process=False)
+        # ffprobe's verdict either way (a one-frame GIF is a zero_duration video to it, as before)
+        assert fast.reader == "ffmpeg" and fast == slow and fast.kind == kind, (path, fast)

@@ -127,16 +127,24 @@ def pytest_sessionfinish(session, exitstatus):
         _CLUSTER.close()
 
 
+# torch's intra-op thread count for every test and fixture that trains: a build in this process (the session
+# cluster's threads) sets it to dask.torch_threads, and a run trained with 1 thread is not bit-equal to the same
+# run with 2 (the S3 test compares weights with tiny_checkpoint's)
+TORCH_THREADS = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
+
+def pin_torch_threads() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
+
+
 @pytest.fixture(autouse=True)
 def _keep_torch_threads():
-    """A build in this process (the session cluster's threads) sets torch's intra-op threads to
-    dask.torch_threads; the next test gets back the count it had."""
-    torch = sys.modules.get("torch")
-    threads = torch.get_num_threads() if torch else int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    """Each test starts and ends with TORCH_THREADS, whatever a build in a fixture or test set meanwhile."""
+    pin_torch_threads()
     yield
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    pin_torch_threads()
 
 
 def build_config(root: Path, out: Path, *overrides: str, shared_cluster: bool = True):
@@ -160,6 +168,7 @@ def tiny_checkpoint(tmp_path_factory, built_shards) -> Path:
     from avemo.train.loop import run_train
     from tiny_model import TINY_TRAIN
     run = tmp_path_factory.mktemp("tiny_run")
+    pin_torch_threads()          # built_shards may have just run a build in this process
     cfg = load_config(TrainConfig, "train", None, TINY_TRAIN, {"shards": str(built_shards), "run": str(run)})
     run_train(cfg, log=lambda *a, **k: None)
     return run / "last.pt"

@@ -48,17 +48,26 @@ def cpu_now() -> float:
 
 
 class Stages:
-    """Wall and CPU seconds per stage."""
+    """Wall and CPU seconds per stage, and the peak memory of this process tree during it (PSS: pages
+    shared by the loader or Dask workers counted once; bench/train_memory.py)."""
 
     def __init__(self):
         self.times: dict[str, dict] = {}
 
     def run(self, name: str, fn, *args, **kwargs):
+        from train_memory import Sampler
         wall, cpu = time.perf_counter(), cpu_now()
-        result = fn(*args, **kwargs)
-        self.times[name] = {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(cpu_now() - cpu, 1)}
-        print(f"[real_emotion] {name}: {self.times[name]['wall_s']} s wall, {self.times[name]['cpu_s']} s CPU",
-              flush=True)
+        sampler = Sampler(os.getpid(), None, 1.0)
+        sampler.start()
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            sampler.stop.set()
+            sampler.join()
+        self.times[name] = {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(cpu_now() - cpu, 1),
+                            **sampler.peak()}
+        print(f"[real_emotion] {name}: {self.times[name]['wall_s']} s wall, {self.times[name]['cpu_s']} s CPU, "
+              f"peak {self.times[name]['tree_pss_gb']:.2f} GB", flush=True)
         return result
 
 
@@ -113,7 +122,9 @@ def report(record: dict, name: str, quick: bool) -> Path:
                   [[m, BEFORE[m], rows[f"paired dev, {m.replace('_', '-')}"]["accuracy"], GOALS[m]]
                    for m in ("both", "audio_only", "face_only")]), "",
             "Anchors: " + "; ".join(ANCHORS) + ".", "",
-            table(["stage", "wall s", "CPU s"], [[k, v["wall_s"], v["cpu_s"]] for k, v in record["stages"].items()]),
+            table(["stage", "wall s", "CPU s", "peak memory GB (PSS, all processes)", "peak main RSS GB"],
+                  [[k, v["wall_s"], v["cpu_s"], v.get("tree_pss_gb", ""), v.get("main_rss_gb", "")]
+                   for k, v in record["stages"].items()]),
             "", f"Training: `--config {record['config']}` {' '.join(record['overrides'])}; best.pt from epoch "
             f"{record['best_epoch']} of {record['epochs']}; {record['parameters'] / 1e6:.2f} M parameters.",
             f"Samples per set (ok train / dev): {json.dumps(record['sets'])}."]

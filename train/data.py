@@ -24,6 +24,7 @@ import webdataset as wds
 
 from avemo.core import storage
 from avemo.core.errors import ConfigError, DataError
+from avemo.core.memory import release_free_memory
 from avemo.model.inputs import collate, to_tensors
 from avemo.shards.format import KEY_RE
 from avemo.shards.labels import EMOTIONS
@@ -226,14 +227,34 @@ def _sample_stages(split: SplitShards, data: DataConfig, aug: AugmentConfig, epo
     ]
 
 
+class _ForkFromTrimmedHeap(torch.utils.data.DataLoader):
+    """Hands the process's free heap pages back before its workers fork. A worker shares the parent's
+    pages copy-on-write, and every page the parent rewrites afterwards (the next steps' activations on a
+    heap that keeps its high-water mark, avemo/core/memory.py) stays behind as the worker's own copy: a
+    dev loader's persistent workers, forked after the first epoch, each came to hold a snapshot of the
+    trainer's heap (bench/results/train_memory.md)."""
+
+    def _get_iterator(self):
+        if self.num_workers > 0:
+            release_free_memory()
+        return super()._get_iterator()
+
+
+class WebLoader(wds.WebLoader):
+    """wds.WebLoader over _ForkFromTrimmedHeap."""
+
+    def __init__(self, *args, **kwargs):
+        wds.DataPipeline.__init__(self, _ForkFromTrimmedHeap(*args, **kwargs))
+
+
 def _train_web_loader(dataset, workers: int, steps: int, data: DataConfig, epoch: int | SharedEpoch,
-                      seed: int) -> wds.WebLoader:
-    loader = wds.WebLoader(dataset, batch_size=None, num_workers=workers,
-                           persistent_workers=workers > 0 and isinstance(epoch, SharedEpoch),
-                           pin_memory=data.pin_memory and torch.cuda.is_available(),
-                           # the workers' base seed from a private generator: creating the loader (once,
-                           # or again on resume) never draws from the training RNG
-                           generator=torch.Generator().manual_seed(seed))
+                      seed: int) -> WebLoader:
+    loader = WebLoader(dataset, batch_size=None, num_workers=workers,
+                       persistent_workers=workers > 0 and isinstance(epoch, SharedEpoch),
+                       pin_memory=data.pin_memory and torch.cuda.is_available(),
+                       # the workers' base seed from a private generator: creating the loader (once,
+                       # or again on resume) never draws from the training RNG
+                       generator=torch.Generator().manual_seed(seed))
     return loader.with_epoch(steps)
 
 
@@ -341,8 +362,8 @@ def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int 
         wds.batched(batch_size, collation_fn=collate, partial=True),
     )
     workers = min(workers, len(urls))
-    return wds.WebLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=persistent and workers > 0,
-                         pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
+    return WebLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=persistent and workers > 0,
+                     pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
 
 
 __all__ = ["SharedEpoch", "SplitShards", "split_shards", "epoch_steps", "train_loader", "mixed_train_loader", "MixedSets",

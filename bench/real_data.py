@@ -4,11 +4,12 @@
 into git: OUT is a git-ignored folder such as bench/out/real):
 
 - `ravdess`: RAVDESS speech without calm, actors 01-18 train, 19-21 dev; audio samples (no faces).
-- `fer`:     FER2013 PublicTest cut into two seeded halves per class: half A = train, half B = dev; image
-             samples (one frame, no audio).
+- `fer`:     FER2013 faces: train = the whole Training set (fer2013/train, 28,709 faces), dev = half B of
+             PublicTest (fer2013/validation cut into two seeded halves per class; half A is not used);
+             image samples (one frame, no audio).
 - `paired`:  an audio-visual set in MELD's layout under OUT/paired/: each RAVDESS utterance (no calm) as a
-             short mp4 of one FER face of the same class (train from half A, dev from half B) with the
-             utterance's audio; OUT/paired/pairs.csv says which face and which voice each clip holds.
+             short mp4 of one FER face of the same class (train from the Training set, dev from half B)
+             with the utterance's audio; OUT/paired/pairs.csv says which face and which voice each clip holds.
 
 Every step is resumable: clips that exist are kept (written to a temporary, then renamed), and build-shards
 skips finished shards, so a second prepare() on a finished OUT only checks. `quick=True` makes a small set
@@ -80,6 +81,19 @@ def fer_halves(shared: Path, seed: int = 0, per_class: int = 0) -> MediaList:
     return faces
 
 
+def fer_faces(shared: Path, seed: int = 0, per_class: int = 0) -> MediaList:
+    """train = the FER2013 Training set (fer2013/train), dev = PublicTest half B (fer_halves: the dev faces
+    of every earlier measurement). per_class > 0 keeps a seeded sample of that many faces per class and split."""
+    fer = shared / "data" / "fer2013"
+    train = image_folders(fer / "train", dev_fraction=0.0, seed=seed)
+    faces = MediaList(rows=[r for r in train.rows if r["split"] == "train"] +
+                      [r for r in fer_halves(shared, seed).rows if r["split"] == "dev"],
+                      skipped=train.skipped)
+    if per_class:
+        faces.rows = _sample(faces.rows, lambda r: (r["split"], r["label"]), per_class, seed)
+    return faces
+
+
 def _sample(rows: list[dict], group_of, n: int, seed: int, keep=lambda group: True) -> list[dict]:
     """A seeded sample of n rows per group (in the rows' order), of the groups `keep` accepts."""
     groups: dict = {}
@@ -100,7 +114,7 @@ def durations(shared: Path) -> dict[str, float]:
 # ---------------------------------------------------------------- pairs
 
 def pair(voices: MediaList, faces: MediaList, shared: Path, seed: int = 0) -> list[dict]:
-    """One face of the same class per utterance, from half A (train) or half B (dev). Per split and class
+    """One face of the same class per utterance, from the faces' train or dev split. Per split and class
     the faces are drawn without replacement from a seeded shuffle, reshuffled when used up (disgust has
     fewer faces than utterances). Dialogue_ID = actor, Utterance_ID = the utterance's index for that actor."""
     seconds = durations(shared)
@@ -115,7 +129,7 @@ def pair(voices: MediaList, faces: MediaList, shared: Path, seed: int = 0) -> li
         if split not in SPLITS:
             continue
         if not pool.get((split, label)):
-            raise ValueError(f"no FER face of class {label} in the {split} half")
+            raise ValueError(f"no FER face of class {label} in the {split} split")
         rng, deck = decks.setdefault((split, label), (random.Random(f"{seed}/{split}/{label}"), []))
         if not deck:
             deck.extend(sorted(pool[(split, label)]))
@@ -281,19 +295,24 @@ def counts(shards: Path) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- all three
 
+def _untimed(name: str, fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
 def prepare(shared: Path, out: Path, quick: bool = False, seed: int = 0, log: Log = print,
-            overrides: Sequence[str] = ()) -> dict[str, Path]:
+            overrides: Sequence[str] = (), timed=_untimed) -> dict[str, Path]:
     """-> {"ravdess": shards dir, "fer": shards dir, "paired": shards dir} under OUT/shards/.
-    overrides: build-shards key=value settings for all three builds (e.g. decode.fps=2)."""
+    overrides: build-shards key=value settings for all three builds (e.g. decode.fps=2).
+    timed(name, fn, *args, **kwargs): runs each step (bench/real_emotion.py's Stages.run records its time)."""
     shared, out = Path(shared), Path(out)
     (out / "lists").mkdir(parents=True, exist_ok=True)
     shards = {name: out / "shards" / name for name in SETS}
     t0 = time.perf_counter()
 
     voices = ravdess_list(shared, quick, seed)
-    faces = fer_halves(shared, seed, QUICK_FACES_PER_CLASS if quick else 0)
+    faces = fer_faces(shared, seed, QUICK_FACES_PER_CLASS if quick else 0)
     log(f"ravdess: {voices.summary()}")
-    log(f"fer: {faces.summary()} (train = half A, dev = half B, seed {seed})")
+    log(f"fer: {faces.summary()} (train = the Training set, dev = PublicTest half B, seed {seed})")
     for name, media in (("ravdess", voices), ("fer", faces)):
         atomic_write_bytes(out / "lists" / f"{name}.csv", media.csv_text().encode("utf-8"))
 
@@ -303,12 +322,12 @@ def prepare(shared: Path, out: Path, quick: bool = False, seed: int = 0, log: Lo
     forget_changed(pairs, root, shards["paired"], log)
     atomic_write_bytes(root / "pairs.csv", _csv_bytes(PAIR_COLUMNS, [[p[c] for c in PAIR_COLUMNS] for p in pairs]))
     write_meld_csvs(pairs, root)
-    made = make_clips(pairs, root, log)
+    made = timed("paired clips (ffmpeg)", make_clips, pairs, root, log)
     log(f"paired: {len(pairs)} clips ({made} made, {len(pairs) - made} kept) in {root}")
 
-    build(shards["ravdess"], log, overrides, media_list=str(out / "lists" / "ravdess.csv"))
-    build(shards["fer"], log, overrides, media_list=str(out / "lists" / "fer.csv"))
-    build(shards["paired"], log, overrides, root=str(root))
+    timed("build ravdess", build, shards["ravdess"], log, overrides, media_list=str(out / "lists" / "ravdess.csv"))
+    timed("build fer", build, shards["fer"], log, overrides, media_list=str(out / "lists" / "fer.csv"))
+    timed("build paired", build, shards["paired"], log, overrides, root=str(root))
     log(f"real data ready in {time.perf_counter() - t0:.0f} s: " + ", ".join(str(p) for p in shards.values()))
     return shards
 

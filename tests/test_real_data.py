@@ -101,20 +101,22 @@ def test_paired_manifest_has_faces_and_voices(prepared):
     assert sum(r["n_faces"] > 0 for r in rows) >= 0.8 * len(rows)
 
 
-def test_fer_halves_are_disjoint_and_pairs_keep_to_their_half(prepared, real_data):
+def test_fer_train_is_the_training_set_dev_is_publictest_half_b_and_pairs_keep_to_their_split(prepared, real_data):
     out, _, _ = prepared
     with open(out / "lists" / "fer.csv", newline="", encoding="utf-8") as fh:
         listed = list(csv.DictReader(fh))
-    half = {s: {r["path"] for r in listed if r["split"] == s} for s in ("train", "dev")}
-    assert half["train"] and half["dev"] and not half["train"] & half["dev"]
-    full = real_data.fer_halves(SHARED, SEED)
-    full_half = {s: {r["path"] for r in full.rows if r["split"] == s} for s in ("train", "dev")}
-    assert not full_half["train"] & full_half["dev"]
-    assert len(full_half["train"]) + len(full_half["dev"]) == 3589
-    assert half["train"] <= full_half["train"] and half["dev"] <= full_half["dev"]   # quick = a sample of each
+    split = {s: {r["path"] for r in listed if r["split"] == s} for s in ("train", "dev")}
+    assert split["train"] and split["dev"] and not split["train"] & split["dev"]
+    full = real_data.fer_faces(SHARED, SEED)
+    full_split = {s: {r["path"] for r in full.rows if r["split"] == s} for s in ("train", "dev")}
+    assert len(full_split["train"]) == 28709 and all("/fer2013/train/" in p for p in full_split["train"])
+    halves = real_data.fer_halves(SHARED, SEED)
+    half = {s: {r["path"] for r in halves.rows if r["split"] == s} for s in ("train", "dev")}
+    assert not half["train"] & half["dev"] and len(half["train"]) + len(half["dev"]) == 3589
+    assert full_split["dev"] == half["dev"]           # the dev faces of every earlier measurement
+    assert split["train"] <= full_split["train"] and split["dev"] <= full_split["dev"]   # quick = a sample of each
     for p in pairs(out):
-        assert p["fer"] in half[p["split"]], p
-        assert p["fer"] in full_half[p["split"]], p
+        assert p["fer"] in split[p["split"]], p
 
 
 def test_every_pair_has_one_class_and_no_calm(prepared):

@@ -20,11 +20,13 @@ class DataConfig:
     corrupt_shards: Literal["stop", "skip"] = "stop"   # a shard failing its manifest checksum
     storage_options: dict = field(default_factory=dict)  # fsspec options for a URL --shards (no secrets)
     weights: list[float] = field(default_factory=list)  # several --shards: sampling weight per set; [] = by size
+    epoch_samples: int = 0             # samples per epoch (all ranks); 0 = the sets' train samples together (docs/config.md)
 
     def __post_init__(self):
         check((not secret_keys(self.storage_options), SECRETS_HELP),
               (all(w >= 0 for w in self.weights) and (not self.weights or sum(self.weights) > 0),
                "weights must be >= 0 with a positive sum"),
+              (self.epoch_samples >= 0, "epoch_samples must be >= 0 (0 = the sets' train samples together)"),
               (self.batch_size >= 1, "batch_size must be >= 1"), (self.workers >= 0, "workers must be >= 0"),
               (self.shuffle_buffer >= 0, "shuffle_buffer must be >= 0"),
               (self.max_frames >= 1, "max_frames must be >= 1"), (self.max_mel_frames >= 16, "max_mel_frames must be >= 16"))

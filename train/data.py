@@ -258,11 +258,12 @@ def _train_web_loader(dataset, workers: int, steps: int, data: DataConfig, epoch
     return loader.with_epoch(steps)
 
 
-def epoch_steps(splits: list[SplitShards], batch_size: int, world: int = 1) -> int:
-    """Batches per epoch on each rank: as many as the sets' train samples together fill, split over the
-    ranks (at least one). The one place this is computed: the loaders yield it, the LR schedule is planned
-    over the number they return."""
-    return max(1, sum(s.n_samples for s in splits) // (batch_size * world))
+def epoch_steps(splits: list[SplitShards], batch_size: int, world: int = 1, epoch_samples: int = 0) -> int:
+    """Batches per epoch on each rank: as many as epoch_samples (data.epoch_samples), or when that is 0 the
+    sets' train samples together, fill, split over the ranks (at least one). The one place this is computed:
+    the loaders yield it, the LR schedule is planned over the number they return."""
+    total = epoch_samples or sum(s.n_samples for s in splits)
+    return max(1, total // (batch_size * world))
 
 
 def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch, seed: int,
@@ -270,7 +271,7 @@ def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch
     """The training stream and its batches per epoch (epoch_steps); with a SharedEpoch it is built once and
     iterated once per epoch (set the epoch first), its workers kept alive between epochs."""
     workers = effective_workers(len(split.urls), world, data.workers)
-    steps = epoch_steps([split], data.batch_size, world)
+    steps = epoch_steps([split], data.batch_size, world, data.epoch_samples)
     per_worker = math.ceil(steps / max(1, workers))
     dataset = wds.DataPipeline(
         *_sample_stages(split, data, aug, epoch, seed, n_mels),
@@ -336,7 +337,7 @@ def mixed_train_loader(splits: list[SplitShards], data: DataConfig, aug: Augment
         log.warning("mixed loader: %d worker(s), not data.workers=%d: a worker reads every set, and set %d has "
                     "%d shard(s) per rank", workers, data.workers, per_set.index(workers) + 1,
                     len(splits[per_set.index(workers)].urls) // world)
-    steps = epoch_steps(splits, data.batch_size, world)
+    steps = epoch_steps(splits, data.batch_size, world, data.epoch_samples)
     per_worker = math.ceil(steps / max(1, workers))
     sources = [_set_stream(s, i, data, aug, epoch, seed, n_mels) for i, s in enumerate(splits)]
     dataset = wds.DataPipeline(

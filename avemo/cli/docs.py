@@ -21,6 +21,21 @@ reads all of `demo:`, `build:`, `train:` and `evaluate:`, and its overrides name
 """
 
 
+# prose after a section's table: what several keys mean together
+NOTES = {"train": """
+**Several shard sets (`--shards A --shards B ...`): what an epoch is, and how weights and class balance
+interact.** Each training sample is one draw: set *i* with probability `data.weights[i] / sum(data.weights)`
+(or, with `data.weights: []`, in proportion to the sets' train samples, i.e. every sample equally often),
+then the next sample of that set's shuffled, endless stream. An epoch is `data.epoch_samples` draws
+(`0`: as many as the sets' train samples together), in `epoch_samples // (batch_size x ranks)` steps; the
+LR schedule, warmup and evaluation count these epochs. So with sets of 28,709 and 936 samples and
+`weights: [1, 1]`, an epoch of 10,000 samples sees each small-set clip ~5 times and about a sixth of the large
+set: weights say how often each set is seen, `epoch_samples` how much is seen between evaluations. The loss's
+class weights (`imbalance`) come from the *expected* class counts of that mix (each set's class shares times
+its draw probability), so they balance the classes the model actually sees, after the set weights.
+"""}
+
+
 def sections() -> list[tuple[str, str, type]]:
     from avemo.demo.app import DemoConfig
     from avemo.inference.predict import PredictConfig
@@ -41,6 +56,8 @@ def render() -> str:
         for key, tp, default, text in config_table(cls):
             cell = lambda s: str(s).replace("|", "\\|")
             parts.append(f"| `{key}` | {cell(tp)} | `{cell(default)}` | {cell(text)} |\n")
+        if section in NOTES:
+            parts.append(NOTES[section])
     return "".join(parts)
 
 

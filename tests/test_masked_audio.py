@@ -152,3 +152,22 @@ def test_masked_norm_gradients_match_autograd_of_its_formula():
     w = torch.randn(2, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w, b: _MaskedBatchNorm.apply(x, m, w, b, 1e-5)[0], (x, w, b))
+
+
+def test_the_before_mode_of_the_dev_benchmark_is_the_unmasked_norm(monkeypatch):
+    """bench/masked_audio_dev.py's `before` (the model until the masked norm) really takes statistics over
+    face-only clips and padding: the same two clips come out differently in the mixed batch."""
+    from tests.conftest import REPO
+    from avemo.model import net
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    monkeypatch.setattr(net.MaskedBatchNorm2d, "forward", net.MaskedBatchNorm2d.forward)   # undone after the test
+    monkeypatch.setattr(net.AudioEncoder, "forward", net.AudioEncoder.forward)
+    import masked_audio_dev
+    masked_audio_dev.restore_unmasked_norm()
+    mel, mask = _clips()
+    big, big_mask, rows = _with_face_only_clips_and_more_padding(mel, mask)
+    alone, mixed = _train_audio("utterance"), _train_audio("utterance")
+    out_alone, out_mixed = alone(mel, mask), mixed(big, big_mask)
+    assert not torch.allclose(out_mixed[rows], out_alone, atol=1e-3)
+    first_norm = [next(m for m in enc.cnn if isinstance(m, MaskedBatchNorm2d)) for enc in (alone, mixed)]
+    assert not torch.allclose(first_norm[0].running_mean, first_norm[1].running_mean)   # and its statistics

@@ -19,8 +19,12 @@ pytestmark = pytest.mark.skipif(not ((DATA / "ravdess").is_dir() and (DATA / "fe
 SEED = 3
 
 
-def _warm() -> list[str]:
-    return [f"scheduler={session_scheduler()}"]   # the session's Dask cluster (conftest)
+def _recipe() -> list[str]:
+    """The recipe's build settings (configs/real.yaml, as bench/real_emotion.py passes them: FER images whole,
+    no detector), on the session's Dask cluster (conftest); the quick benchmark then reuses these shards."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from real_emotion import build_overrides
+    return [*build_overrides("real"), f"scheduler={session_scheduler()}"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,7 @@ def real_data():
 def prepared(tmp_path_factory, real_data):
     out = tmp_path_factory.mktemp("real")
     lines: list[str] = []
-    shards = real_data.prepare(SHARED, out, quick=True, seed=SEED, log=lines.append, overrides=_warm())
+    shards = real_data.prepare(SHARED, out, quick=True, seed=SEED, log=lines.append, overrides=_recipe())
     return out, shards, lines
 
 
@@ -73,7 +77,7 @@ def test_ravdess_is_audio_only_and_fer_image_only(prepared):
     faces = manifest(shards["fer"])
     assert {r["kind"] for r in faces} == {"image"}
     assert all(not r["has_audio"] and r["n_frames"] == 1 for r in faces)
-    assert sum(r["n_faces"] > 0 for r in faces) >= 0.8 * len(faces)   # padded: ~96 % (face_padding.md)
+    assert all(r["n_faces"] == 1 for r in faces)   # image_mode whole: each (non-blank) image is the face
 
 
 def test_paired_clips_are_h264_5fps_with_the_voice_as_aac_16k_mono(prepared):
@@ -141,7 +145,7 @@ def test_prepare_again_only_checks(prepared, real_data):
     tars = {p: p.stat().st_mtime_ns for s in shards.values() for p in s.glob("*.tar")}
     clips = {p: p.stat().st_mtime_ns for p in (out / "paired").rglob("*.mp4")}
     lines: list[str] = []
-    assert real_data.prepare(SHARED, out, quick=True, seed=SEED, log=lines.append, overrides=_warm()) == shards
+    assert real_data.prepare(SHARED, out, quick=True, seed=SEED, log=lines.append, overrides=_recipe()) == shards
     assert any("(0 made," in line for line in lines), lines
     assert not any("dask:" in line for line in lines), "a finished set started a cluster"
     assert {p: p.stat().st_mtime_ns for s in shards.values() for p in s.glob("*.tar")} == tars
@@ -152,10 +156,12 @@ def test_real_emotion_benchmark_runs_end_to_end_in_quick_mode(prepared, tmp_path
     """bench/real_emotion.py --quick (the CI-sized path of the real-data benchmark): lists, shards (reused),
     training on the three sets, evaluation on held-out speakers and faces, results written."""
     out, shards, _ = prepared
+    tars = {p: p.stat().st_mtime_ns for s in shards.values() for p in s.glob("*.tar")}
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "real_emotion.py"), "--quick", "--data", str(out),
                            "--seed", str(SEED), "--out", str(tmp_path / "bench"), "--results-dir", str(tmp_path / "results")],
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for s in shards.values() for p in s.glob("*.tar")} == tars   # same settings
     record = json.loads((tmp_path / "bench" / "results.json").read_text())
     rows = record["results"]
     assert list(rows) == ["paired dev, both", "paired dev, face-only", "paired dev, audio-only",

@@ -48,11 +48,11 @@ def one_mode(mode: str, data: Path, out: Path, overrides: list[str]) -> dict:
     train_s = time.perf_counter() - wall
     paired = real_emotion.evaluate(shards["paired"], run / "best.pt", out / mode / "eval_paired", "real", True)
     rav = real_emotion.evaluate(shards["ravdess"], run / "best.pt", out / mode / "eval_ravdess", "real", False)
-    rows = {f"paired dev, {m.replace('_', '-')}": paired["ablation"][m]["accuracy"]
+    rows = {f"paired dev, {m.replace('_', '-')} (accuracy)": paired["ablation"][m]["accuracy"]
             for m in ("both", "audio_only", "face_only")}
-    rows["RAVDESS 19-21, voice alone"] = rav["accuracy"]
+    rows["RAVDESS 19-21, voice alone (accuracy)"] = rav["accuracy"]
     rows["RAVDESS 19-21, voice alone (weighted F1)"] = rav["weighted_f1"]
-    return {"mode": mode, "accuracy": rows, "train_s": round(train_s, 1)}
+    return {"mode": mode, "scores": rows, "train_s": round(train_s, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
                             *overrides], check=True)
         results[mode] = json.loads(done.read_text())
     record.update(results=results, load={**record["load"], "after": loadavg()})
-    names = list(results["after"]["accuracy"])
+    names = list(results["after"]["scores"])
     body = ["The audio CNN's BatchNorm over every clip of a mixed batch (before) vs over the clips and frames "
             "that hold audio (after), same short recipe, seed and data; dev sets: RAVDESS actors 19-21 and the "
             "paired dev set (every dev utterance with a FER face of its class).", "",
             table(["dev set, modality", "before", "after", "after - before"],
-                  [[n, round(results["before"]["accuracy"][n], 3), round(results["after"]["accuracy"][n], 3),
-                    f"{results['after']['accuracy'][n] - results['before']['accuracy'][n]:+.3f}"] for n in names]),
+                  [[n, round(results["before"]["scores"][n], 3), round(results["after"]["scores"][n], 3),
+                    f"{results['after']['scores'][n] - results['before']['scores'][n]:+.3f}"] for n in names]),
             "", f"Training: `--config real` {' '.join(overrides)}; "
                 f"{results['before']['train_s']} s (before) and {results['after']['train_s']} s (after)."]
     path = write_results("masked_audio_dev", "Absent audio out of the audio BatchNorm: before/after on dev",

@@ -150,7 +150,7 @@ class AudioEncoder(nn.Module):
         m = mel_mask[:, None, None, :].to(x.dtype)                   # (B, 1, 1, F)
         x = x.unsqueeze(1) * m                                       # (B, 1, n_mels, F), padding = 0
         for i in range(0, len(self.cnn), 4):
-            conv, norm, act, pool = self.cnn[i: i + 4]
+            conv, norm, act, pool = (self.cnn[j] for j in range(i, i + 4))
             x = pool(act(norm(conv(x), m)))                          # the norm leaves padding at 0
             m = F.max_pool2d(m, (1, 2))                              # (B, 1, 1, F / 2^stage)
         x = x.mean(2).transpose(1, 2)                                # (B, F/8, C)

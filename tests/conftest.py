@@ -125,6 +125,46 @@ def session_scheduler() -> str:
 def pytest_sessionfinish(session, exitstatus):
     if _CLUSTER is not None:
         _CLUSTER.close()
+    for proc, folder in _BACKGROUND.values():    # a check whose test did not run (deselected, interrupted)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# Slow checks that run a tool over the source tree and share nothing with the other tests (mypy: ~35 s of one
+# core) start when collection ends, in the background at low priority, and their tests collect the result:
+# they fill the cores the suite leaves idle (subprocess waits, single-threaded tests) instead of adding to it.
+_BACKGROUND: dict[str, tuple] = {}
+
+
+def start_background(name: str, cmd: list[str], cwd: Path, folder: Path, **env: str) -> None:
+    import subprocess
+    _BACKGROUND[name] = (subprocess.Popen(["nice", "-n", "10", *cmd], cwd=cwd, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True, env={**os.environ, **env}), folder)
+
+
+def background_result(name: str, timeout: float = 600) -> tuple[int, str] | None:
+    """(exit code, output) of the check started as `name`; None if it was not started."""
+    if name not in _BACKGROUND:
+        return None
+    proc, folder = _BACKGROUND.pop(name)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+    return proc.returncode, out
+
+
+def pytest_collection_finish(session):
+    if any(item.nodeid.endswith("test_layers.py::test_type_check_passes") for item in session.items):
+        import tempfile
+        from test_layers import type_check_command
+        folder = Path(tempfile.mkdtemp(prefix="avemo-mypy-"))
+        cmd, cwd, env = type_check_command(folder)
+        start_background("mypy", cmd, cwd, folder, **env)
 
 
 # torch's intra-op thread count for every test and fixture that trains: a build in this process (the session

@@ -21,6 +21,7 @@ examples:
   avemo predict clips/ --checkpoint model.onnx --out predictions.jsonl
   ffmpeg -i cam.mp4 -c copy -f mpegts - | avemo predict pipe:0 --checkpoint model.onnx
   avemo predict /dev/video0 --checkpoint model.onnx --window 2 --hop 0.5
+  avemo predict scene.mp4 --checkpoint runs/a/best.pt --speakers --plot scene.png   # who speaks, per person
 
 Decode, face and audio settings are build-shards' (the checkpoint's build config when it has one,
 then the `build:` section of --config), so the model sees inputs made as in training.
@@ -51,6 +52,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--per-clip", action="store_true", default=None,
                         help="one prediction per input file (the whole clip, as build-shards decodes it; how MELD "
                              "utterances are labelled) instead of sliding windows")
+    parser.add_argument("--speakers", action="store_true", default=None,
+                        help="follow every face, find who speaks (Light-ASD, by sight and sound) and give each "
+                             "person's emotion: each line gains `faces` and `speaker` (frames decoded at 25 fps)")
     parser.add_argument("--config", default=None, help="YAML file or bundled name: its build: and predict: sections")
     parser.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP + " (with --checkpoint: "
                         "its build settings)")
@@ -61,7 +65,7 @@ def main(argv: list[str]) -> int:
         parser.error("no INPUT given" if not texts else "the following arguments are required: --checkpoint")
     flags = {k: v for k, v in {"window_s": ns.window, "hop_s": ns.hop, "runtime": ns.runtime,
                                "realtime": ns.realtime, "timings": ns.timings,
-                               "per_clip": ns.per_clip}.items() if v is not None}
+                               "per_clip": ns.per_clip, "speakers": ns.speakers}.items() if v is not None}
     from avemo.core.config import parse_overrides, read_yaml_section
     for section in ("build", "predict") if ns.config else ():   # a bad file or override: one line, before torch
         read_yaml_section(ns.config, section)

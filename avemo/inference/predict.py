@@ -16,6 +16,7 @@ of them, {"source", "start", "end", "dropped_windows": n, "reason"}, and are cou
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,12 @@ class PredictConfig:
     realtime: bool = False            # read inputs at their native rate, as a live source (ffmpeg -re)
     timings: bool = False             # add per-stage milliseconds to each line
     per_clip: bool = False            # one line per input file (the whole clip, decoded as build-shards does)
+    speakers: bool = False            # --speakers: every face tracked, who speaks (Light-ASD), an emotion per person
+    speaker_fps: float = 25.0         # frames per second decoded with speakers on (Light-ASD reads lip motion)
+    speaking_min: float = 0.3         # a window's speaker must speak at least this much (mean probability); else
+                                      # the line's label reads the face build-shards would crop, as without speakers
+    asd_variant: str = "ava"          # Light-ASD weights: ava (AVA-ActiveSpeaker) or talkset
+    asd_weights: str = ""             # an explicit Light-ASD file; else $AVEMO_WEIGHTS_DIR, the cache, a download
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -48,7 +55,10 @@ class PredictConfig:
               (self.threads <= 256, "threads must be <= 256"),
               (self.buffer_s >= self.window_s + self.hop_s,
                f"buffer_s={self.buffer_s} must hold a window plus a hop (>= {self.window_s + self.hop_s})"),
-              (self.threads >= 1, "threads must be >= 1"))
+              (self.threads >= 1, "threads must be >= 1"),
+              (15 <= self.speaker_fps <= 60, "speaker_fps must be in [15, 60] (Light-ASD reads lip motion)"),
+              (0 <= self.speaking_min <= 1, "speaking_min must be in [0, 1]"),
+              (self.asd_variant in ("ava", "talkset"), "asd_variant must be ava or talkset"))
 
 
 def load_predict_config(meta: dict, path: str | None, flags: dict, overrides: list[str]) -> PredictConfig:
@@ -61,20 +71,43 @@ def load_predict_config(meta: dict, path: str | None, flags: dict, overrides: li
     cfg = load_config(PredictConfig, "predict", None, overrides, merge(base, flags))
     if "n_mels" in meta and cfg.audio.n_mels != meta["n_mels"]:
         raise ConfigError(f"audio.n_mels={cfg.audio.n_mels} but the model was trained on {meta['n_mels']} mel bins")
+    if cfg.speakers and cfg.decode.fps < cfg.speaker_fps:     # the emotion model still reads max_frames of them
+        cfg.decode = dataclasses.replace(cfg.decode, fps=cfg.speaker_fps)
     return cfg
 
 
 class WindowPredictor:
     """One input's windows -> records; caches detections per frame and embeddings per face crop."""
 
-    def __init__(self, runner, cfg: PredictConfig, source: str, sample_rate: int):
+    def __init__(self, runner, cfg: PredictConfig, source: str, sample_rate: int, fps: float = 0.0,
+                 scale: tuple[float, float] = (1.0, 1.0)):
+        """fps: the decoded frames' rate (frame id / fps = seconds); scale: input pixels per decoded pixel (x, y)."""
         from avemo.pipeline.faces import get_detector
         self.runner, self.cfg, self.source, self.rate = runner, cfg, source, sample_rate
+        self.fps, self.scale = fps or cfg.decode.fps, scale
         self.labels = runner.meta["labels"]
         self.max_frames, self.max_mel = runner.meta["max_frames"], runner.meta["max_mel_frames"]
         self.detector = get_detector(cfg.face)
         self.dets: dict[int, object] = {}                 # frame id -> FrameDets
-        self.embs: dict[tuple[int, bytes], np.ndarray] = {}  # (frame id, speaker box) -> (128,)
+        self.embs: dict[tuple[int, bytes], np.ndarray] = {}  # (frame id, face box) -> (128,)
+        self.people = None
+        if cfg.speakers:
+            from avemo.inference.people import PeopleTracker
+            from avemo.inference.speaker import SpeakerConfig
+            # encoders once over the track, the GRU per 1..6 s chunk: ~6x cheaper, the same choices (bench/asd_check)
+            self.people = PeopleTracker(SpeakerConfig(face=cfg.face, asd_variant=cfg.asd_variant,
+                                                      asd_weights=cfg.asd_weights, encoders_once=True),
+                                        detector=self.detector)
+
+    def _embed(self, ids: np.ndarray, boxes: np.ndarray, crops: np.ndarray) -> np.ndarray:
+        """(n, 128) model embeddings of face crops, each cached by (frame id, its box): overlapping windows
+        run the face CNN on new crops only."""
+        keys = [(int(f), b.tobytes()) for f, b in zip(ids, boxes)]
+        new = [j for j, key in enumerate(keys) if key not in self.embs]
+        if new:
+            for j, e in zip(new, self.runner.embed(crops[new])):
+                self.embs[keys[j]] = e
+        return np.stack([self.embs[k] for k in keys]) if keys else np.zeros((0, 128), dtype=np.float32)
 
     def _detect(self, ids: np.ndarray, frames: np.ndarray) -> list:
         new = [i for i, fid in enumerate(ids) if int(fid) not in self.dets]
@@ -98,14 +131,8 @@ class WindowPredictor:
         track = speaker_faces(frames, dets, self.cfg.face)
         lap("crop")
         rows = np.flatnonzero(track.mask)
-        keys = [(int(ids[t]), track.boxes[t].tobytes()) for t in rows]
-        new = [j for j, key in enumerate(keys) if key not in self.embs]
-        if new:
-            for j, e in zip(new, self.runner.embed(track.crops[new])):
-                self.embs[keys[j]] = e
-        for t, key in zip(rows, keys):
-            emb[t] = self.embs[key]
-        self.embs = {k: v for k, v in self.embs.items() if k[0] >= int(ids[0])}
+        if len(rows):
+            emb[rows] = self._embed(ids[rows], track.boxes[rows], track.crops)
         return track.mask.astype(bool), emb
 
     def _mel(self, audio: np.ndarray | None):
@@ -116,6 +143,39 @@ class WindowPredictor:
             return torch.zeros((self.cfg.audio.n_mels, 0))
         mel = torch.from_numpy(log_mel(audio, self.rate, self.cfg.audio).astype(np.float32))
         return crop_mel(mel, self.max_mel)                     # (n_mels, F), cropped from the start as in eval
+
+    def _people(self, window, mel, lap) -> tuple[list[dict], dict | None]:
+        """Every face of the window as a person -> (the line's `faces`, the speaker's {mask, emb, probs, id}
+        or None when nobody clearly speaks)."""
+        import torch
+        from avemo.inference.people import person_crops
+        from avemo.model.inputs import frame_indices
+        ids, frames = window.frame_ids, window.frames
+        dets = self._detect(ids, frames)
+        lap("detect")
+        times = ids / self.fps - window.start                # the window's audio starts at window.start
+        people = self.people(ids, frames, dets, times, window.audio, self.rate)   # type: ignore[misc]
+        lap("speakers")
+        talking = [p for p in people if p.speaking is not None]
+        speaker = max(talking, key=lambda p: p.speaking, default=None)
+        if speaker is not None and speaker.speaking < self.cfg.speaking_min:
+            speaker = None
+        no_mel = torch.zeros((mel.shape[0], 0))
+        faces, chosen = [], None
+        for p in people:
+            pos, crops = person_crops(frames, dets, p.track, self.max_frames, self.cfg.face, frame_indices)
+            emb = self._embed(ids[pos], p.track.boxes[np.searchsorted(p.track.frames, pos)], crops)
+            mask = np.ones(len(pos), dtype=bool)
+            probs = self._probs(mask, emb, mel if p is speaker else no_mel)   # the voice is the speaker's
+            sx, sy = self.scale
+            faces.append({"track": p.id, "box": [round(float(v), 1) for v in p.box * [sx, sy, sx, sy]],
+                          "speaking": None if p.speaking is None else round(float(p.speaking), 4),
+                          "label": self.labels[int(probs.argmax())],
+                          "probs": {name: round(float(q), 5) for name, q in zip(self.labels, probs)}})
+            if p is speaker:
+                chosen = {"mask": mask, "emb": emb, "probs": probs, "id": p.id}
+        lap("people")
+        return faces, chosen
 
     def _probs(self, mask: np.ndarray, emb: np.ndarray, mel) -> np.ndarray:
         import torch
@@ -141,16 +201,22 @@ class WindowPredictor:
             tick = now
 
         ids, frames = window.frame_ids, window.frames
+        mel = self._mel(window.audio)
+        lap("mel")
+        faces, speaker = self._people(window, mel, lap) if self.people is not None else ([], None)
         if len(ids) > self.max_frames:   # as in training (avemo.model.inputs.to_tensors): frames spread over the window
             from avemo.model.inputs import frame_indices
             keep = frame_indices(len(ids), self.max_frames)
             ids, frames = ids[keep], frames[keep]
-        mask, emb = self._faces(ids, frames, lap)
-        lap("embed")
-        mel = self._mel(window.audio)
-        lap("mel")
-        probs = self._probs(mask, emb, mel)
-        lap("model")
+        if speaker is not None:          # the person speaking: their face and the voice
+            mask, emb, probs = speaker["mask"], speaker["emb"], speaker["probs"]
+        else:                            # as build-shards crops the speaker's face (detector score x size)
+            mask, emb = self._faces(ids, frames, lap)
+            lap("embed")
+            probs = self._probs(mask, emb, mel)
+            lap("model")
+        if len(window.frame_ids):        # embeddings of frames before this window never come back
+            self.embs = {k: v for k, v in self.embs.items() if k[0] >= int(window.frame_ids[0])}
         seen = mask.any() or mel.shape[1] > 0     # neither a face nor audio: the model has nothing to go on
         record = {"source": self.source, "start": round(window.start, 3), "end": round(window.end, 3),
                   "label": self.labels[int(probs.argmax())] if seen else None,
@@ -158,6 +224,9 @@ class WindowPredictor:
                   "face": round(float(mask.mean()) if len(mask) else 0.0, 3),
                   "modalities": (["face"] if mask.any() else []) + (["audio"] if mel.shape[1] else []),
                   "frames": int(len(ids))}
+        if self.people is not None:
+            record["speaker"] = None if speaker is None else speaker["id"]
+            record["faces"] = faces
         if self.cfg.timings:
             record["ms"] = {k: round(v, 2) for k, v in ms.items()}
         return record
@@ -169,7 +238,8 @@ def open_input(inp, cfg: PredictConfig):
     probe, head = probe_input(inp, cfg.decode.timeout_s)
     if not probe.ok:
         raise InputError(f"{probe.reason}: {probe.detail}")
-    return StreamDecoder(inp, stream_plan(probe, cfg.decode), cfg.buffer_s, head).start()
+    return StreamDecoder(inp, stream_plan(probe, cfg.decode), cfg.buffer_s, head,
+                         source_size=(probe.width, probe.height)).start()
 
 
 def predict_input(inp, decoder, runner, cfg: PredictConfig, emit) -> dict:
@@ -187,7 +257,9 @@ def predict_input(inp, decoder, runner, cfg: PredictConfig, emit) -> dict:
 
     t0 = time.perf_counter()
     with decoder:
-        predictor = WindowPredictor(runner, cfg, inp.name, decoder.plan.sample_rate)
+        plan = decoder.plan
+        predictor = WindowPredictor(runner, cfg, inp.name, plan.sample_rate, plan.fps,
+                                    _scale(decoder.source_size, (plan.width, plan.height)))
         for window in decoder.windows(cfg.window_s, cfg.hop_s):
             if window.lost:
                 run.append(window)
@@ -220,10 +292,20 @@ def predict_clip(inp, runner, cfg: PredictConfig) -> dict:
     probe = probe_clip(Path(inp.name), ProbeConfig(max_duration_s=1e9), cfg.audio)
     if not probe.ok:
         raise InputError(f"{probe.reason}: {probe.detail}")
-    decoded = decode_clip(inp.url, plan_decode(probe, cfg.decode), cfg.decode.timeout_s)
+    decode = cfg.decode
+    if cfg.speakers:          # every frame at speaker_fps (Light-ASD); the model still reads max_frames of them
+        decode = dataclasses.replace(decode, fps=cfg.speaker_fps, max_frames=1024)
+    plan = plan_decode(probe, decode)
+    decoded = decode_clip(inp.url, plan, cfg.decode.timeout_s)
     window = Window(index=0, start=0.0, end=probe.duration_s, frame_ids=np.arange(len(decoded.frames)),
                     frames=decoded.frames, audio=decoded.audio)
-    return WindowPredictor(runner, cfg, inp.name, cfg.decode.sample_rate)(window)
+    return WindowPredictor(runner, cfg, inp.name, cfg.decode.sample_rate, plan.fps,
+                           _scale((probe.width, probe.height), (plan.width, plan.height)))(window)
+
+
+def _scale(source: tuple[int, int], decoded: tuple[int, int]) -> tuple[float, float]:
+    """Input pixels per decoded pixel (x, y); 1 where a size is unknown."""
+    return tuple(s / d if s and d else 1.0 for s, d in zip(source, decoded))  # type: ignore[return-value]
 
 
 def run_predict(texts: list[str], model, cfg: PredictConfig, emit: Callable[[dict], None],

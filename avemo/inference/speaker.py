@@ -49,9 +49,9 @@ class SpeakerConfig:
 
 
 class SpeakerFinder:
-    def __init__(self, cfg: SpeakerConfig | None = None):
+    def __init__(self, cfg: SpeakerConfig | None = None, detector=None):
         self.cfg = cfg or SpeakerConfig()
-        self.detector = get_detector(self.cfg.face)
+        self.detector = detector if detector is not None else get_detector(self.cfg.face)
         self.asd = load_light_asd(self.cfg.asd_weights, self.cfg.asd_variant)
         self.embedder = MobileFaceNet()
         self.embedder.load_state_dict(load_state_dict(resolve_weights("mobilefacenet")))
@@ -60,9 +60,11 @@ class SpeakerFinder:
         self.std = torch.tensor(FACE_STD).view(1, 3, 1, 1)
 
     @torch.inference_mode()
-    def embed(self, frames: np.ndarray, dets: list[FrameDets]) -> list[np.ndarray | None]:
-        """(n_t, 128) embeddings of the aligned faces of every embed_every-th frame, None for the others."""
-        rows = [(t, d) for t in range(0, len(dets), self.cfg.embed_every) for d in range(len(dets[t].boxes))]
+    def embed(self, frames: np.ndarray, dets: list[FrameDets], every: int | None = None) -> list[np.ndarray | None]:
+        """(n_t, 128) embeddings of the aligned faces of every `every`-th frame (cfg.embed_every), None for the
+        others."""
+        every = every or self.cfg.embed_every
+        rows = [(t, d) for t in range(0, len(dets), every) for d in range(len(dets[t].boxes))]
         out: list[np.ndarray | None] = [None] * len(dets)
         if not rows:
             return out

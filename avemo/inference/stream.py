@@ -194,8 +194,9 @@ class StreamDecoder:
     """`with StreamDecoder(inp, plan, buffer_s) as dec: for w in dec.windows(2.0, 0.5): ...`"""
 
     def __init__(self, inp: Input, plan: DecodePlan, buffer_s: float = 10.0, head: bytes = b"",
-                 stdin: BinaryIO | None = None):
+                 stdin: BinaryIO | None = None, source_size: tuple[int, int] = (0, 0)):
         self.inp, self.plan, self.head, self.stdin = inp, plan, head, stdin
+        self.source_size = source_size        # the input's frame size (width, height); (0, 0): unknown
         self.cond = threading.Condition()
         self.video = _Track(max(2, int(buffer_s * plan.fps)), inp.live, self.cond,
                             np.zeros((0, plan.height, plan.width, 3), dtype=np.uint8))

@@ -24,13 +24,38 @@ def _steps(rows: list[dict], labels: list[str]) -> tuple[np.ndarray, np.ndarray]
     return x, probs
 
 
+def _speakers_panel(ax, rows: list[dict]) -> None:
+    """Each person's speaking probability per window (a line per track id), the window's speaker marked."""
+    centres = np.array([(r["start"] + r["end"]) / 2 for r in rows])
+    people = sorted({f["track"] for r in rows for f in r["faces"]})
+    for k, pid in enumerate(people[:12]):
+        colour = f"C{k % 10}"
+        y = np.array([next((f["speaking"] for f in r["faces"] if f["track"] == pid and f["speaking"] is not None),
+                           np.nan) for r in rows], dtype=np.float64)
+        ax.plot(centres, y, color=colour, lw=1.5, marker=".", label=f"person {pid}: speaking")
+        spoke = [i for i, r in enumerate(rows) if r.get("speaker") == pid]
+        if spoke:
+            ax.plot(centres[spoke], [1.03] * len(spoke), "s", color=colour, ms=5)
+    ax.set_ylim(0, 1.06)
+    ax.set_xlim(0, max([r["end"] for r in rows] or [1.0]))
+    ax.set_ylabel("speaking")
+    ax.set_title("who speaks (squares: the window's speaker)", fontsize=9, loc="left")
+    ax.grid(alpha=0.3)
+
+
 def plot_timeline(records: list[dict], path: str | Path, labels: list[str]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     sources = list(dict.fromkeys(r["source"] for r in records))[:MAX_PANELS] or ["(no input)"]
-    fig, axes = plt.subplots(len(sources), 1, figsize=(12, 0.6 + 2.6 * len(sources)), squeeze=False)
-    for ax, source in zip(axes[:, 0], sources):
+    # with --speakers, a second panel per input: who spoke when
+    talks = {s for s in sources if any("faces" in r for r in records if r["source"] == s)}
+    panels = [(s, kind) for s in sources for kind in ("emotion", "speakers") if kind == "emotion" or s in talks]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 0.6 + 2.6 * len(panels)), squeeze=False)
+    for ax, (source, kind) in zip(axes[:, 0], panels):
+        if kind == "speakers":
+            _speakers_panel(ax, [r for r in records if r["source"] == source and "faces" in r])
+            continue
         rows = [r for r in records if r["source"] == source and r.get("probs")]   # not dropped, not blind
         end = max([r["end"] for r in records if r["source"] == source] or [1.0])
         if rows:

@@ -1,0 +1,167 @@
+"""Issue 17: is the speaking face chosen? Real talking faces composed side by side, the same frames twice, each
+time with one person's voice, run through `avemo predict --speakers` (windows and whole clips).
+
+Scenes (composed here with ffmpeg into bench/out/speaker/media, never committed: CREMA-D's licence):
+- take pairs: two CREMA-D clips side by side (../shared/media/crema-d: the same actor saying the same sentence
+  in two takes, six emotions; only lip sync tells the speaker apart, the hardest case: a method that ignores
+  the sound scores 50 %), once with the left take's voice and once with the right take's: 15 pairs x 2 voices.
+- speaker and listener: a CREMA-D take next to single_face.mp4 (a man moving his lips, no audible voice of his
+  own), the take's voice, the speaker on either side: 6 takes x 2 sides.
+
+Per window (predict's sliding windows, --window/--hop) and per clip (--per-clip): chosen = the face with the
+highest speaking probability is the voice's own face (its box on the voice's side). Also the share of
+windows whose line names a speaker (speaking >= predict.speaking_min) and names the right one, and the CPU
+cost: the real-time factor of predict with and without --speakers on the same scenes.
+
+    .venv/bin/python bench/speaker.py --checkpoint bench/out/real_emotion/run/best.pt   # ~5 min on 2 cores
+    .venv/bin/python bench/speaker.py --checkpoint ... --quick                          # 2 pairs, 2 listeners
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, REPO, loadavg, new_record, table, write_results  # noqa: E402
+
+SHARED = REPO.parent / "shared"
+HALF = 480            # each face's half of the composed frame (input pixels)
+
+
+def compose(out: Path, left: Path, right: Path, voice: int | None) -> Path:
+    """left | right, 480x360 each at 25 fps, cut to the shorter; audio: input `voice`'s (0 left, 1 right)."""
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.mp4")
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(left), "-i", str(right), "-filter_complex",
+           f"[0:v]scale=-2:360,crop={HALF}:360,fps=25,setsar=1[a];[1:v]scale=-2:360,crop={HALF}:360,fps=25,"
+           "setsar=1[b];[a][b]hstack=shortest=1[v]", "-map", "[v]"]
+    cmd += [] if voice is None else ["-map", f"{voice}:a", "-shortest"]
+    cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(tmp)]
+    subprocess.run(cmd, check=True)
+    tmp.replace(out)
+    return out
+
+
+def scenes(quick: bool) -> list[dict]:
+    media = SHARED / "media"
+    takes = sorted((media / "crema-d").glob("*.flv"))
+    if len(takes) < 2:
+        raise SystemExit(f"bench/speaker.py: needs the CREMA-D clips in {media / 'crema-d'}")
+    folder = OUT / "speaker" / "media"
+    out = []
+    pairs = list(itertools.combinations(takes, 2))
+    for a, b in pairs[:2] if quick else pairs:
+        for voice in (0, 1):
+            name = f"{a.stem}+{b.stem}_voice{'LR'[voice]}"
+            out.append({"kind": "take pair", "path": compose(folder / f"{name}.mp4", a, b, voice), "side": "LR"[voice]})
+    listener = media / "single_face.mp4"
+    for take in takes[:2] if quick else takes:
+        for side in "LR":
+            left, right, voice = (take, listener, 0) if side == "L" else (listener, take, 1)
+            name = f"{take.stem}_listener_{side}"
+            out.append({"kind": "speaker and listener", "path": compose(folder / f"{name}.mp4", left, right, voice),
+                        "side": side})
+    return out
+
+
+def side_of(face: dict) -> str:
+    return "L" if (face["box"][0] + face["box"][2]) / 2 < HALF else "R"
+
+
+def run(paths: list[Path], checkpoint: str, overrides: list[str]) -> tuple[list[dict], float]:
+    """predict over `paths` in this process -> (lines, wall seconds)."""
+    from avemo.inference.predict import load_predict_config, run_predict
+    from avemo.inference.runtime import read_model
+    model = read_model(checkpoint)
+    cfg = load_predict_config(model.meta, None, {}, overrides)
+    lines: list[dict] = []
+    t0 = time.perf_counter()
+    failed = run_predict([str(p) for p in paths], model, cfg, lines.append)
+    wall = time.perf_counter() - t0
+    if failed:
+        raise SystemExit(f"bench/speaker.py: predict failed on {failed} input(s)")
+    return lines, wall
+
+
+def score(scenes_: list[dict], lines: list[dict]) -> dict:
+    by_source: dict[str, list[dict]] = {}
+    for line in lines:
+        by_source.setdefault(line["source"], []).append(line)
+    out: dict = {}
+    for kind in dict.fromkeys(s["kind"] for s in scenes_):
+        n = chosen = named = named_right = no_faces = 0
+        for s in (s for s in scenes_ if s["kind"] == kind):
+            for line in by_source.get(str(s["path"]), []):
+                n += 1
+                faces = [f for f in line["faces"] if f["speaking"] is not None]
+                if not faces:
+                    no_faces += 1
+                    continue
+                chosen += side_of(max(faces, key=lambda f: f["speaking"])) == s["side"]
+                if line["speaker"] is not None:
+                    named += 1
+                    named_right += side_of(next(f for f in line["faces"] if f["track"] == line["speaker"])) == s["side"]
+        out[kind] = {"n": n, "chosen": chosen, "named": named, "named_right": named_right, "no_faces": no_faces}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", default=str(OUT / "real_emotion" / "run" / "best.pt"),
+                    help="any emotion model (best.pt or .onnx): the speaker choice does not depend on it")
+    ap.add_argument("--window", type=float, default=1.0, help="predict's window (s); the clips are ~2.5 s")
+    ap.add_argument("--hop", type=float, default=0.5)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    if not Path(args.checkpoint).is_file():
+        raise SystemExit(f"bench/speaker.py: no checkpoint at {args.checkpoint} (--checkpoint)")
+    import torch
+    torch.set_num_threads(1)
+    record = new_record(args)
+    todo = scenes(args.quick)
+    paths = [s["path"] for s in todo]
+    base = [f"window_s={args.window}", f"hop_s={args.hop}"]
+    duration = sum(float(subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+                                         str(p)], capture_output=True, text=True, check=True).stdout) for p in paths)
+    windows, wall = run(paths, args.checkpoint, [*base, "speakers=true"])
+    clips, _ = run(paths, args.checkpoint, [*base, "speakers=true", "per_clip=true"])
+    _, wall_plain = run(paths, args.checkpoint, base)
+    record["results"] = {"windows": score(todo, windows), "clips": score(todo, clips),
+                         "rtf": {"speakers": wall / duration, "plain": wall_plain / duration},
+                         "scenes": len(todo), "duration_s": duration}
+    record["load"]["after"] = loadavg()
+    (OUT / "speaker").mkdir(parents=True, exist_ok=True)
+    (OUT / "speaker" / "lines.jsonl").write_text("".join(json.dumps(x) + "\n" for x in windows + clips))
+    res = record["results"]
+    rows = []
+    for unit in ("windows", "clips"):
+        for kind, r in res[unit].items():
+            rows.append([unit, kind, r["n"], f"{r['chosen']}/{r['n']} = {r['chosen'] / max(r['n'], 1):.1%}",
+                         f"{r['named']}/{r['n']}", f"{r['named_right']}/{r['named']}" if r["named"] else "-"])
+    body = "\n".join([
+        "Two real faces side by side, one voice on the track; chosen = the face with the highest speaking",
+        "probability is the voice's own. Take pairs: the same CREMA-D actor and sentence in two takes, the same",
+        "frames scored once with each take's voice (ignoring the sound scores 50 %). Speaker and listener: a take",
+        "next to single_face.mp4 (lips moving, no voice of his own), the speaker on either side.",
+        f"predict --speakers, window {args.window} s, hop {args.hop} s; clips: --per-clip (the whole scene).", "",
+        table(["unit", "scenes", "n", "speaking face chosen", "line names a speaker", "named speaker right"], rows),
+        "",
+        f"Cost: predict's real-time factor over the {len(todo)} scenes ({duration:.1f} s of video, 1 torch thread): "
+        f"{res['rtf']['speakers']:.2f} with --speakers (frames at 25 fps, every face tracked and scored by Light-ASD) "
+        f"vs {res['rtf']['plain']:.2f} without (the checkpoint's decode rate).",
+        "Build-shards following the speaker (issue 17 point 3) is not built yet: no build-throughput ratio."])
+    out = write_results("speaker_quick" if args.quick else "speaker", "Who is speaking: the speaking face chosen "
+                        "(issue 17)", record, body)
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -73,31 +73,28 @@ class PeopleTracker:
                 for pid, old in self.last.get(int(ids[f]), []):
                     if iou_matrix(box[None], old[None])[0, 0] >= self.link_iou:
                         votes[(k, pid)] = votes.get((k, pid), 0) + 1
-        out: list[int | None] = [None] * len(tracks)
-        taken: set[int] = set()
+        out: dict[int, int] = {}                      # track index -> person id
         for (k, pid), _ in sorted(votes.items(), key=lambda kv: -kv[1]):
-            if out[k] is None and pid not in taken:
+            if k not in out and pid not in out.values():
                 out[k] = pid
-                taken.add(pid)
         identities = [self._identity(t, embs) for t in tracks]
         for k in range(len(tracks)):
-            if out[k] is None and identities[k] is not None:
-                sims = {pid: float(g @ identities[k]) for pid, g in self.gallery.items() if pid not in taken}
+            ident = identities[k]
+            if k not in out and ident is not None:
+                sims = {pid: float(g @ ident) for pid, g in self.gallery.items() if pid not in out.values()}
                 best = max(sims.items(), key=lambda kv: kv[1], default=None)
                 if best is not None and best[1] >= self.cfg.track.link_sim:
                     out[k] = best[0]
-                    taken.add(best[0])
-            if out[k] is None:
+            if k not in out:                           # two faces of one window are two people: a new id
                 out[k] = self.next_id
                 self.next_id += 1
-            taken.add(out[k])      # type: ignore[arg-type]   # two faces of one window are two people
-            if identities[k] is not None:
-                self.gallery[out[k]] = identities[k]   # type: ignore[index]
+            if ident is not None:
+                self.gallery[out[k]] = ident
         self.last = {}
         for k, track in enumerate(tracks):
             for f, box in zip(track.frames, track.boxes):
-                self.last.setdefault(int(ids[f]), []).append((out[k], box))   # type: ignore[arg-type]
-        return [int(p) for p in out]   # type: ignore[arg-type]
+                self.last.setdefault(int(ids[f]), []).append((out[k], box))
+        return [out[k] for k in range(len(tracks))]
 
     def __call__(self, ids: np.ndarray, frames: np.ndarray, dets: list[FrameDets], times: np.ndarray,
                  audio: np.ndarray | None, sample_rate: int) -> list[Person]:

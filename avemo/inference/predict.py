@@ -157,7 +157,7 @@ class WindowPredictor:
         people = self.people(ids, frames, dets, times, window.audio, self.rate)   # type: ignore[misc]
         lap("speakers")
         talking = [p for p in people if p.speaking is not None]
-        speaker = max(talking, key=lambda p: p.speaking, default=None)
+        speaker = max(talking, key=lambda p: p.speaking or 0.0, default=None)
         if speaker is not None and speaker.speaking < self.cfg.speaking_min:
             speaker = None
         no_mel = torch.zeros((mel.shape[0], 0))

@@ -1,0 +1,33 @@
+"""bench/recipe_ablation.py: each variant is the shipped recipe with exactly the change its row names."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _flat(obj, prefix=""):
+    out = {}
+    for key, value in (dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj).items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.unit
+def test_each_variant_changes_only_what_it_names(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import recipe_ablation
+    from avemo.core.config import load_config
+    from avemo.train.config import TrainConfig
+    paths = {"shards": ["paired", "ravdess", "fer"], "run": "r"}
+    base = _flat(load_config(TrainConfig, "train", "real", list(recipe_ablation.SHORT), paths))
+    assert base["optim.epochs"] == 3 and base["data.epoch_samples"] == 6000
+    for name, (_, overrides) in recipe_ablation.VARIANTS.items():
+        cfg = _flat(load_config(TrainConfig, "train", "real", [*recipe_ablation.SHORT, *overrides], paths))
+        changed = {k for k in base if cfg[k] != base[k]}
+        assert changed == {o.split("=")[0] for o in overrides}, (name, changed)

@@ -37,6 +37,15 @@ def restore_unmasked_norm() -> None:
     net.AudioEncoder.forward = lambda self, mel, mel_mask: self.encode(mel, mel_mask)  # type: ignore
 
 
+def missing_data(data: Path, prog: str) -> bool:
+    """True (and one line on stderr) when `data` lacks a real_emotion run's three finished shard builds."""
+    if all((data / "shards" / s / "manifest.parquet").is_file() for s in ("paired", "ravdess", "fer")):
+        return False
+    print(f"{prog}: {data}/shards lacks a finished paired/ravdess/fer build (run bench/real_emotion.py first)",
+          file=sys.stderr)
+    return True
+
+
 def one_mode(mode: str, data: Path, out: Path, overrides: list[str]) -> dict:
     import real_emotion
     if mode == "before":
@@ -67,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         result = one_mode(args.mode, data, out, overrides)
         (out / args.mode / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         return 0
-    if not all((data / "shards" / s / "manifest.parquet").is_file() for s in ("paired", "ravdess", "fer")):
-        print(f"masked_audio_dev: {data}/shards lacks a finished paired/ravdess/fer build "
-              f"(run bench/real_emotion.py first)", file=sys.stderr)
+    if missing_data(data, "masked_audio_dev"):
         return 2
     record = new_record(args)
     record.update(machine=machine(), load={"before": loadavg()}, overrides=overrides)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, loadavg, machine, new_record, table, write_results  # noqa: E402
-from masked_audio_dev import SHORT, one_mode  # noqa: E402
+from masked_audio_dev import SHORT, missing_data, one_mode  # noqa: E402
 
 # name -> (what it changes, for the table; train overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -48,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / args.variant).mkdir(parents=True, exist_ok=True)
         (out / args.variant / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         return 0
-    if not all((data / "shards" / s / "manifest.parquet").is_file() for s in ("paired", "ravdess", "fer")):
-        print(f"recipe_ablation: {data}/shards lacks a finished paired/ravdess/fer build "
-              f"(run bench/real_emotion.py first)", file=sys.stderr)
+    if missing_data(data, "recipe_ablation"):
         return 2
     record = new_record(args)
     record.update(machine=machine(), load={"before": loadavg()}, short=SHORT)

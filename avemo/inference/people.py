@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avemo.inference.speaker import SpeakerConfig, SpeakerFinder
+from avemo.model.inputs import frame_indices
 from avemo.pipeline.faces import FrameDets, crop_faces, crop_transform
 from avemo.pipeline.speaker import score_tracks
 from avemo.pipeline.tracks import Track, follow_faces, iou_matrix
@@ -110,11 +111,11 @@ class PeopleTracker:
                 for pid, track in zip(pids, tracks)]
 
 
-def person_crops(frames: np.ndarray, dets: list[FrameDets], track: Track, max_frames: int, face_cfg,
-                 keep) -> tuple[np.ndarray, np.ndarray]:
-    """Up to max_frames of the track's frames, spread over it (`keep(n, k)` picks them, the model's
-    frame_indices) -> (positions (k,), aligned crops (k, S, S, 3)), cropped as build-shards crops faces."""
-    sel = keep(len(track.frames), max_frames) if len(track.frames) > max_frames else np.arange(len(track.frames))
+def person_crops(frames: np.ndarray, dets: list[FrameDets], track: Track, max_frames: int,
+                 face_cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Up to max_frames of the track's detections, spread over it as the model's frames are spread over a
+    clip -> (their indices into the track (k,), aligned crops (k, S, S, 3)), cropped as build-shards crops faces."""
+    sel = frame_indices(len(track.frames), max_frames)
     pos = track.frames[sel]
     mats = [crop_transform(dets[f].boxes[d], dets[f].landmarks[d], face_cfg) for f, d in zip(pos, track.dets[sel])]
-    return pos, crop_faces(frames, mats, [int(f) for f in pos], face_cfg.crop_size)
+    return sel, crop_faces(frames, mats, [int(f) for f in pos], face_cfg.crop_size)

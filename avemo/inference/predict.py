@@ -149,7 +149,6 @@ class WindowPredictor:
         or None when nobody clearly speaks)."""
         import torch
         from avemo.inference.people import person_crops
-        from avemo.model.inputs import frame_indices
         ids, frames = window.frame_ids, window.frames
         dets = self._detect(ids, frames)
         lap("detect")
@@ -163,9 +162,9 @@ class WindowPredictor:
         no_mel = torch.zeros((mel.shape[0], 0))
         faces, chosen = [], None
         for p in people:
-            pos, crops = person_crops(frames, dets, p.track, self.max_frames, self.cfg.face, frame_indices)
-            emb = self._embed(ids[pos], p.track.boxes[np.searchsorted(p.track.frames, pos)], crops)
-            mask = np.ones(len(pos), dtype=bool)
+            sel, crops = person_crops(frames, dets, p.track, self.max_frames, self.cfg.face)
+            emb = self._embed(ids[p.track.frames[sel]], p.track.boxes[sel], crops)
+            mask = np.ones(len(sel), dtype=bool)
             probs = self._probs(mask, emb, mel if p is speaker else no_mel)   # the voice is the speaker's
             sx, sy = self.scale
             faces.append({"track": p.id, "box": [round(float(v), 1) for v in p.box * [sx, sy, sx, sy]],

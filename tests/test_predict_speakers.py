@@ -3,6 +3,7 @@
 composed clips live in the test's temporary folder only (CREMA-D's licence: never committed)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 
@@ -92,3 +93,51 @@ def test_per_clip_names_the_speaker_of_the_whole_clip(media, tiny_checkpoint, tm
     assert len(line["faces"]) == 2 and side(max(line["faces"], key=lambda f: f["speaking"])["box"]) == "right"
     speaker = next(f for f in line["faces"] if f["track"] == line["speaker"])
     assert side(speaker["box"]) == "right" and line["probs"] == speaker["probs"]
+
+
+def frame_rgb(path, index: int, size: tuple[int, int]):
+    """Frame `index` of a 25 fps video as an (h, w, 3) uint8 array."""
+    import numpy as np
+    raw = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vf", f"select=eq(n\\,{index})",
+                          "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"],
+                         capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(size[1], size[0], 3).astype(int)
+
+
+def test_overlay_draws_each_person_and_marks_the_speaker(media, tiny_checkpoint, tmp_path, capsys):
+    import numpy as np
+    scene = compose(media, tmp_path / "scene.mp4", SPEAKER, LISTENER)
+    out = tmp_path / "drawn.mp4"
+    lines = predict(scene, tiny_checkpoint, capsys, "--overlay", str(out))
+    info = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(out)],
+                                     capture_output=True, check=True).stdout)["streams"]
+    video = next(s for s in info if s["codec_type"] == "video")
+    assert (video["width"], video["height"]) == (2 * WIDTH, 360) and int(video["nb_frames"]) == 60   # 2.4 s x 25
+    assert any(s["codec_type"] == "audio" for s in info)                                # the input's voice kept
+    line = next(ln for ln in lines if ln["speaker"] is not None)
+    index = round((line["start"] + line["end"]) / 2 * 25)          # a frame that shows this window's answer
+    drawn, plain = frame_rgb(out, index, (2 * WIDTH, 360)), frame_rgb(scene, index, (2 * WIDTH, 360))
+    for face in line["faces"]:
+        x0, y0, x1, y1 = (round(v) for v in face["box"])
+        edge = np.median(drawn[y0 + 20:y1 - 20, x0 + 1], axis=0)                         # the box's left side
+        if face["track"] == line["speaker"]:
+            assert edge[1] > 170 and edge[0] < 90 and edge[2] < 90, edge              # green: the speaker
+        else:
+            assert edge.min() > 190, edge                                               # white: the others
+        centre = (slice((y0 + y1) // 2 - 5, (y0 + y1) // 2 + 5), slice((x0 + x1) // 2 - 5, (x0 + x1) // 2 + 5))
+        assert abs(drawn[centre] - plain[centre]).mean() < 12       # the face itself is not painted over
+
+
+@pytest.mark.parametrize("inputs, out, message", [
+    (["{media}"], "o.mp4", "one input video file"),
+    (["{media}/single_face.mp4"], "o.gif", "must end in .mp4"),
+])
+def test_overlay_refuses_what_it_cannot_draw_in_one_line(media, tiny_checkpoint, tmp_path, capsys, inputs, out,
+                                                        message):
+    argv = [i.format(media=media) for i in inputs] + ["--checkpoint", str(tiny_checkpoint),
+                                                      "--overlay", str(tmp_path / out)]
+    with pytest.raises(SystemExit) if message.startswith("one") else contextlib.nullcontext():
+        code = predict_main(argv)
+        assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and not (tmp_path / out).exists(), err

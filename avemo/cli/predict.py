@@ -45,6 +45,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--hop", type=float, default=None, help="seconds between window starts (default 0.5)")
     parser.add_argument("--out", default=None, help="JSON lines file (default: stdout)")
     parser.add_argument("--plot", default=None, help="PNG timeline of the 7 probabilities")
+    parser.add_argument("--overlay", default=None, metavar="OUT.mp4",
+                        help="the input video (one file) with each window's answer drawn on it; with --speakers "
+                             "each person's box, label and speaking mark, the speaker in green")
     parser.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=None)
     parser.add_argument("--realtime", action="store_true", default=None,
                         help="read inputs at their native rate, as a live camera would deliver them")
@@ -70,10 +73,15 @@ def main(argv: list[str]) -> int:
     for section in ("build", "predict") if ns.config else ():   # a bad file or override: one line, before torch
         read_yaml_section(ns.config, section)
     parse_overrides(overrides)
+    if ns.overlay:
+        from avemo.inference.overlay import check_overlay_path
+        check_overlay_path(ns.overlay)
+        if len(texts) != 1 or not Path(texts[0]).is_file():
+            parser.error("--overlay draws on one input video file (not a folder, stream or several inputs)")
     from avemo.inference.predict import load_predict_config, run_predict
     from avemo.inference.runtime import read_model
     from avemo.core.paths import check_outputs, local_inputs
-    check_outputs({"--out": ns.out, "--plot": ns.plot}, {"the checkpoint": ns.checkpoint, **local_inputs(texts)})
+    check_outputs({"--out": ns.out, "--plot": ns.plot, "--overlay": ns.overlay}, {"the checkpoint": ns.checkpoint, **local_inputs(texts)})
     model = read_model(ns.checkpoint) if ns.checkpoint else None
     cfg = load_predict_config(model.meta if model else {}, ns.config, flags, overrides)
     if ns.print_config:
@@ -81,12 +89,15 @@ def main(argv: list[str]) -> int:
     out = open(ns.out, "w", encoding="utf-8") if ns.out else sys.stdout
     # kept only for --plot, and only the last PLOT_WINDOWS of them: an endless live input must not grow memory
     records: deque[dict] = deque(maxlen=PLOT_WINDOWS)
+    drawn: list[dict] = []            # --overlay: every line of its one input file (a file ends)
 
     def emit(record: dict) -> None:
         out.write(json.dumps(record) + "\n")
         out.flush()     # a live consumer (or a crash) sees every finished window
         if ns.plot:
             records.append(record)
+        if ns.overlay:
+            drawn.append(record)
 
     interrupted = False
     try:
@@ -104,6 +115,10 @@ def main(argv: list[str]) -> int:
         from avemo.inference.timeline import plot_timeline
         plot_timeline(list(records), ns.plot, model.meta["labels"] if model else [])
         print(f"wrote {ns.plot}", file=sys.stderr)
+    if ns.overlay and not interrupted and not failed:
+        from avemo.inference.overlay import write_overlay
+        frames = write_overlay(texts[0], drawn, ns.overlay)
+        print(f"wrote {ns.overlay} ({frames} frames)", file=sys.stderr)
     if interrupted:
         raise Interrupted("every finished window was written" + (f", and the plot {ns.plot}" if ns.plot else ""))
     return 1 if failed else 0

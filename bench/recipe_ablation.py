@@ -29,6 +29,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "no_voice_aug": ("voice augmentation off (shipped: speed +-10 %, noise p 0.3 at 10 dB)",
                      ["augment.speed=0.0", "augment.noise_p=0.0"]),
     "face_8_blocks": ("face fine-tune depth: last 8 blocks (shipped: 4)", ["model.face_train_blocks=8"]),
+    "strong_specaug": ("SpecAugment: 3 band masks <= 12 bins, 3 time masks <= 40 frames (shipped: 2 x 8, 2 x 25)",
+                       ["augment.freq_masks=3", "augment.freq_mask_width=12", "augment.time_masks=3",
+                        "augment.time_mask_width=40"]),
+    "voice_draws_2x": ("mix: RAVDESS voices drawn twice as often (weights 1:2:2, shipped 1:1:2)",
+                       ["data.weights=[1.0,2.0,2.0]"]),
+    "modality_drop_05": ("modality dropout 0.5 (shipped: 0.3): the voice must answer alone more often",
+                         ["model.modality_dropout=0.5"]),
 }
 
 

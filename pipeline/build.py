@@ -244,8 +244,12 @@ class ClipProgress:
         self._advance(shard, self.size.get(shard, 0))
 
 
-def run_build(cfg: BuildConfig, log=print, progress=None) -> BuildSummary:
-    """`progress(shard, n)`, when given, is called as clips finish (n clips of that shard)."""
+def run_build(cfg: BuildConfig, log=print, progress=None, scorer=None) -> BuildSummary:
+    """`progress(shard, n)`, when given, is called as clips finish (n clips of that shard). `scorer`: the
+    active-speaker network that face.speaker=asd needs (model.asd.LightASDScorer; picklable, for the workers)."""
+    if cfg.face.speaker == "asd" and scorer is None:
+        raise ConfigError("face.speaker=asd needs the Light-ASD scorer: build through `avemo build-shards` or "
+                          "avemo.api.build_shards")
     t0 = time.perf_counter()
     out, options = storage.normalize(cfg.out), cfg.storage_options
     if not storage.is_url(out):
@@ -296,7 +300,7 @@ def run_build(cfg: BuildConfig, log=print, progress=None) -> BuildSummary:
             for spec in todo:
                 probed = client.submit(probe_shard, spec, key=f"probe-{spec.name}-{spec.fingerprint}-{run}",
                                        retries=cfg.dask.retries, pure=False)
-                built = client.submit(build_shard, spec, probed, key=f"shard-{spec.name}-{spec.fingerprint}-{run}",
+                built = client.submit(build_shard, spec, probed, scorer, key=f"shard-{spec.name}-{spec.fingerprint}-{run}",
                                       retries=cfg.dask.retries, resources=resources, pure=False)
                 futures[built] = spec
             with tqdm(total=n_clips, unit="clip", desc="build-shards", dynamic_ncols=True) as bar:

@@ -73,6 +73,15 @@ class FaceConfig:
                                                         # is an already-cropped face (FER2013, aligned face sets),
                                                         # cropped as the aligned detection of such a face is framed,
                                                         # no detector run (10x faster); videos are always detected
+    # whose face a clip's strip shows: `score` the most prominent face (detector score x size, gaps filled from
+    # the next faces); `asd` the face that speaks (Light-ASD on every face track of the clip at 25 fps with its
+    # audio): frames where the speaker is off screen get no face; a clip without audio, longer than asd_max_s
+    # or where nobody speaks clearly (below speaking_min) keeps the `score` choice
+    speaker: Literal["score", "asd"] = "score"   # whose face: the most prominent (score) or the one speaking (asd)
+    speaking_min: float = 0.3        # the speaker's mean speaking probability must reach this
+    asd_variant: Literal["ava", "talkset"] = "ava"   # Light-ASD weights (ava: trained on AVA-ActiveSpeaker)
+    asd_weights: str = ""            # an explicit Light-ASD file; else $AVEMO_WEIGHTS_DIR, the cache, a download
+    asd_max_s: float = 12.0          # longer clips are not scored (25 fps frames of the whole clip are held)
 
     def __post_init__(self):
         check((DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
@@ -86,7 +95,9 @@ class FaceConfig:
               (0 <= self.track_iou <= 1, "track_iou must be in [0, 1]"),
               (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
               (self.pad_target_px >= 16, "pad_target_px must be >= 16"),
-              (self.pad_canvas_px >= self.pad_target_px, "pad_canvas_px must be >= pad_target_px"))
+              (self.pad_canvas_px >= self.pad_target_px, "pad_canvas_px must be >= pad_target_px"),
+              (0 <= self.speaking_min <= 1, "speaking_min must be in [0, 1]"),
+              (0 < self.asd_max_s <= 60, "asd_max_s must be in (0, 60] seconds"))
 
 
 @dataclass

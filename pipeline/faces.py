@@ -205,9 +205,12 @@ def crop_faces(frames: np.ndarray, matrices: list[np.ndarray], frame_ids: list[i
     return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def speaker_faces(frames: np.ndarray, dets: list[FrameDets], cfg: FaceConfig) -> FaceTrack:
+def speaker_faces(frames: np.ndarray, dets: list[FrameDets], cfg: FaceConfig,
+                  choice: list[int | None] | None = None) -> FaceTrack:
+    """The strip of one face per frame: `choice` (per frame, a detection index or None), else select_speaker's."""
     t_count, h, w = frames.shape[:3]
-    choice = select_speaker(dets, cfg.track_iou)
+    if choice is None:
+        choice = select_speaker(dets, cfg.track_iou)
     mask = np.array([c is not None for c in choice], dtype=np.uint8)
     boxes = np.zeros((t_count, 5), dtype=np.float32)
     matrices, ids = [], []

@@ -6,6 +6,7 @@ fails its shard.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 from collections import deque
@@ -18,11 +19,14 @@ import torch
 import webdataset as wds
 
 from avemo.core.config import config_from_dict
+from avemo.core.errors import ConfigError, DataError
 from avemo.pipeline.audio import log_mel
 from avemo.pipeline.config import BuildConfig
 from avemo.pipeline.decode import DecodeError, Decoded, plan_decode
 from avemo.pipeline.faces import FrameDets, get_detector, image_box, pad_small_frames, speaker_faces, whole_face
 from avemo.pipeline.probe import ProbeResult
+from avemo.pipeline.speaker import ASD_FPS, Scorer, TrackSpeech, follow_speaker, score_tracks
+from avemo.pipeline.tracks import follow_faces
 from avemo.pipeline.readers import decode_file, probe_file
 from avemo.core import storage
 from avemo.shards.format import encode_sample
@@ -57,11 +61,17 @@ SCHEDULING_KEYS = {"probe": ("timeout_s", "max_pixels"), "decode": ("ffmpeg_thre
 LIST_ONLY_KEYS = {"decode": ("in_process",), "face": ("image_mode",)}
 
 
+# the active-speaker settings decide the bytes only with face.speaker=asd: `score` builds keep their fingerprints
+ASD_KEYS = ("speaker", "speaking_min", "asd_variant", "asd_weights", "asd_max_s")
+
+
 def media_settings(cfg: BuildConfig, media_list: bool = True) -> dict:
     """{section: {key: value}} of the probe/decode/face/audio settings that decide a shard's clips and bytes
     (of a MELD build's shards when not media_list)."""
+    unused = {"face": ASD_KEYS} if cfg.face.speaker == "score" else {}
     return {name: {k: v for k, v in vars(getattr(cfg, name)).items()
-                   if k not in skip and (media_list or k not in LIST_ONLY_KEYS.get(name, ()))}
+                   if k not in skip and k not in unused.get(name, ())
+                   and (media_list or k not in LIST_ONLY_KEYS.get(name, ()))}
             for name, skip in SCHEDULING_KEYS.items()}
 
 
@@ -164,9 +174,45 @@ def non_finite_audio(audio, mel) -> str:
 class _ShardWriter:
     """Finishes clips in order: faces -> crops, mel, encode, append to the tar."""
 
-    def __init__(self, spec: ShardSpec, cfg: BuildConfig, tar: wds.TarWriter):
+    def __init__(self, spec: ShardSpec, cfg: BuildConfig, tar: wds.TarWriter, detector=None, scorer=None):
         self.spec, self.cfg, self.tar = spec, cfg, tar
+        self.detector, self.scorer = detector, scorer
         self.rows: list[dict] = []
+
+    def speaking(self, row: dict, probe: ProbeResult, decoded: Decoded) -> tuple[TrackSpeech, tuple[int, int]] | None:
+        """face.speaker=asd: the clip's most speaking face track (Light-ASD on every track of its 25 fps frames,
+        with its audio) and the size of those frames; None when it cannot tell (no audio, no face, too long)."""
+        cfg = self.cfg
+        start, length = _decode_window(row, probe)
+        if (self.scorer is None or probe.kind != "video" or decoded.audio is None
+                or (length or probe.duration_s) > cfg.face.asd_max_s):
+            return None
+        plan = dataclasses.replace(plan_decode(probe, dataclasses.replace(
+            cfg.decode, fps=ASD_FPS, max_frames=int(np.ceil(ASD_FPS * cfg.face.asd_max_s)) + 1), start, length),
+            audio=False)
+        clip = decode_file(row["source"], probe.reader, plan, cfg.decode.timeout_s)
+        if len(clip.frames) < 2:
+            return None
+        tracks = follow_faces(self.detector.detect(list(clip.frames)))
+        speech = score_tracks(clip.frames, clip.times, tracks, decoded.audio, self.scorer, cfg.decode.sample_rate)
+        if not speech:
+            return None
+        return max(speech, key=lambda s: s.prob), (int(clip.frames.shape[2]), int(clip.frames.shape[1]))
+
+    def choose(self, row: dict, probe: ProbeResult, decoded: Decoded, dets: list) -> tuple[list | None, float | None]:
+        """(per frame the speaker's detection, or None for today's choice; Light-ASD's speaking probability of the
+        clip's most speaking face, None when it did not run)."""
+        try:
+            found = self.speaking(row, probe, decoded)
+        except (DecodeError, DataError):       # e.g. the 25 fps pass failed: the clip keeps today's choice
+            return None, None
+        if found is None:
+            return None, None
+        speech, size = found
+        if speech.prob < self.cfg.face.speaking_min:
+            return None, speech.prob
+        frame_size = (int(decoded.frames.shape[2]), int(decoded.frames.shape[1]))
+        return follow_speaker(speech, size, decoded.times, dets, frame_size, self.cfg.face.track_iou), speech.prob
 
     def reject(self, row: dict, reason: str, detail: str, duration: float | None = None) -> None:
         self.rows.append(manifest_row(row, status="rejected", reason=reason, detail=detail, duration_s=duration))
@@ -175,7 +221,8 @@ class _ShardWriter:
     def finish(self, row: dict, probe: ProbeResult, decoded: Decoded, dets: list) -> None:
         cfg = self.cfg
         try:
-            track = speaker_faces(decoded.frames, dets, cfg.face)
+            choice, conf = self.choose(row, probe, decoded, dets) if cfg.face.speaker == "asd" else (None, None)
+            track = speaker_faces(decoded.frames, dets, cfg.face, choice)
             # an image without a face holds nothing to learn from (it has no audio either): always rejected
             if track.mask.sum() == 0 and probe.kind == "image":
                 return self.reject(row, "no_face", "the detector found no face in the image")
@@ -201,9 +248,15 @@ class _ShardWriter:
         self.rows.append(manifest_row(
             row, status="ok", shard=self.spec.tar_name, duration_s=probe.duration_s,
             n_frames=int(track.mask.shape[0]), n_faces=int(track.mask.sum()), has_audio=mel is not None,
-            face_mode=face_mode,
+            face_mode=face_mode, speaker_box=speaker_box(track), speaker_conf=conf,
             sample_bytes=sum(len(v) for k, v in sample.items() if not k.startswith("__"))))
         clip_done(self.spec.name)
+
+
+def speaker_box(track) -> list[float] | None:
+    """The median box of a clip's face strip, [x0, y0, x1, y1] in fractions of the frame; None without a face."""
+    shown = track.mask > 0
+    return [round(float(v), 4) for v in np.median(track.boxes[shown, :4], axis=0)] if shown.any() else None
 
 
 PROGRESS_TOPIC = "avemo-build-clip"   # Dask event topic: one event per finished clip (build-shards' bar)
@@ -282,9 +335,13 @@ def _run_clips(spec: ShardSpec, cfg: BuildConfig, probes: list[ProbeResult], det
         drain()
 
 
-def build_shard(spec: ShardSpec, probes: list[dict]) -> list[dict]:
-    """Write one shard and its part parquet; return its manifest rows."""
+def build_shard(spec: ShardSpec, probes: list[dict], scorer: Scorer | None = None) -> list[dict]:
+    """Write one shard and its part parquet; return its manifest rows. `scorer`: the active-speaker network
+    (face.speaker=asd; model.asd.LightASDScorer, handed in by the command: the pipeline does not import models)."""
     cfg = config_from_dict(BuildConfig, spec.config)
+    if cfg.face.speaker == "asd" and scorer is None:
+        raise ConfigError("face.speaker=asd needs the Light-ASD scorer: build through `avemo build-shards` or "
+                          "avemo.api.build_shards")
     torch.set_num_threads(max(1, cfg.dask.torch_threads))
     options = cfg.storage_options
     detector = get_detector(cfg.face)
@@ -296,7 +353,7 @@ def build_shard(spec: ShardSpec, probes: list[dict]) -> list[dict]:
     with storage.atomic_open(tar_path, options) as fh:
         tar = wds.TarWriter(_Hashing(fh, digest), encoder=False, mtime=TAR_MTIME)
         try:
-            writer = _ShardWriter(spec, cfg, tar)
+            writer = _ShardWriter(spec, cfg, tar, detector, scorer)
             _run_clips(spec, cfg, probes_, detector, writer)
         except BaseException:
             # close now (its own write may fail too, e.g. ENOSPC): else the tar stream's __del__ retries at

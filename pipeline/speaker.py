@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from avemo.core.errors import DataError
-from avemo.pipeline.tracks import Track
+from avemo.pipeline.tracks import Track, iou_matrix
 
 ASD_FPS = 25
 ASD_RATE = 16000
@@ -147,3 +147,24 @@ def speaking_in_window(speech: Sequence[TrackSpeech], start: float, end: float) 
     """Track id -> mean speaking probability in [start, end) seconds, for the tracks on screen then."""
     probs = {s.track: s.window(start, end) for s in speech}
     return {k: v for k, v in probs.items() if v is not None}
+
+
+def follow_speaker(speech: TrackSpeech, speech_size: tuple[int, int], times: np.ndarray, dets: Sequence,
+                   size: tuple[int, int], iou_min: float = 0.3, max_dt: float = 0.2) -> list[int | None]:
+    """The speaker's detection in each of a clip's sampled frames (build-shards' frames: `times` seconds,
+    detections `dets` in frames of `size` (w, h) pixels): the one that overlaps most (IoU >= iou_min) the
+    speaking track's box at its sample nearest in time (within max_dt seconds; the track's boxes are in frames
+    of `speech_size`). None where the speaker is not on screen: that frame shows someone else, or nobody."""
+    out: list[int | None] = [None] * len(times)
+    if not len(speech.times):
+        return out
+    track_boxes = speech.boxes / np.array([*speech_size, *speech_size], dtype=np.float64)
+    for t, (at, frame) in enumerate(zip(times, dets)):
+        k = int(np.argmin(np.abs(speech.times - at)))
+        if abs(float(speech.times[k]) - float(at)) > max_dt or not len(frame.boxes):
+            continue
+        boxes = np.asarray(frame.boxes, dtype=np.float64) / np.array([*size, *size], dtype=np.float64)
+        iou = iou_matrix(boxes, track_boxes[k][None])[:, 0]
+        if iou.max() >= iou_min:
+            out[t] = int(iou.argmax())
+    return out

@@ -50,8 +50,12 @@ def main(argv: list[str]) -> int:
     if ns.print_config:
         return print_config(cfg, "build")
     from avemo.pipeline.build import run_build     # dask and torch: only once the settings are known good
+    scorer = None
+    if cfg.face.speaker == "asd":                   # the active-speaker weights: checked before any work
+        from avemo.model.asd import LightASDScorer
+        scorer = LightASDScorer(cfg.face.asd_weights, cfg.face.asd_variant).load()
     try:
-        summary = run_build(cfg)
+        summary = run_build(cfg, scorer=scorer)
     except KeyboardInterrupt:
         print(file=sys.stderr)           # end the progress bar's line
         raise Interrupted("finished shards are kept; rerun the same command to resume") from None

@@ -286,17 +286,35 @@ def _shared_net(weights: str, variant: str) -> LightASD:
     return load_light_asd(weights, variant)
 
 
+@functools.lru_cache(maxsize=1)
+def _identity_net() -> nn.Module:
+    from avemo.model.mobilefacenet import MobileFaceNet
+    net = MobileFaceNet()
+    net.load_state_dict(load_state_dict(resolve_weights("mobilefacenet")))
+    return net.eval()
+
+
 @dataclass(frozen=True)
 class LightASDScorer:
-    """pipeline.speaker's Scorer for build-shards: picklable (a Dask task carries it to its worker), the network
+    """pipeline.speaker's Scorer for build-shards: picklable (a Dask task carries it to its worker), the networks
     loaded once per process on first use; encoders over the whole track, the GRU per 1..6 s pass (~6x cheaper
-    than the original's passes, bench/results/asd_check.md)."""
+    than the original's passes, bench/results/asd_check.md). `identities` embeds aligned face crops with the
+    pretrained MobileFaceNet, so that tracks are not joined across a cut (pipeline.tracks.follow_faces)."""
     weights: str = ""
     variant: str = "ava"
 
     def load(self) -> "LightASDScorer":
         _shared_net(self.weights, self.variant)      # unusable weights: one line before any work
+        _identity_net()
         return self
 
     def __call__(self, faces: np.ndarray, audio: np.ndarray) -> np.ndarray:
         return _shared_net(self.weights, self.variant).speaking_logodds(faces, audio, encoders_once=True)
+
+    @torch.inference_mode()
+    def identities(self, crops: np.ndarray) -> np.ndarray:
+        """(n, 112, 112, 3) uint8 aligned faces -> (n, 128) identity embeddings."""
+        from avemo.model.net import FACE_MEAN, FACE_STD
+        mean, std = torch.tensor(FACE_MEAN).view(1, 3, 1, 1), torch.tensor(FACE_STD).view(1, 3, 1, 1)
+        x = (torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        return _identity_net()(x).numpy()

@@ -97,7 +97,7 @@ class FaceConfig:
               (self.pad_target_px >= 16, "pad_target_px must be >= 16"),
               (self.pad_canvas_px >= self.pad_target_px, "pad_canvas_px must be >= pad_target_px"),
               (0 <= self.speaking_min <= 1, "speaking_min must be in [0, 1]"),
-              (0 < self.asd_max_s <= 60, "asd_max_s must be in (0, 60] seconds"))
+              (0 < self.asd_max_s <= 40, "asd_max_s must be in (0, 40] seconds (1,000 frames at 25 fps)"))
 
 
 @dataclass

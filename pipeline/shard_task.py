@@ -25,7 +25,8 @@ from avemo.pipeline.config import BuildConfig
 from avemo.pipeline.decode import DecodeError, Decoded, plan_decode
 from avemo.pipeline.faces import FrameDets, get_detector, image_box, pad_small_frames, speaker_faces, whole_face
 from avemo.pipeline.probe import ProbeResult
-from avemo.pipeline.speaker import ASD_FPS, Scorer, TrackSpeech, follow_speaker, score_tracks
+from avemo.pipeline.speaker import (ASD_FPS, Scorer, TrackSpeech, follow_speaker, identity_embeddings,
+                                   score_tracks)
 from avemo.pipeline.tracks import follow_faces
 from avemo.pipeline.readers import decode_file, probe_file
 from avemo.core import storage
@@ -65,10 +66,11 @@ LIST_ONLY_KEYS = {"decode": ("in_process",), "face": ("image_mode",)}
 ASD_KEYS = ("speaker", "speaking_min", "asd_variant", "asd_weights", "asd_max_s")
 
 
-def media_settings(cfg: BuildConfig, media_list: bool = True) -> dict:
+def media_settings(cfg: BuildConfig, media_list: bool = True, hashed: bool = False) -> dict:
     """{section: {key: value}} of the probe/decode/face/audio settings that decide a shard's clips and bytes
-    (of a MELD build's shards when not media_list)."""
-    unused = {"face": ASD_KEYS} if cfg.face.speaker == "score" else {}
+    (of a MELD build's shards when not media_list). hashed (the fingerprint): without the active-speaker keys
+    when face.speaker=score, so that default builds keep the fingerprints they had before those keys."""
+    unused = {"face": ASD_KEYS} if hashed and cfg.face.speaker == "score" else {}
     return {name: {k: v for k, v in vars(getattr(cfg, name)).items()
                    if k not in skip and k not in unused.get(name, ())
                    and (media_list or k not in LIST_ONLY_KEYS.get(name, ()))}
@@ -81,7 +83,7 @@ def fingerprint(rows: list[dict], cfg: BuildConfig) -> str:
     # a media list's rows add their kind (MELD's rows, all videos, keep the fingerprints they had)
     payload = {"rows": [[r["key"], r.get("source", ""), *(r.get(k) for k in META_FIELDS),
                          *([r["kind"]] if "kind" in r else [])] for r in rows],
-               **media_settings(cfg, media_list=any("kind" in r for r in rows))}
+               **media_settings(cfg, media_list=any("kind" in r for r in rows), hashed=True)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -193,7 +195,9 @@ class _ShardWriter:
         clip = decode_file(row["source"], probe.reader, plan, cfg.decode.timeout_s)
         if len(clip.frames) < 2:
             return None
-        tracks = follow_faces(self.detector.detect(list(clip.frames)))
+        dets = self.detector.detect(list(clip.frames))
+        embed = getattr(self.scorer, "identities", None)       # people told apart across cuts when it can
+        tracks = follow_faces(dets, identity_embeddings(clip.frames, dets, embed, cfg.face) if embed else None)
         speech = score_tracks(clip.frames, clip.times, tracks, decoded.audio, self.scorer, cfg.decode.sample_rate)
         if not speech:
             return None
@@ -212,7 +216,9 @@ class _ShardWriter:
         if speech.prob < self.cfg.face.speaking_min:
             return None, speech.prob
         frame_size = (int(decoded.frames.shape[2]), int(decoded.frames.shape[1]))
-        return follow_speaker(speech, size, decoded.times, dets, frame_size, self.cfg.face.track_iou), speech.prob
+        choice = follow_speaker(speech, size, decoded.times, dets, frame_size, self.cfg.face.track_iou)
+        # the speaker found at 25 fps but on none of the sampled frames' detections: today's choice stands
+        return (choice if any(c is not None for c in choice) else None), speech.prob
 
     def reject(self, row: dict, reason: str, detail: str, duration: float | None = None) -> None:
         self.rows.append(manifest_row(row, status="rejected", reason=reason, detail=detail, duration_s=duration))
@@ -339,9 +345,13 @@ def build_shard(spec: ShardSpec, probes: list[dict], scorer: Scorer | None = Non
     """Write one shard and its part parquet; return its manifest rows. `scorer`: the active-speaker network
     (face.speaker=asd; model.asd.LightASDScorer, handed in by the command: the pipeline does not import models)."""
     cfg = config_from_dict(BuildConfig, spec.config)
-    if cfg.face.speaker == "asd" and scorer is None:
-        raise ConfigError("face.speaker=asd needs the Light-ASD scorer: build through `avemo build-shards` or "
-                          "avemo.api.build_shards")
+    if cfg.face.speaker == "asd":
+        if scorer is None:
+            raise ConfigError("face.speaker=asd needs the Light-ASD scorer: build through `avemo build-shards` or "
+                              "avemo.api.build_shards")
+        load = getattr(scorer, "load", None)
+        if load is not None:       # unusable weights on this worker fail the task (retried), not each clip
+            load()
     torch.set_num_threads(max(1, cfg.dask.torch_threads))
     options = cfg.storage_options
     detector = get_detector(cfg.face)

@@ -168,3 +168,19 @@ def follow_speaker(speech: TrackSpeech, speech_size: tuple[int, int], times: np.
         if iou.max() >= iou_min:
             out[t] = int(iou.argmax())
     return out
+
+
+def identity_embeddings(frames: np.ndarray, dets: Sequence, embed: Callable[[np.ndarray], np.ndarray], face_cfg,
+                        every: int = 5) -> list[np.ndarray | None]:
+    """(n_t, D) identity embeddings of the aligned faces of every `every`-th frame (None for the others), for
+    follow_faces: `embed` maps (n, S, S, 3) uint8 crops to (n, D)."""
+    from avemo.pipeline.faces import crop_faces, crop_transform
+    rows = [(t, d) for t in range(0, len(dets), every) for d in range(len(dets[t].boxes))]
+    out: list[np.ndarray | None] = [None] * len(dets)
+    if not rows:
+        return out
+    mats = [crop_transform(dets[t].boxes[d], dets[t].landmarks[d], face_cfg) for t, d in rows]
+    emb = np.asarray(embed(crop_faces(frames, mats, [t for t, _ in rows], face_cfg.crop_size)))
+    for t in {t for t, _ in rows}:
+        out[t] = emb[[i for i, (s, _) in enumerate(rows) if s == t]]
+    return out

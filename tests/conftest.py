@@ -140,9 +140,13 @@ _BACKGROUND: dict[str, tuple] = {}
 
 
 def start_background(name: str, cmd: list[str], cwd: Path, folder: Path, niceness: int = 10, **env: str) -> None:
+    """Start `cmd` at low priority, its output in a file of `folder` (a pipe nobody reads until its test runs
+    would fill and stall it), in its own session (its children are killed with it)."""
     import subprocess
-    _BACKGROUND[name] = (subprocess.Popen(["nice", "-n", str(niceness), *cmd], cwd=cwd, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True, env={**os.environ, **env}), folder)
+    with open(folder / "background-output.log", "wb") as log:
+        _BACKGROUND[name] = (subprocess.Popen(["nice", "-n", str(niceness), *cmd], cwd=cwd, stdout=log,
+                                              stderr=subprocess.STDOUT, env={**os.environ, **env},
+                                              start_new_session=True), folder)
 
 
 def background_folder(name: str) -> Path | None:
@@ -153,16 +157,22 @@ def background_folder(name: str) -> Path | None:
 def background_result(name: str, timeout: float = 900, keep: bool = False) -> tuple[int, str] | None:
     """(exit code, output) of the check started as `name`; None if it was not started. Its folder is removed
     unless `keep` (then the caller reads what it wrote there and removes it)."""
+    import subprocess
     if name not in _BACKGROUND:
         return None
     proc, folder = _BACKGROUND.pop(name)
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out = (folder / "background-output.log").read_text(errors="replace")
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        if not keep or proc.returncode is None:
+        if not keep:
             shutil.rmtree(folder, ignore_errors=True)
     return proc.returncode, out
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import tarfile
 
 import numpy as np
@@ -26,9 +27,26 @@ def scenes(tmp_path_factory, media):
              "right": compose(media, folder / "right.mp4", LISTENER, SPEAKER),
              "muted": compose(media, folder / "muted.mp4", SPEAKER, LISTENER, "muted"),
              "silent": compose(media, folder / "silent.mp4", SPEAKER, LISTENER, "none")}
+    clips["cut"] = cut_to_the_listener(media, folder / "cut.mp4")
     listing = folder / "list.csv"
     listing.write_text("path,label,split,key\n" + "".join(f"{p},anger,train,{k}\n" for k, p in clips.items()))
     return listing
+
+
+CUT_S = 1.2
+
+
+def cut_to_the_listener(media, out) -> str:
+    """The speaker alone for CUT_S seconds, then a cut to the listener alone at the same place (a reverse
+    shot) while the speaker's voice goes on: 2.4 s at 25 fps."""
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(media / SPEAKER),
+                    "-i", str(media / LISTENER), "-filter_complex",
+                    f"[0:v]scale=-2:360,crop={WIDTH}:360,fps=25,setsar=1,trim=0:{CUT_S},setpts=PTS-STARTPTS[a];"
+                    f"[1:v]scale=-2:360,crop={WIDTH}:360,fps=25,setsar=1,trim=0:{CUT_S},setpts=PTS-STARTPTS[b];"
+                    "[a][b]concat=n=2:v=1:a=0[v]", "-map", "[v]", "-map", "0:a", "-t", str(2 * CUT_S),
+                    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(out)],
+                   check=True)
+    return str(out)
 
 
 def build(listing, out, *extra: str) -> dict[str, dict]:
@@ -51,6 +69,18 @@ def strip_boxes(out, key: str) -> np.ndarray:
     raise AssertionError(f"no sample {key}")
 
 
+def strip_times(out, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(frame times in seconds, 1 where the strip has a face) of the clip `key`'s sampled frames."""
+    for tar_path in sorted(out.glob("train-*.tar")):
+        with tarfile.open(tar_path) as tar:
+            names = tar.getnames()
+            if f"{key}.json" in names:
+                meta = json.loads(tar.extractfile(f"{key}.json").read())
+                mask = np.load(io.BytesIO(tar.extractfile(f"{key}.facemask.npy").read()))
+                return np.array(meta["frame_times"]), mask > 0
+    raise AssertionError(f"no sample {key}")
+
+
 def centre(box) -> float:
     return (box[0] + box[2]) / 2
 
@@ -68,6 +98,10 @@ def test_the_strip_follows_the_voice_and_the_manifest_says_whose_face(scenes, tm
     assert rows["muted"]["speaker_conf"] < 0.3 and rows["muted"]["n_faces"] >= 5
     assert rows["silent"]["speaker_conf"] is None and rows["silent"]["n_faces"] >= 5
     assert json.loads((out / "build_config.json").read_text())["face"]["speaker"] == "asd"
+    # a cut to the listener while the speaker talks on: the strip keeps the speaker's frames and shows nobody
+    # after the cut (the listener's face there is not the speaker's)
+    times, mask = strip_times(out, "cut")
+    assert rows["cut"]["speaker_conf"] > 0.5 and mask[times < CUT_S - 0.1].all() and not mask[times > CUT_S + 0.1].any()
 
 
 def test_without_asd_the_strip_is_the_most_prominent_face_on_both_clips(scenes, tmp_path):
@@ -76,3 +110,14 @@ def test_without_asd_the_strip_is_the_most_prominent_face_on_both_clips(scenes, 
     for key, listener_side in (("left", 1), ("right", -1)):
         assert np.sign(centre(rows[key]["speaker_box"]) - HALF) == listener_side, rows[key]
     assert all(r["speaker_conf"] is None for r in rows.values()), rows
+
+
+@pytest.mark.unit
+def test_default_builds_keep_their_fingerprints_and_asd_builds_get_their_own():
+    from avemo.pipeline.config import BuildConfig, FaceConfig
+    from avemo.pipeline.shard_task import fingerprint
+    rows = [{"key": "a", "source": "a.mp4", "kind": "video"}]
+    base = fingerprint(rows, BuildConfig())
+    assert fingerprint(rows, BuildConfig(face=FaceConfig(speaking_min=0.9, asd_max_s=5.0))) == base  # unused keys
+    asd = fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd")))
+    assert asd != base and fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd", speaking_min=0.9))) != asd

@@ -15,15 +15,15 @@ def test_demo_learns_end_to_end(tmp_path, capsys):
     # `python -m avemo demo` with the demo's own settings, as `make demo` runs it: started in the background when
     # collection ended (conftest.BACKGROUND_TESTS, this test runs last); in-process here when it was not started
     folder = background_folder("demo")
-    if folder is None:
-        out_dir = tmp_path / "demo"
-        assert main(demo_command(out_dir)[3:]) == 0
-        out = capsys.readouterr().out
-    else:
-        out_dir = folder / "demo"
-        code, out = background_result("demo", keep=True)
-        assert code == 0, out[-3000:]
     try:
+        if folder is None:
+            out_dir = tmp_path / "demo"
+            assert main(demo_command(out_dir)[3:]) == 0
+            out = capsys.readouterr().out
+        else:
+            out_dir = folder / "demo"
+            code, out = background_result("demo", keep=True)
+            assert code == 0, out[-3000:]
         metrics = json.loads((out_dir / "eval" / "metrics.json").read_text())
         assert metrics["n"] == 70 and metrics["weighted_f1"] >= 0.5, metrics["weighted_f1"]
         for name in ("confusion.png", "predictions.parquet"):

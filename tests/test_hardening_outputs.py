@@ -53,6 +53,15 @@ def test_predict_outputs_equal_to_an_input_are_refused_before_work(tmp_path, cap
     assert all(p.read_bytes() == b"keep me" for p in paths.values())
 
 
+def test_predict_overlay_equal_to_its_input_is_refused_before_work(tmp_path, capsys):
+    video, ckpt = tmp_path / "clip.mp4", tmp_path / "best.pt"
+    for path in (video, ckpt):
+        path.write_bytes(b"keep me")
+    code = main(["predict", str(video), "--checkpoint", str(ckpt), "--overlay", str(video)])
+    assert code == 2 and "writing it would destroy it" in _one_line(capsys)
+    assert video.read_bytes() == ckpt.read_bytes() == b"keep me"
+
+
 @pytest.mark.unit
 def test_run_that_is_a_file_fails_before_any_work(tmp_path):
     from avemo.core.config import load_config

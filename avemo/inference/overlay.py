@@ -11,6 +11,7 @@ import bisect
 import contextlib
 import os
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -31,8 +32,10 @@ class OverlayError(DataError):
 
 def check_overlay_path(path: str) -> None:
     """Refuse an output the encoder would not write, before any work."""
+    from avemo.core.paths import writable_dir
     if Path(path).suffix.lower() not in SUFFIXES:
         raise ConfigError(f"--overlay {path}: the video must end in {', '.join(SUFFIXES)}")
+    writable_dir(Path(path).parent, "--overlay's folder")
 
 
 class _Frames:
@@ -112,50 +115,66 @@ def write_overlay(source: str, records: list[dict], out: str | Path, timeout_s: 
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{out.suffix}")
     src = ffmpeg_source(source)
-    reader = subprocess.Popen(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", src, "-map", "0:v:0", "-vf",
-         f"fps={OVERLAY_FPS},scale={w}:{h},setsar=1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    writer = subprocess.Popen(
-        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
-         "-r", str(OVERLAY_FPS), "-i", "pipe:0", "-i", src, "-map", "0:v", "-map", "1:a:0?", "-c:v", "libx264",
-         "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", "-movflags", "+faststart",
-         str(tmp)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     frames = _Frames([r for r in records if r.get("source") == source])
     font = _font(max(12, h // 28))
     size, n = w * h * 3, 0
-    try:
-        assert reader.stdout is not None and writer.stdin is not None
-        while True:
-            buf = reader.stdout.read(size)
-            if len(buf) < size:
-                break
-            t = n / OVERLAY_FPS
-            image = Image.fromarray(np.frombuffer(buf, np.uint8).reshape(h, w, 3))
-            draw_frame(image, frames.at(t), t, scale, font)
+    # ffmpeg's messages go to files: a pipe nobody reads while frames stream could fill and block it
+    with tempfile.TemporaryFile() as reader_err, tempfile.TemporaryFile() as writer_err:
+        reader = subprocess.Popen(
+            ["ffmpeg", "-nostdin", "-v", "error", "-i", src, "-map", "0:v:0", "-vf",
+             f"fps={OVERLAY_FPS},scale={w}:{h},setsar=1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"],
+            stdout=subprocess.PIPE, stderr=reader_err)
+        # the audio is padded with silence and cut at the video's end: the video is never shortened
+        writer = subprocess.Popen(
+            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+             "-r", str(OVERLAY_FPS), "-i", "pipe:0", "-i", src, "-map", "0:v", "-map", "1:a:0?", "-c:v", "libx264",
+             "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-af", "apad", "-shortest",
+             "-movflags", "+faststart", str(tmp)], stdin=subprocess.PIPE, stderr=writer_err)
+
+        def last_line(fh) -> str:
+            fh.seek(0)
+            lines = fh.read().decode("utf-8", "replace").strip().splitlines()
+            return lines[-1] if lines else ""
+
+        try:
+            assert reader.stdout is not None and writer.stdin is not None
+            broken = False
+            while True:
+                buf = reader.stdout.read(size)
+                if len(buf) < size:
+                    break
+                t = n / OVERLAY_FPS
+                image = Image.fromarray(np.frombuffer(buf, np.uint8).reshape(h, w, 3))
+                draw_frame(image, frames.at(t), t, scale, font)
+                try:
+                    writer.stdin.write(image.tobytes())
+                except BrokenPipeError:          # the encoder stopped: its own error says why
+                    broken = True
+                    break
+                n += 1
+            if broken:
+                reader.kill()
+            with contextlib.suppress(BrokenPipeError):
+                writer.stdin.close()
             try:
-                writer.stdin.write(image.tobytes())
-            except BrokenPipeError:
-                break
-            n += 1
-        writer.stdin.close()
-        reader.wait(timeout=timeout_s)
-        writer.wait(timeout=timeout_s)
-        for name, proc, failed in (("decoding", reader, reader.returncode != 0 or n == 0),
-                                   ("encoding", writer, writer.returncode != 0)):
-            if failed:
-                lines = proc.stderr.read().decode("utf-8", "replace").strip().splitlines() if proc.stderr else []
-                raise OverlayError(f"{source}: {name} the overlay failed: {lines[-1] if lines else 'no frames'}")
-        os.replace(tmp, out)
-    finally:
-        for proc in (reader, writer):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            for stream in (proc.stdout, proc.stderr, proc.stdin):
-                if stream is not None:
-                    with contextlib.suppress(OSError, BrokenPipeError):
-                        stream.close()
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+                reader.wait(timeout=timeout_s)
+                writer.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                raise OverlayError(f"{source}: ffmpeg did not finish the overlay within {timeout_s:.0f} s") from None
+            if writer.returncode != 0 or broken:
+                raise OverlayError(f"{source}: encoding the overlay failed: {last_line(writer_err) or 'ffmpeg stopped'}")
+            if reader.returncode != 0 or n == 0:
+                raise OverlayError(f"{source}: decoding the overlay failed: {last_line(reader_err) or 'no frames'}")
+            os.replace(tmp, out)
+        finally:
+            for proc in (reader, writer):
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                for stream in (proc.stdout, proc.stdin):
+                    if stream is not None:
+                        with contextlib.suppress(OSError, BrokenPipeError):
+                            stream.close()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
     return n

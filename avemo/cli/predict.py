@@ -86,6 +86,9 @@ def main(argv: list[str]) -> int:
     cfg = load_predict_config(model.meta if model else {}, ns.config, flags, overrides)
     if ns.print_config:
         return print_config(cfg, "predict")
+    if cfg.face.speaker == "asd" and not cfg.speakers:
+        print("avemo predict: note: this model learnt from the speaking face (its shards: face.speaker=asd); "
+              "--speakers reads that face, without it the most prominent face is read", file=sys.stderr)
     out = open(ns.out, "w", encoding="utf-8") if ns.out else sys.stdout
     # kept only for --plot, and only the last PLOT_WINDOWS of them: an endless live input must not grow memory
     records: deque[dict] = deque(maxlen=PLOT_WINDOWS)

@@ -53,7 +53,7 @@ def make_checkpoint(folder: Path) -> Path:
 
 
 def real_window(clip: Path, max_frames: int) -> dict:
-    """The first 2 s window of the clip exactly as predict builds it: crops (8, 112, 112, 3), log-mel."""
+    """The first 2 s window of the clip exactly as predict builds it: crops (max_frames, 112, 112, 3), log-mel."""
     import torch
     from avemo.pipeline.audio import log_mel
     from avemo.pipeline.config import BuildConfig
@@ -72,7 +72,8 @@ def real_window(clip: Path, max_frames: int) -> dict:
     faces = torch.from_numpy(track.crops).permute(0, 3, 1, 2)[:max_frames]
     batch = collate([{"key": "", "label": -1, "faces": faces, "face_mask": torch.ones(len(faces), dtype=torch.bool),
                       "mel": mel}])
-    return {"crops": track.crops, **{k: batch[k] for k in ("faces", "face_mask", "mel", "mel_mask")}}
+    # the crops the model reads: a model trained on fewer frames (configs/real.yaml: 2) gets that many
+    return {"crops": track.crops[:max_frames], **{k: batch[k] for k in ("faces", "face_mask", "mel", "mel_mask")}}
 
 
 def model_latency(ckpt: Path, onnx_path: Path, w: dict, threads: int, repeats: int, inner: int) -> dict:

@@ -23,6 +23,12 @@ from avemo.shards.labels import EMOTIONS
 
 FACE_MEAN = (0.485, 0.456, 0.406)   # MobileFaceNet was trained on ImageNet-normalised RGB
 FACE_STD = (0.229, 0.224, 0.225)
+# Frames per pass through the frozen face blocks (face_trainable=last). They run without autograd, so only
+# one block's input and output are alive at a time, but at 112x112 those are large: 64 frames through the
+# first blocks make ~100 MB tensors, and glibc's heap (kept, avemo/core/memory.py) keeps every high-water mark
+# and fragments around the batch-dependent sizes. In passes of 16 the same work peaked at 2.35 vs 3.41 GB (the
+# run's processes, 2 epochs of the real recipe) at the same speed: bench/results/train_memory_chunk.md.
+FROZEN_CHUNK = 16
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -211,11 +217,18 @@ class FaceEncoder(nn.Module):
                 return self.cnn(x).view(b, t, -1)                    # (B, T, 128)
         blocks = self.cnn.blocks()
         with torch.no_grad():
-            for block in blocks[: self.split]:
-                x = block(x)
+            if x.shape[0] > FROZEN_CHUNK and _dynamic_shapes_ok(x):   # traced / compiled: one pass (static)
+                x = torch.cat([self.frozen(chunk, blocks) for chunk in x.split(FROZEN_CHUNK)])
+            else:
+                x = self.frozen(x, blocks)
         for block in blocks[self.split:]:
             x = block(x)
         return x.reshape(b, t, -1)                                   # (B, T, 128)
+
+    def frozen(self, x: torch.Tensor, blocks) -> torch.Tensor:
+        for block in blocks[: self.split]:
+            x = block(x)
+        return x
 
     def pool(self, emb: torch.Tensor, face_mask: torch.Tensor) -> torch.Tensor:
         m = face_mask.to(emb.dtype).unsqueeze(-1)

@@ -18,6 +18,8 @@ class ModelConfig:
     mel_norm: Literal["global", "utterance"] = "global"  # log-mel scaling: train set's or each clip's per-bin mean/std
     audio_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # audio CNN stage widths
     hidden: int = 128                             # LSTM hidden size per modality
+    audio_pool: Literal["mean", "stats", "attention"] = "mean"  # voice frames -> clip: mean; mean + std; attentive
+    #                                              statistics (learnt frame weights); std = how pitch/energy move
     fusion_dim: int = 128                         # width of the fused clip embedding
     dropout: float = 0.3                          # before the classifier
     modality_dropout: float = 0.2                 # per sample, drop one present modality in training

@@ -37,6 +37,29 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
+class StatsPool(nn.Module):
+    """(B, T, C) frames -> (B, C): the masked mean and standard deviation of each channel over the clip's
+    frames, weighted equally ("stats") or by a learnt frame score ("attention", attentive statistics pooling,
+    Okabe et al. 2018), projected back to C. The deviation says how the voice moves (pitch and energy
+    contours), which a mean over frames averages away."""
+
+    def __init__(self, channels: int, attention: bool):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(channels, 64), nn.Tanh(), nn.Linear(64, 1)) if attention else None
+        self.proj = nn.Sequential(nn.Linear(2 * channels, channels), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.score is None:
+            w = mask.to(x.dtype).unsqueeze(-1)
+            w = w / w.sum(1, keepdim=True).clamp(min=1.0)                    # (B, T, 1), rows sum to 1 (or 0)
+        else:
+            logits = self.score(x).masked_fill(~mask.unsqueeze(-1), -1e4)     # float16-safe "minus infinity"
+            w = torch.softmax(logits.float(), dim=1).to(x.dtype) * mask.unsqueeze(-1).to(x.dtype)
+        mean = (x * w).sum(1)
+        std = ((x - mean.unsqueeze(1)) ** 2 * w).sum(1).clamp(min=1e-5).sqrt()
+        return self.proj(torch.cat([mean, std], dim=1)) * mask.any(1, keepdim=True).to(x.dtype)
+
+
 def _dynamic_shapes_ok(x: torch.Tensor) -> bool:
     """Eager on a real device: data-dependent shapes (boolean selection of samples) are allowed. Traced,
     scripted or compiled graphs, and the meta device (FLOP counts), take the static dense path."""
@@ -122,6 +145,7 @@ class AudioEncoder(nn.Module):
         self.stride = 2 ** len(cfg.audio_channels)
         self.norm = nn.LayerNorm(inp)
         self.lstm = nn.LSTM(inp, cfg.hidden, batch_first=True)
+        self.pool = None if cfg.audio_pool == "mean" else StatsPool(cfg.hidden, cfg.audio_pool == "attention")
         self.utterance_norm = cfg.mel_norm == "utterance"
         self.hidden = cfg.hidden
         self.register_buffer("mel_mean", torch.zeros(cfg.n_mels))
@@ -162,7 +186,7 @@ class AudioEncoder(nn.Module):
         x = x.mean(2).transpose(1, 2)                                # (B, F/8, C)
         mask = m[:, 0, 0, : x.shape[1]] > 0                          # (B, F/8)
         out, _ = self.lstm(self.norm(x))                             # (B, F/8, hidden)
-        return _masked_mean(out, mask)
+        return _masked_mean(out, mask) if self.pool is None else self.pool(out, mask)
 
 
 class FaceEncoder(nn.Module):

@@ -31,3 +31,20 @@ def test_each_variant_changes_only_what_it_names(monkeypatch):
         cfg = _flat(load_config(TrainConfig, "train", "real", [*recipe_ablation.SHORT, *overrides], paths))
         changed = {k for k in base if cfg[k] != base[k]}
         assert changed == {o.split("=")[0] for o in overrides}, (name, changed)
+
+
+@pytest.mark.unit
+def test_voice_ablation_runs_the_voice_alone_and_each_variant_changes_only_the_pooling(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import voice_ablation
+    from avemo.core.config import load_config
+    from avemo.train.config import TrainConfig
+    paths = {"shards": ["ravdess"], "run": "r"}
+    base = _flat(load_config(TrainConfig, "train", "real", list(voice_ablation.SCHEDULE), paths))
+    assert base["data.weights"] == [1.0] and base["model.face_weights"] == ""   # one set, no face network
+    pools = set()
+    for name, (_, overrides) in voice_ablation.VARIANTS.items():
+        cfg = _flat(load_config(TrainConfig, "train", "real", [*voice_ablation.SCHEDULE, *overrides], paths))
+        assert {k for k in base if cfg[k] != base[k]} <= {"model.audio_pool"}, name
+        pools.add(cfg["model.audio_pool"])
+    assert pools == {"mean", "stats", "attention"}

@@ -1,0 +1,96 @@
+"""The voice branch's pooling over frames (model.audio_pool): mean, mean + standard deviation, attentive
+statistics. Each sees only a clip's valid frames (padding and absent audio change nothing), gives a zero row
+for a clip without audio, learns (gradients reach the frame scores), and the eager, traced and exported
+paths agree."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avemo.model.net import AudioEncoder, AVEmotionNet, ModelConfig, StatsPool
+
+pytestmark = pytest.mark.unit
+POOLS = ["mean", "stats", "attention"]
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    mel = torch.randn(3, 64, 160, generator=g) * 3 - 5
+    mask = torch.zeros(3, 160, dtype=torch.bool)
+    mask[0, :160] = True
+    mask[1, :88] = True                 # (a multiple of the CNN's stride 8); row 2: no audio at all
+    return mel, mask
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_padding_and_absent_audio_change_nothing(pool):
+    torch.manual_seed(0)
+    enc = AudioEncoder(ModelConfig(audio_pool=pool, mel_norm="utterance")).eval()
+    mel, mask = _batch()
+    junk = mel.clone()
+    junk[1, :, 88:] = 40.0              # what lies past a clip's end must not matter
+    with torch.no_grad():
+        a, b = enc(mel, mask), enc(junk, mask)
+        alone = enc(mel[1:2, :, :88], mask[1:2, :88])       # the clip by itself, unpadded
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a[1:2], alone, atol=1e-5, rtol=1e-4)
+    assert a[2].abs().max() == 0        # no audio: a zero row (the head is told by has_audio)
+    assert a[0].abs().max() > 0
+
+
+def test_stats_pool_is_the_masked_mean_and_deviation_then_a_projection():
+    torch.manual_seed(0)
+    pool = StatsPool(4, attention=False)
+    x = torch.randn(2, 6, 4)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    out = pool(x, mask)
+    for row, n in ((0, 6), (1, 3)):
+        v = x[row, :n]
+        stats = torch.cat([v.mean(0), v.std(0, unbiased=False)])
+        torch.testing.assert_close(out[row], pool.proj(stats[None])[0])
+
+
+def test_attention_weights_learn_which_frames_count():
+    """A frame score that the loss reaches: after a few steps on 'the label is in the loud frames', the
+    attention puts more weight on those frames than the uniform mean does."""
+    torch.manual_seed(0)
+    pool = StatsPool(8, attention=True)
+    head = torch.nn.Linear(8, 2)
+    opt = torch.optim.Adam([*pool.parameters(), *head.parameters()], lr=0.03)
+    mask = torch.ones(32, 20, dtype=torch.bool)
+    for _ in range(80):
+        y = torch.randint(0, 2, (32,))
+        x = torch.randn(32, 20, 8) * 0.5
+        x[:, :3, 0] += 4.0 * (2 * y[:, None].float() - 1)    # only frames 0-2 carry the label
+        x[:, :3, 1] += 3.0                                   # ... and are marked
+        loss = torch.nn.functional.cross_entropy(head(pool(x, mask)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x = torch.randn(4, 20, 8) * 0.5
+    x[:, :3, 1] += 3.0
+    with torch.no_grad():
+        w = torch.softmax(pool.score(x), dim=1)[..., 0]      # (4, 20)
+    assert float(w[:, :3].sum(1).min()) > 3 / 20 * 2, w[:, :3].sum(1)   # > twice the uniform share
+    assert loss.item() < 0.3
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_eager_traced_and_onnx_agree():
+    """attention covers stats too: the same StatsPool, with frame scores."""
+    import onnxruntime as ort
+    from avemo.inference.export import OUTPUTS, ExportNet, to_onnx_bytes
+    torch.manual_seed(0)
+    net = AVEmotionNet(ModelConfig(face_trainable="none", mel_norm="utterance", audio_pool="attention")).eval()
+    mel, mel_mask = _batch()
+    faces = torch.randint(0, 255, (3, 2, 3, 112, 112), dtype=torch.uint8)
+    face_mask = torch.tensor([[True, True], [False, False], [True, False]])
+    inputs = (faces, face_mask, mel, mel_mask)
+    with torch.no_grad():
+        eager = net(*inputs)
+        traced = torch.jit.trace(ExportNet(net), inputs, check_trace=False)(*inputs)[0]
+    torch.testing.assert_close(traced, eager, atol=1e-5, rtol=1e-4)
+    session = ort.InferenceSession(to_onnx_bytes(net, {"labels": []}), providers=["CPUExecutionProvider"])
+    logits, _ = session.run(OUTPUTS, dict(zip(["faces", "face_mask", "mel", "mel_mask"], (t.numpy() for t in inputs))))
+    np.testing.assert_allclose(logits, eager.numpy(), atol=1e-4, rtol=1e-4)

@@ -20,10 +20,9 @@ from pathlib import Path
 
 from avemo.pipeline.probe import safe_resolve
 from avemo.core.errors import ConfigError, DataError
-from avemo.pipeline.media_list import AUDIO_EXTS, CLASS_NAMES, IMAGE_EXTS, derive_key
+from avemo.pipeline.media_list import AUDIO_EXTS, CLASS_NAMES, IMAGE_EXTS, VIDEO_EXTS, derive_key
 
 COLUMNS = ("path", "label", "split", "key", "speaker")
-VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 RAVDESS_RE = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "joy", "04": "sadness", "05": "anger", "06": "fear",
                     "07": "disgust", "08": "surprise"}

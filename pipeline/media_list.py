@@ -24,6 +24,8 @@ from avemo.shards.labels import EMOTIONS, emotion_id
 REQUIRED_COLUMNS = ("path", "label", "split")
 OPTIONAL_COLUMNS = ("key", "speaker", "start", "end")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
+# video files that make-list collects and predict takes from a folder (CREMA-D ships FLV, older corpora AVI/MPEG)
+VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp", ".ogv"}
 AUDIO_EXTS = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac", ".wma", ".aiff", ".aif"}
 INVALID_SPLIT = "invalid"   # the part parquet name of rows whose split is none of SPLITS
 # what other corpora call MELD's classes (FER2013, CK+, AffectNet, RAF-DB folder names, plain MELD names) -> the

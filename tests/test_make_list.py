@@ -110,6 +110,17 @@ def test_shared_ravdess_list_matches_its_labels_csv(shared):
     assert got == expected and len(got) == 1092
 
 
+def test_shared_crema_d_videos_are_listed(shared):
+    """CREMA-D ships its video as FLV (VideoFlash/): make-list takes them like its WAVs (it missed them before)."""
+    root = shared / "media" / "crema-d"
+    if not sorted(root.glob("*.flv")):
+        pytest.skip(f"no CREMA-D clips at {root}")
+    result = lists.crema_d(root, dev_speakers=["1001"])
+    assert sorted((Path(r["path"]).name, r["label"], r["split"]) for r in result.rows) == [
+        (f"1001_DFA_{code}_XX.flv", label, "dev") for code, label in sorted(lists.CREMA_EMOTIONS.items())]
+    assert not result.skipped
+
+
 def test_shared_fer2013_list_matches_its_labels_csv(shared):
     root = shared / "data" / "fer2013"
     if not (root / "labels.csv").is_file():

@@ -27,11 +27,10 @@ import numpy as np
 from avemo.core.errors import DataError
 from avemo.pipeline.config import AudioConfig, DecodeConfig, ProbeConfig
 from avemo.pipeline.decode import DecodeError, DecodePlan, plan_decode, spawn_ffmpeg
+from avemo.pipeline.media_list import VIDEO_EXTS
 from avemo.pipeline.probe import (PROBE_ERRORS, ProbeResult, check_streams, ffmpeg_message, ffmpeg_source, probe_clip,
                             probe_failure, run_ffprobe)
 
-VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
-                    ".3gp", ".ogv"}
 LIVE_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "rtp://", "udp://", "srt://", "tcp://", "/dev/")
 PIPE_HEAD_BYTES = 1 << 20      # bytes of stdin read ahead to probe a pipe (doubled up to PIPE_HEAD_MAX)
 PIPE_HEAD_MAX = 32 << 20
@@ -64,9 +63,9 @@ def resolve_inputs(texts: list[str], realtime: bool = False) -> list[Input]:
         elif "://" in text or text.startswith("/dev/"):
             out.append(Input(text, text, {}, "stream", live=text.startswith(LIVE_PREFIXES)))
         elif Path(text).is_dir():
-            videos = sorted(p for p in Path(text).iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            videos = sorted(p for p in Path(text).iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
             if not videos:
-                raise InputError(f"folder {text} holds no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+                raise InputError(f"folder {text} holds no video files ({', '.join(sorted(VIDEO_EXTS))})")
             out += [Input(str(p), ffmpeg_source(p)) for p in videos]
         elif Path(text).is_file():
             out.append(Input(text, ffmpeg_source(text)))

@@ -4,7 +4,8 @@ The real-emotion recipe learns from RAVDESS voices and FER2013 stills; these cli
 actor, other sentences, colour video with its own voice, six emotions), read the way a user would: make-list
 crema-d, build-shards --list with the default build settings, evaluate with the modality ablation (both,
 face only, voice only) and the per-clip answers. Six clips of one actor are a sanity check, not a
-measurement: one clip is 17 points.
+measurement: one clip is 17 points. --grey adds each model read with model.face_colour=grey (FER2013, the
+face training data, is grey: the same weights then see colour faces as they learnt them).
 
     .venv/bin/python bench/crema_check.py --checkpoint bench/out/real_emotion/run/best.pt
     .venv/bin/python bench/crema_check.py --checkpoint old=A/best.pt --checkpoint new=B/best.pt   # several
@@ -28,11 +29,22 @@ def avemo(*args: str) -> None:
     subprocess.run([str(Path(sys.executable).parent / "avemo"), *args], check=True, cwd=REPO)
 
 
+def grey_copy(path: str, out: Path) -> str:
+    """The same weights with model.face_colour=grey: the model reads every face as grey (luma)."""
+    from avemo.model.checkpoint import load_checkpoint, save_checkpoint
+    ckpt = load_checkpoint(path)
+    ckpt["config"]["model"]["face_colour"] = "grey"
+    save_checkpoint(out, **ckpt)
+    return str(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, action="append",
                    help="a trained model (RUN/best.pt), or NAME=PATH; repeat to score several on one build")
     p.add_argument("--media", default=str(REPO.parent / "shared" / "media" / "crema-d"))
+    p.add_argument("--grey", action="store_true",
+                   help="also score each model with model.face_colour=grey (a copy of it with that setting)")
     p.add_argument("--out", default=str(OUT / "crema_check"))
     p.add_argument("--name", default="crema_check", help="results name in bench/results")
     args = p.parse_args(argv)
@@ -46,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     avemo("make-list", "crema-d", str(media), "--dev-speakers", "1001", "--out", str(out / "list.csv"))
     avemo("build-shards", "--list", str(out / "list.csv"), "--out", str(out / "shards"))
     models = dict(c.split("=", 1) if "=" in c else (c, c) for c in args.checkpoint)
+    if args.grey:
+        models.update({f"{name}, faces read grey": grey_copy(path, out / f"grey{i}.pt")
+                       for i, (name, path) in enumerate(list(models.items()))})
     metrics = {}
     for i, (name, path) in enumerate(models.items()):
         avemo("evaluate", "--shards", str(out / "shards"), "--checkpoint", path, "--out", str(out / f"eval{i}"),

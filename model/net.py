@@ -21,6 +21,7 @@ from avemo.model.config import ModelConfig
 from avemo.model.mobilefacenet import MobileFaceNet
 from avemo.shards.labels import EMOTIONS
 
+LUMA = (0.299, 0.587, 0.114)         # ITU-R BT.601, as PIL's and torchvision's rgb_to_grayscale
 FACE_MEAN = (0.485, 0.456, 0.406)   # MobileFaceNet was trained on ImageNet-normalised RGB
 FACE_STD = (0.229, 0.224, 0.225)
 # Frames per pass through the frozen face blocks (face_trainable=last). They run without autograd, so only
@@ -206,6 +207,8 @@ class FaceEncoder(nn.Module):
         self.lstm = nn.LSTM(MobileFaceNet.embedding_dim + 1, cfg.hidden, batch_first=True)
         self.register_buffer("mean", torch.tensor(FACE_MEAN).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(FACE_STD).view(1, 3, 1, 1) * 255)
+        self.grey = cfg.face_colour == "grey"          # not in the state dict: checkpoints load either way
+        self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -234,7 +237,10 @@ class FaceEncoder(nn.Module):
                 out = out.to(emb.dtype).index_copy(0, index, emb)
             return out.view(b, t, -1)
         b, t = faces.shape[:2]
-        x = (faces.flatten(0, 1).float() - self.mean) / self.std     # (B*T, 3, 112, 112)
+        x = faces.flatten(0, 1).float()                              # (B*T, 3, 112, 112)
+        if self.grey:                                                # colour -> luma in all 3 channels
+            x = (x * self.luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
         x = x.contiguous(memory_format=torch.channels_last)
         if self.split in (0, len(self.cnn.blocks())):
             with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):

@@ -82,7 +82,8 @@ def test_eager_traced_and_onnx_agree():
     import onnxruntime as ort
     from avemo.inference.export import OUTPUTS, ExportNet, to_onnx_bytes
     torch.manual_seed(0)
-    net = AVEmotionNet(ModelConfig(face_trainable="none", mel_norm="utterance", audio_pool="attention")).eval()
+    net = AVEmotionNet(ModelConfig(face_trainable="none", mel_norm="utterance", audio_pool="attention",
+                                  face_colour="grey")).eval()   # the grey faces in the exported graph too
     mel, mel_mask = _batch()
     faces = torch.randint(0, 255, (3, 2, 3, 112, 112), dtype=torch.uint8)
     face_mask = torch.tensor([[True, True], [False, False], [True, False]])

@@ -12,7 +12,7 @@ from avemo.core.config import load_config
 from avemo.inference.predict import PredictConfig, WindowPredictor, load_predict_config, run_predict
 from avemo.inference.runtime import ModelFile, make_runner, read_model
 from avemo.inference.stream import Window
-from avemo.model.asd import LightASDScorer
+from avemo.model.asd import FaceIdentities, LightASDScorer
 from avemo.pipeline.build import BuildSummary, run_build
 from avemo.pipeline.config import BuildConfig
 from avemo.train.config import EvalConfig, TrainConfig
@@ -28,7 +28,8 @@ def build_shards(root: PathLike | None, out: PathLike, config: PathLike | None =
     shards + manifest.parquet in `out` (resumable)."""
     source = {"root": str(root or ""), "media_list": str(media_list or "")}
     cfg = load_config(BuildConfig, "build", config, list(overrides), {**source, "out": str(out)})
-    scorer = LightASDScorer(cfg.face.asd_weights, cfg.face.asd_variant).load() if cfg.face.speaker == "asd" else None
+    scorer = (LightASDScorer(cfg.face.asd_weights, cfg.face.asd_variant).load() if cfg.face.speaker == "asd"
+              else FaceIdentities().load() if cfg.face.speaker_names else None)
     return run_build(cfg, scorer=scorer)
 
 

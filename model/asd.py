@@ -294,6 +294,29 @@ def _identity_net() -> nn.Module:
     return net.eval()
 
 
+@torch.inference_mode()
+def embed_identities(crops: np.ndarray) -> np.ndarray:
+    """(n, 112, 112, 3) uint8 aligned faces -> (n, 128) embeddings of the pretrained MobileFaceNet."""
+    from avemo.model.net import FACE_MEAN, FACE_STD
+    mean, std = torch.tensor(FACE_MEAN).view(1, 3, 1, 1), torch.tensor(FACE_STD).view(1, 3, 1, 1)
+    x = (torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    return _identity_net()(x).numpy()
+
+
+@dataclass(frozen=True)
+class FaceIdentities:
+    """build-shards' face identity network alone (face.speaker_names without face.speaker=asd): picklable, the
+    pretrained MobileFaceNet loaded once per process."""
+
+    def load(self) -> "FaceIdentities":
+        _identity_net()
+        return self
+
+    def identities(self, crops: np.ndarray) -> np.ndarray:
+        """(n, 112, 112, 3) uint8 aligned faces -> (n, 128) identity embeddings."""
+        return embed_identities(crops)
+
+
 @dataclass(frozen=True)
 class LightASDScorer:
     """pipeline.speaker's Scorer for build-shards: picklable (a Dask task carries it to its worker), the networks
@@ -311,10 +334,6 @@ class LightASDScorer:
     def __call__(self, faces: np.ndarray, audio: np.ndarray) -> np.ndarray:
         return _shared_net(self.weights, self.variant).speaking_logodds(faces, audio, encoders_once=True)
 
-    @torch.inference_mode()
     def identities(self, crops: np.ndarray) -> np.ndarray:
         """(n, 112, 112, 3) uint8 aligned faces -> (n, 128) identity embeddings."""
-        from avemo.model.net import FACE_MEAN, FACE_STD
-        mean, std = torch.tensor(FACE_MEAN).view(1, 3, 1, 1), torch.tensor(FACE_STD).view(1, 3, 1, 1)
-        x = (torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-        return _identity_net()(x).numpy()
+        return embed_identities(crops)

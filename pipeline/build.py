@@ -250,6 +250,9 @@ def run_build(cfg: BuildConfig, log=print, progress=None, scorer=None) -> BuildS
     if cfg.face.speaker == "asd" and scorer is None:
         raise ConfigError("face.speaker=asd needs the Light-ASD scorer: build through `avemo build-shards` or "
                           "avemo.api.build_shards")
+    if cfg.face.speaker_names and not hasattr(scorer, "identities"):
+        raise ConfigError("face.speaker_names needs a face identity network: build through `avemo build-shards` "
+                          "or avemo.api.build_shards")
     t0 = time.perf_counter()
     out, options = storage.normalize(cfg.out), cfg.storage_options
     if not storage.is_url(out):

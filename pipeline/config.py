@@ -82,6 +82,12 @@ class FaceConfig:
     asd_variant: Literal["ava", "talkset"] = "ava"   # Light-ASD weights (ava: trained on AVA-ActiveSpeaker)
     asd_weights: str = ""            # an explicit Light-ASD file; else $AVEMO_WEIGHTS_DIR, the cache, a download
     asd_max_s: float = 12.0          # longer clips are not scored (25 fps frames of the whole clip are held)
+    # MELD layout: link each dialogue's Speaker names to the faces that recur in their own utterances
+    # (pipeline/names.py); where a name links, its face is the strip's, elsewhere face.speaker's choice stands
+    speaker_names: bool = False      # MELD's Speaker column picks the face where it links (MobileFaceNet identities)
+    names_min_sim: float = 0.5       # cosine similarity at which two faces of a dialogue are one person
+    names_min_lift: float = 0.2      # a name links to a face shown this much more in its own clips than in others'
+    names_max_clips: int = 64        # a dialogue's clips held at once (decoded frames): longer ones link in parts
 
     def __post_init__(self):
         check((DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),
@@ -93,6 +99,9 @@ class FaceConfig:
               (self.margin >= 0, "margin must be >= 0"),
               (self.crop_size == 112, "crop_size must be 112 (MobileFaceNet's input)"),
               (0 <= self.track_iou <= 1, "track_iou must be in [0, 1]"),
+              (-1 <= self.names_min_sim <= 1, "names_min_sim must be in [-1, 1]"),
+              (0 <= self.names_min_lift <= 1, "names_min_lift must be in [0, 1]"),
+              (self.names_max_clips >= 1, "names_max_clips must be >= 1"),
               (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
               (self.pad_target_px >= 16, "pad_target_px must be >= 16"),
               (self.pad_canvas_px >= self.pad_target_px, "pad_canvas_px must be >= pad_target_px"),

@@ -24,6 +24,7 @@ from avemo.pipeline.audio import log_mel
 from avemo.pipeline.config import BuildConfig
 from avemo.pipeline.decode import DecodeError, Decoded, plan_decode
 from avemo.pipeline.faces import FrameDets, get_detector, image_box, pad_small_frames, speaker_faces, whole_face
+from avemo.pipeline.names import named_choices
 from avemo.pipeline.probe import ProbeResult
 from avemo.pipeline.speaker import (ASD_FPS, Scorer, TrackSpeech, follow_speaker, identity_embeddings,
                                    score_tracks)
@@ -64,13 +65,15 @@ LIST_ONLY_KEYS = {"decode": ("in_process",), "face": ("image_mode",)}
 
 # the active-speaker settings decide the bytes only with face.speaker=asd: `score` builds keep their fingerprints
 ASD_KEYS = ("speaker", "speaking_min", "asd_variant", "asd_weights", "asd_max_s")
+NAMES_KEYS = ("speaker_names", "names_min_sim", "names_min_lift", "names_max_clips")   # ... and these with names
 
 
 def media_settings(cfg: BuildConfig, media_list: bool = True, hashed: bool = False) -> dict:
     """{section: {key: value}} of the probe/decode/face/audio settings that decide a shard's clips and bytes
     (of a MELD build's shards when not media_list). hashed (the fingerprint): without the active-speaker keys
     when face.speaker=score, so that default builds keep the fingerprints they had before those keys."""
-    unused = {"face": ASD_KEYS} if hashed and cfg.face.speaker == "score" else {}
+    unused = {"face": (*(ASD_KEYS if cfg.face.speaker == "score" else ()),
+                       *(NAMES_KEYS if not cfg.face.speaker_names else ()))} if hashed else {}
     return {name: {k: v for k, v in vars(getattr(cfg, name)).items()
                    if k not in skip and k not in unused.get(name, ())
                    and (media_list or k not in LIST_ONLY_KEYS.get(name, ()))}
@@ -180,6 +183,53 @@ class _ShardWriter:
         self.spec, self.cfg, self.tar = spec, cfg, tar
         self.detector, self.scorer = detector, scorer
         self.rows: list[dict] = []
+        # face.speaker_names: a dialogue's clips wait here (in order, rejections too) until it ends
+        self.pending: list[tuple] = []
+        self.dialogue: tuple | None = None
+
+    def finish(self, row: dict, probe: ProbeResult, decoded: Decoded, dets: list) -> None:
+        if not (self.cfg.face.speaker_names and row.get("dialogue_id") is not None and row.get("speaker")):
+            self.flush()
+            return self.write(row, probe, decoded, dets)
+        key = (row.get("split"), row.get("dialogue_id"))
+        if key != self.dialogue or len(self.pending) >= self.cfg.face.names_max_clips:
+            self.flush()
+            self.dialogue = key
+        self.pending.append(("write", row, probe, decoded, dets))
+
+    def flush(self) -> None:
+        """Link the waiting dialogue's speaker names to its faces (pipeline/names.py), then write its clips."""
+        if not self.pending:
+            return
+        pending, self.pending, self.dialogue = self.pending, [], None
+        clips = [p for p in pending if p[0] == "write"]
+        named: dict[int, tuple] = {}
+        try:
+            named = self.link(clips)
+        except Exception:   # noqa: BLE001  the clips are still written, with face.speaker's choice
+            named = {}
+        for p in pending:
+            if p[0] == "write":
+                self.write(*p[1:], named=named.get(id(p)))
+            else:
+                self._reject(*p[1:])
+
+    def link(self, clips: list[tuple]) -> dict[int, tuple]:
+        """id(entry) -> (per-frame choice or None, lift) for a dialogue's waiting clips."""
+        named: dict[int, tuple] = {}
+        if clips:
+            embed = self.scorer.identities
+            embs = []
+            for _, row, probe, decoded, dets in clips:
+                per_frame = identity_embeddings(decoded.frames, dets, embed, self.cfg.face, every=1)
+                embs.append([np.zeros((0, 1)) if e is None else e for e in per_frame])
+            width = next((e.shape[1] for clip in embs for e in clip if len(e)), 1)
+            embs = [[e if len(e) else np.zeros((0, width)) for e in clip] for clip in embs]
+            scores = [[np.asarray(d.scores) for d in p[4]] for p in clips]
+            choices = named_choices(embs, [p[1]["speaker"] for p in clips], self.cfg.face.names_min_sim,
+                                    self.cfg.face.names_min_lift, scores)
+            named = {id(p): c for p, c in zip(clips, choices)}
+        return named
 
     def speaking(self, row: dict, probe: ProbeResult, decoded: Decoded) -> tuple[TrackSpeech, tuple[int, int]] | None:
         """face.speaker=asd: the clip's most speaking face track (Light-ASD on every track of its 25 fps frames,
@@ -221,24 +271,34 @@ class _ShardWriter:
         return (choice if any(c is not None for c in choice) else None), speech.prob
 
     def reject(self, row: dict, reason: str, detail: str, duration: float | None = None) -> None:
+        if self.pending:                       # keep the order of a waiting dialogue's clips
+            self.pending.append(("reject", row, reason, detail, duration))
+        else:
+            self._reject(row, reason, detail, duration)
+
+    def _reject(self, row: dict, reason: str, detail: str, duration: float | None = None) -> None:
         self.rows.append(manifest_row(row, status="rejected", reason=reason, detail=detail, duration_s=duration))
         clip_done(self.spec.name)
 
-    def finish(self, row: dict, probe: ProbeResult, decoded: Decoded, dets: list) -> None:
+    def write(self, row: dict, probe: ProbeResult, decoded: Decoded, dets: list, named: tuple | None = None) -> None:
+        """One clip into the tar; `named`: face.speaker_names' (per-frame choice, lift) for it, when it linked."""
         cfg = self.cfg
         try:
             choice, conf = self.choose(row, probe, decoded, dets) if cfg.face.speaker == "asd" else (None, None)
+            if named is not None and named[0] is not None:   # the name's face where it is on screen, else asd/score
+                choice = [n if n is not None else (choice[t] if choice else None) for t, n in enumerate(named[0])]
+                conf = named[1]
             track = speaker_faces(decoded.frames, dets, cfg.face, choice)
             # an image without a face holds nothing to learn from (it has no audio either): always rejected
             if track.mask.sum() == 0 and probe.kind == "image":
-                return self.reject(row, "no_face", "the detector found no face in the image")
+                return self._reject(row, "no_face", "the detector found no face in the image")
             if track.mask.sum() == 0 and cfg.face.missing == "reject" and probe.kind != "audio":
-                return self.reject(row, "no_face", "no face in any sampled frame", probe.duration_s)
+                return self._reject(row, "no_face", "no face in any sampled frame", probe.duration_s)
             face_mode = "" if track.mask.sum() == 0 else "whole" if dets and dets[0].whole else "detect"
             mel = None if decoded.audio is None else log_mel(decoded.audio, cfg.decode.sample_rate, cfg.audio)
             problem = non_finite_audio(decoded.audio, mel)
             if problem:
-                return self.reject(row, "non_finite_audio", problem, probe.duration_s)
+                return self._reject(row, "non_finite_audio", problem, probe.duration_s)
             meta = {k: row.get(k) for k in META_FIELDS}
             meta.update(source=Path(row["source"]).name, duration_s=round(probe.duration_s, 3), kind=probe.kind,
                         frame_times=[round(float(t), 3) for t in decoded.times],
@@ -249,7 +309,7 @@ class _ShardWriter:
             sample = encode_sample(row["key"], meta, track.mask, track.boxes, track.crops, mel,
                                    cfg.face.jpeg_quality)
         except Exception as exc:  # one clip's failure is recorded, never fatal to the shard
-            return self.reject(row, "processing_error", f"{type(exc).__name__}: {exc}", probe.duration_s)
+            return self._reject(row, "processing_error", f"{type(exc).__name__}: {exc}", probe.duration_s)
         self.tar.write(sample)
         self.rows.append(manifest_row(
             row, status="ok", shard=self.spec.tar_name, duration_s=probe.duration_s,
@@ -343,12 +403,16 @@ def _run_clips(spec: ShardSpec, cfg: BuildConfig, probes: list[ProbeResult], det
 
 def build_shard(spec: ShardSpec, probes: list[dict], scorer: Scorer | None = None) -> list[dict]:
     """Write one shard and its part parquet; return its manifest rows. `scorer`: the active-speaker network
-    (face.speaker=asd; model.asd.LightASDScorer, handed in by the command: the pipeline does not import models)."""
+    (face.speaker=asd; model.asd.LightASDScorer) or, for face.speaker_names alone, model.asd.FaceIdentities:
+    handed in by the command (the pipeline does not import models)."""
     cfg = config_from_dict(BuildConfig, spec.config)
-    if cfg.face.speaker == "asd":
-        if scorer is None:
-            raise ConfigError("face.speaker=asd needs the Light-ASD scorer: build through `avemo build-shards` or "
-                              "avemo.api.build_shards")
+    if cfg.face.speaker_names and not hasattr(scorer, "identities"):
+        raise ConfigError("face.speaker_names needs a face identity network: build through `avemo build-shards` "
+                          "or avemo.api.build_shards")
+    if cfg.face.speaker == "asd" and scorer is None:
+        raise ConfigError("face.speaker=asd needs the Light-ASD scorer: build through `avemo build-shards` or "
+                          "avemo.api.build_shards")
+    if cfg.face.speaker == "asd" or cfg.face.speaker_names:
         load = getattr(scorer, "load", None)
         if load is not None:       # unusable weights on this worker fail the task (retried), not each clip
             load()
@@ -365,6 +429,7 @@ def build_shard(spec: ShardSpec, probes: list[dict], scorer: Scorer | None = Non
         try:
             writer = _ShardWriter(spec, cfg, tar, detector, scorer)
             _run_clips(spec, cfg, probes_, detector, writer)
+            writer.flush()                     # the shard's last dialogue (face.speaker_names)
         except BaseException:
             # close now (its own write may fail too, e.g. ENOSPC): else the tar stream's __del__ retries at
             # garbage collection and prints a traceback beside the one-line error

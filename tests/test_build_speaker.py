@@ -121,3 +121,8 @@ def test_default_builds_keep_their_fingerprints_and_asd_builds_get_their_own():
     assert fingerprint(rows, BuildConfig(face=FaceConfig(speaking_min=0.9, asd_max_s=5.0))) == base  # unused keys
     asd = fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd")))
     assert asd != base and fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd", speaking_min=0.9))) != asd
+    # face.speaker_names: its keys count only when it is on (pipeline/names.py)
+    assert fingerprint(rows, BuildConfig(face=FaceConfig(names_min_lift=0.5, names_max_clips=3))) == base
+    names = fingerprint(rows, BuildConfig(face=FaceConfig(speaker_names=True)))
+    assert names not in (base, asd)
+    assert fingerprint(rows, BuildConfig(face=FaceConfig(speaker_names=True, names_min_lift=0.5))) != names

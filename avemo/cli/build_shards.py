@@ -54,6 +54,9 @@ def main(argv: list[str]) -> int:
     if cfg.face.speaker == "asd":                   # the active-speaker weights: checked before any work
         from avemo.model.asd import LightASDScorer
         scorer = LightASDScorer(cfg.face.asd_weights, cfg.face.asd_variant).load()
+    elif cfg.face.speaker_names:                    # the face identity network alone
+        from avemo.model.asd import FaceIdentities
+        scorer = FaceIdentities().load()
     try:
         summary = run_build(cfg, scorer=scorer)
     except KeyboardInterrupt:

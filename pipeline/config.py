@@ -87,7 +87,7 @@ class FaceConfig:
     speaker_names: bool = False      # MELD's Speaker column picks the face where it links (MobileFaceNet identities)
     names_min_sim: float = 0.5       # cosine similarity at which two faces of a dialogue are one person
     names_min_lift: float = 0.2      # a name links to a face shown this much more in its own clips than in others'
-    names_max_clips: int = 64        # a dialogue's clips held at once (decoded frames): longer ones link in parts
+    names_max_clips: int = 16        # a dialogue's clips held at once (~30 MB each at 720p): longer ones link in parts
 
     def __post_init__(self):
         check((DEVICE_RE.match(self.device) is not None, f"device={self.device} is not auto, cpu, cuda or cuda:N"),

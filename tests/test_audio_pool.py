@@ -1,14 +1,13 @@
 """The voice branch's pooling over frames (model.audio_pool): mean, mean + standard deviation, attentive
 statistics. Each sees only a clip's valid frames (padding and absent audio change nothing), gives a zero row
-for a clip without audio, learns (gradients reach the frame scores), and the eager, traced and exported
-paths agree."""
+for a clip without audio, and learns (gradients reach the frame scores); the eager, traced and exported paths
+agree with attention pooling in tests/test_masked_audio.py."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from avemo.model.net import AudioEncoder, AVEmotionNet, ModelConfig, StatsPool
+from avemo.model.net import AudioEncoder, ModelConfig, StatsPool
 
 pytestmark = pytest.mark.unit
 POOLS = ["mean", "stats", "attention"]
@@ -74,24 +73,3 @@ def test_attention_weights_learn_which_frames_count():
         w = torch.softmax(pool.score(x), dim=1)[..., 0]      # (4, 20)
     assert float(w[:, :3].sum(1).min()) > 3 / 20 * 2, w[:, :3].sum(1)   # > twice the uniform share
     assert loss.item() < 0.3
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
-def test_eager_traced_and_onnx_agree():
-    """attention covers stats too: the same StatsPool, with frame scores."""
-    import onnxruntime as ort
-    from avemo.inference.export import OUTPUTS, ExportNet, to_onnx_bytes
-    torch.manual_seed(0)
-    net = AVEmotionNet(ModelConfig(face_trainable="none", mel_norm="utterance", audio_pool="attention",
-                                  face_colour="grey")).eval()   # the grey faces in the exported graph too
-    mel, mel_mask = _batch()
-    faces = torch.randint(0, 255, (3, 2, 3, 112, 112), dtype=torch.uint8)
-    face_mask = torch.tensor([[True, True], [False, False], [True, False]])
-    inputs = (faces, face_mask, mel, mel_mask)
-    with torch.no_grad():
-        eager = net(*inputs)
-        traced = torch.jit.trace(ExportNet(net), inputs, check_trace=False)(*inputs)[0]
-    torch.testing.assert_close(traced, eager, atol=1e-5, rtol=1e-4)
-    session = ort.InferenceSession(to_onnx_bytes(net, {"labels": []}), providers=["CPUExecutionProvider"])
-    logits, _ = session.run(OUTPUTS, dict(zip(["faces", "face_mask", "mel", "mel_mask"], (t.numpy() for t in inputs))))
-    np.testing.assert_allclose(logits, eager.numpy(), atol=1e-4, rtol=1e-4)

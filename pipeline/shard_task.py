@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -206,8 +207,10 @@ class _ShardWriter:
         named: dict[int, tuple] = {}
         try:
             named = self.link(clips)
-        except Exception:   # noqa: BLE001  the clips are still written, with face.speaker's choice
-            named = {}
+        except Exception as exc:   # noqa: BLE001  the clips are still written, with face.speaker's choice
+            print(f"build-shards: {self.spec.name}: speaker names not linked for dialogue "
+                  f"{clips[0][1].get('dialogue_id') if clips else '?'} ({type(exc).__name__}: {exc}); "
+                  "face.speaker's choice stands", file=sys.stderr)
         for p in pending:
             if p[0] == "write":
                 self.write(*p[1:], named=named.get(id(p)))

@@ -213,7 +213,8 @@ class _ShardWriter:
                   "face.speaker's choice stands", file=sys.stderr)
         for p in pending:
             if p[0] == "write":
-                self.write(*p[1:], named=named.get(id(p)))
+                _, row, probe, decoded, dets = p
+                self.write(row, probe, decoded, dets, named=named.get(id(p)))
             else:
                 self._reject(*p[1:])
 

@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     if ns.print_config:
         return print_config(cfg, "build")
     from avemo.pipeline.build import run_build     # dask and torch: only once the settings are known good
-    scorer = None
+    scorer: object = None
     if cfg.face.speaker == "asd":                   # the active-speaker weights: checked before any work
         from avemo.model.asd import LightASDScorer
         scorer = LightASDScorer(cfg.face.asd_weights, cfg.face.asd_variant).load()

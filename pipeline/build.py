@@ -29,8 +29,8 @@ from avemo.pipeline.media_list import INVALID_SPLIT, read_media_list
 from avemo.pipeline.layout import find_csv, find_video_dir, video_path
 from avemo.pipeline.out_dir import claim_out, ours, written_in_out, written_in_parts
 from avemo.pipeline.probe import safe_resolve
-from avemo.pipeline.shard_task import (PROGRESS_TOPIC, ShardSpec, build_shard, fingerprint, manifest_row,
-                                       media_settings, probe_shard)
+from avemo.pipeline.shard_task import (PROGRESS_TOPIC, ShardSpec, build_shard, check_scorer, fingerprint,
+                                       manifest_row, media_settings, probe_shard)
 from avemo.core import storage
 from avemo.core.logfile import tee
 from avemo.core.storage import join
@@ -247,12 +247,7 @@ class ClipProgress:
 def run_build(cfg: BuildConfig, log=print, progress=None, scorer=None) -> BuildSummary:
     """`progress(shard, n)`, when given, is called as clips finish (n clips of that shard). `scorer`: the
     active-speaker network that face.speaker=asd needs (model.asd.LightASDScorer; picklable, for the workers)."""
-    if cfg.face.speaker == "asd" and scorer is None:
-        raise ConfigError("face.speaker=asd needs the Light-ASD scorer: build through `avemo build-shards` or "
-                          "avemo.api.build_shards")
-    if cfg.face.speaker_names and not hasattr(scorer, "identities"):
-        raise ConfigError("face.speaker_names needs a face identity network: build through `avemo build-shards` "
-                          "or avemo.api.build_shards")
+    check_scorer(cfg, scorer)
     t0 = time.perf_counter()
     out, options = storage.normalize(cfg.out), cfg.storage_options
     if not storage.is_url(out):

@@ -79,19 +79,14 @@ def named_choices(embeddings: Sequence[Sequence[np.ndarray]], names: Sequence[st
     lift), or (None, None) where its name is not linked or that face is never on screen (the other choice
     stands). embeddings[c][t]: (n_t, D) embeddings of every detection in clip c's frame t; scores[c][t]: (n_t,)
     detector scores, the tie-break when one identity is detected twice in a frame."""
-    sizes = [[len(f) for f in clip] for clip in embeddings]
+    sizes = [len(f) for clip in embeddings for f in clip]
     rows = [np.asarray(f, dtype=np.float64) for clip in embeddings for f in clip if len(f)]
     if not rows:
         return [(None, None)] * len(embeddings)
-    ids = cluster_identities(np.concatenate(rows), min_sim)
-    per_frame: list[list[np.ndarray]] = []
-    k = 0
-    for clip in sizes:
-        per_frame.append([ids[k + sum(clip[:t]): k + sum(clip[:t + 1])] for t in range(len(clip))])
-        k += sum(clip)
-    presence = [{int(i): sum(int(i) in f for f in frames) / max(1, len(frames))
-                 for i in set(np.concatenate(frames).tolist()) if len(frames)} if frames else {}
-                for frames in per_frame]
+    frame_ids = iter(np.split(cluster_identities(np.concatenate(rows), min_sim), np.cumsum(sizes)[:-1]))
+    per_frame = [[next(frame_ids) for _ in clip] for clip in embeddings]     # identity of each detection
+    presence = [{i: sum(i in f.tolist() for f in frames) / len(frames) for i in set(np.concatenate(frames).tolist())}
+                if frames else {} for frames in per_frame]
     links = link_names(presence, names, min_lift)
     out: list[tuple[list[int | None] | None, float | None]] = []
     for c, (frames, name) in enumerate(zip(per_frame, names)):

@@ -220,20 +220,13 @@ class _ShardWriter:
 
     def link(self, clips: list[tuple]) -> dict[int, tuple]:
         """id(entry) -> (per-frame choice or None, lift) for a dialogue's waiting clips."""
-        named: dict[int, tuple] = {}
-        if clips:
-            embed = self.scorer.identities
-            embs = []
-            for _, row, probe, decoded, dets in clips:
-                per_frame = identity_embeddings(decoded.frames, dets, embed, self.cfg.face, every=1)
-                embs.append([np.zeros((0, 1)) if e is None else e for e in per_frame])
-            width = next((e.shape[1] for clip in embs for e in clip if len(e)), 1)
-            embs = [[e if len(e) else np.zeros((0, width)) for e in clip] for clip in embs]
-            scores = [[np.asarray(d.scores) for d in p[4]] for p in clips]
-            choices = named_choices(embs, [p[1]["speaker"] for p in clips], self.cfg.face.names_min_sim,
-                                    self.cfg.face.names_min_lift, scores)
-            named = {id(p): c for p, c in zip(clips, choices)}
-        return named
+        embs = [[np.zeros((0, 0)) if e is None else e       # a frame without faces: no rows
+                 for e in identity_embeddings(decoded.frames, dets, self.scorer.identities, self.cfg.face, every=1)]
+                for _, _, _, decoded, dets in clips]
+        scores = [[np.asarray(d.scores) for d in p[4]] for p in clips]
+        choices = named_choices(embs, [p[1]["speaker"] for p in clips], self.cfg.face.names_min_sim,
+                                self.cfg.face.names_min_lift, scores)
+        return {id(p): c for p, c in zip(clips, choices)}
 
     def speaking(self, row: dict, probe: ProbeResult, decoded: Decoded) -> tuple[TrackSpeech, tuple[int, int]] | None:
         """face.speaker=asd: the clip's most speaking face track (Light-ASD on every track of its 25 fps frames,
@@ -405,17 +398,22 @@ def _run_clips(spec: ShardSpec, cfg: BuildConfig, probes: list[ProbeResult], det
         drain()
 
 
+def check_scorer(cfg: BuildConfig, scorer) -> None:
+    """The networks face.speaker=asd and face.speaker_names need, handed in by the command or the API."""
+    if cfg.face.speaker == "asd" and scorer is None:
+        raise ConfigError("face.speaker=asd needs the Light-ASD scorer: build through `avemo build-shards` or "
+                          "avemo.api.build_shards")
+    if cfg.face.speaker_names and not hasattr(scorer, "identities"):
+        raise ConfigError("face.speaker_names needs a face identity network: build through `avemo build-shards` "
+                          "or avemo.api.build_shards")
+
+
 def build_shard(spec: ShardSpec, probes: list[dict], scorer: Scorer | None = None) -> list[dict]:
     """Write one shard and its part parquet; return its manifest rows. `scorer`: the active-speaker network
     (face.speaker=asd; model.asd.LightASDScorer) or, for face.speaker_names alone, model.asd.FaceIdentities:
     handed in by the command (the pipeline does not import models)."""
     cfg = config_from_dict(BuildConfig, spec.config)
-    if cfg.face.speaker_names and not hasattr(scorer, "identities"):
-        raise ConfigError("face.speaker_names needs a face identity network: build through `avemo build-shards` "
-                          "or avemo.api.build_shards")
-    if cfg.face.speaker == "asd" and scorer is None:
-        raise ConfigError("face.speaker=asd needs the Light-ASD scorer: build through `avemo build-shards` or "
-                          "avemo.api.build_shards")
+    check_scorer(cfg, scorer)
     if cfg.face.speaker == "asd" or cfg.face.speaker_names:
         load = getattr(scorer, "load", None)
         if load is not None:       # unusable weights on this worker fail the task (retried), not each clip

@@ -9,6 +9,10 @@ accuracy (no selection on dev) and of the best epoch's (how best.pt is picked). 
 
     .venv/bin/python bench/voice_ablation.py --data bench/out/real_full/data                 # every variant
     .venv/bin/python bench/voice_ablation.py --data ... --only stats --seeds 0 1 2
+
+Variants with their own build settings (BUILDS, e.g. mels128) build their RAVDESS shards into --out from the
+data folder's lists/ravdess.csv. Results: bench/results/voice_ablation.md (mean, mels128, wide) and
+voice_ablation_pooling.md (mean, stats, attention; an earlier machine).
 """
 from __future__ import annotations
 
@@ -31,7 +35,23 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mean": ("voice frames pooled by their mean (shipped)", ["model.audio_pool=mean"]),
     "stats": ("mean + standard deviation pooling", ["model.audio_pool=stats"]),
     "attention": ("attentive statistics pooling", ["model.audio_pool=attention"]),
+    "mels128": ("128 mel bands from a 50 ms FFT (20 Hz bins: pitch harmonics; shipped 64 from 25 ms)",
+                ["model.n_mels=128"]),
+    "wide": ("audio CNN 1.5x wider: 48, 96, 192 channels", ["model.audio_channels=[48,96,192]"]),
 }
+# variants that need their own RAVDESS shards: build-shards settings on top of bench/real_data.py's
+BUILDS: dict[str, list[str]] = {"mels128": ["audio.n_mels=128", "audio.n_fft=800"]}
+
+
+def variant_shards(data: Path, out: Path, name: str) -> Path:
+    """The RAVDESS shards a variant trains on: the real_emotion run's, or its own build (resumable)."""
+    if name not in BUILDS:
+        return data / "shards" / "ravdess"
+    shards = out / f"shards_{name}"
+    if not (shards / "manifest.parquet").is_file():
+        from real_data import build
+        build(shards, print, BUILDS[name], media_list=str(data / "lists" / "ravdess.csv"))
+    return shards
 
 
 def run_dir(out: Path, name: str, seed: int) -> Path:
@@ -73,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", choices=list(VARIANTS), help="these variants (default: all)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--report-only", action="store_true", help="tabulate the finished runs, train nothing")
+    p.add_argument("--name", default="voice_ablation", help="bench/results/NAME.md and .json")
     args = p.parse_args(argv)
     shards, out = Path(args.data) / "shards" / "ravdess", Path(args.out)
     if not (shards / "manifest.parquet").is_file():
@@ -88,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             if args.report_only and not (run_dir(out, name, seed) / "result.json").is_file():
                 continue
-            runs[name].append(one_run(out, shards, name, seed))
+            runs[name].append(one_run(out, variant_shards(Path(args.data), out, name), name, seed))
             print(json.dumps(runs[name][-1]), flush=True)
     runs = {n: r for n, r in runs.items() if r}
     record.update(runs=runs, load={**record["load"], "after": loadavg()})
@@ -104,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                "best epoch (dev-picked), accuracy", "train s (median)"], rows), "",
         "Dev accuracy per epoch:", "",
         "\n".join(f"- {row[0]}: " + "; ".join(row[1:]) for row in per_seed)])
-    write_results("voice_ablation", "Voice front-end, several seeds, voice alone on dev (issue 19.6)", record, body)
+    write_results(args.name, "Voice front-end, several seeds, voice alone on dev (issue 19.6)", record, body)
     return 0
 
 

@@ -34,7 +34,7 @@ def test_each_variant_changes_only_what_it_names(monkeypatch):
 
 
 @pytest.mark.unit
-def test_voice_ablation_runs_the_voice_alone_and_each_variant_changes_only_the_pooling(monkeypatch):
+def test_voice_ablation_runs_the_voice_alone_and_each_variant_changes_only_what_it_names(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     import voice_ablation
     from avemo.core.config import load_config
@@ -45,6 +45,16 @@ def test_voice_ablation_runs_the_voice_alone_and_each_variant_changes_only_the_p
     pools = set()
     for name, (_, overrides) in voice_ablation.VARIANTS.items():
         cfg = _flat(load_config(TrainConfig, "train", "real", [*voice_ablation.SCHEDULE, *overrides], paths))
-        assert {k for k in base if cfg[k] != base[k]} <= {"model.audio_pool"}, name
+        named = {o.split("=")[0] for o in overrides}
+        assert {k for k in base if cfg[k] != base[k]} <= named, name
         pools.add(cfg["model.audio_pool"])
     assert pools == {"mean", "stats", "attention"}
+    # a variant with its own shards builds them with settings build-shards knows, and its model reads them
+    assert set(voice_ablation.BUILDS) <= set(voice_ablation.VARIANTS)
+    mels = dict(o.split("=") for o in voice_ablation.BUILDS["mels128"])
+    model = dict(o.split("=") for o in voice_ablation.VARIANTS["mels128"][1])
+    assert mels["audio.n_mels"] == model["model.n_mels"] == "128"
+    from avemo.pipeline.config import BuildConfig
+    built = load_config(BuildConfig, "build", None, voice_ablation.BUILDS["mels128"],
+                        {"media_list": "l.csv", "out": "o", "splits": ["train", "dev"]})
+    assert (built.audio.n_mels, built.audio.n_fft) == (128, 800)

@@ -137,7 +137,8 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None,
+             interval: float = 0.02):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
@@ -146,7 +147,7 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"process ended (rc {proc.returncode}) before {what}: "
                                  f"{log.read_text(errors='replace')[-2000:] if log else ''}")
-        time.sleep(0.02)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 

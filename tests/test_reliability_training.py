@@ -258,14 +258,6 @@ for step in range(1, 10**9):
 """
 
 
-def _first_temporary(folder: Path, proc, timeout: float = 60.0) -> None:
-    """Poll every millisecond (a save on a fast disk lasts only tens of ms) until a save is in progress."""
-    deadline = time.time() + timeout
-    while not hidden_temporaries(folder):
-        assert proc.poll() is None and time.time() < deadline, "the saver never showed a save in progress"
-        time.sleep(0.001)
-
-
 @pytest.mark.slow
 def test_checkpoint_killed_mid_write_is_never_torn(tmp_path):
     """A process doing nothing but saving a 32 MB last.pt is SIGKILLed during a save (a seeded moment after its
@@ -281,7 +273,8 @@ def test_checkpoint_killed_mid_write_is_never_torn(tmp_path):
         try:
             wait_for(lambda: len([w for w in log.read_text().split() if w.isdigit()]) >= 2 + seed % 3, 120,
                      "saves by this process", proc, log)
-            _first_temporary(tmp_path, proc)
+            # every millisecond: on a fast disk a save lasts only tens of ms
+            wait_for(lambda: hidden_temporaries(tmp_path), 60, "a save in progress", proc, log, interval=0.001)
             time.sleep(random.Random(seed).uniform(0.0, 0.004 if seed % 2 else 0.02))   # inside the write
         finally:
             kill_group(proc)

@@ -352,6 +352,17 @@ def save_epoch(run: Run, trainer: Trainer, record: dict, logger: Trackers | None
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool = False) -> dict:
+    try:
+        return _train(cfg, resume, log, overwrite)
+    finally:
+        # a rank that stops on an error leaves its process group too: exiting with gloo's threads still alive,
+        # libstdc++ aborts the process ("terminate called without an active exception", SIGABRT) and torchrun
+        # reports that signal instead of the rank's one-line error and exit code
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, resume: bool, log, overwrite: bool) -> dict:
     run = prepare(cfg, resume, log, overwrite)
     cfg = run.cfg
     stream = train_stream(run)               # first: the schedule is planned over the batches it yields
@@ -381,6 +392,4 @@ def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool
         raise
     if logger is not None:
         logger.close()
-    if run.world > 1:
-        dist.destroy_process_group()
     return trainer.progress

@@ -119,12 +119,17 @@ def run_build_once(cfg, out: Path, n_clips: int, env: dict) -> dict:
     with common.environ(env):
         client = ctx.__enter__()
     client.run(_warm_dask_worker, asdict(cfg.face), cfg.dask.torch_threads)
+    scorer = None
+    if cfg.face.speaker == "asd":       # --try face.speaker=asd: Light-ASD + MobileFaceNet, loaded on each worker
+        from avemo.model.asd import LightASDScorer
+        scorer = LightASDScorer(cfg.face.asd_weights, cfg.face.asd_variant).load()
+        client.run(scorer.load)
     t1 = time.perf_counter()
     me = psutil.Process()
     workers = [p.pid for p in me.children(recursive=True)]
     cpu0 = common.cpu_seconds(workers) + sum(me.cpu_times()[:2])
     try:
-        summary = run_build(replace(cfg, scheduler=client.scheduler.address), log=lambda *_: None)
+        summary = run_build(replace(cfg, scheduler=client.scheduler.address), log=lambda *_: None, scorer=scorer)
     finally:
         t2 = time.perf_counter()
         # worker processes (+ their ffmpegs) and this process (scheduler, client, manifest), before teardown

@@ -82,6 +82,10 @@ class FaceConfig:
     asd_variant: Literal["ava", "talkset"] = "ava"   # Light-ASD weights (ava: trained on AVA-ActiveSpeaker)
     asd_weights: str = ""            # an explicit Light-ASD file; else $AVEMO_WEIGHTS_DIR, the cache, a download
     asd_max_s: float = 12.0          # longer clips are not scored (25 fps frames of the whole clip are held)
+    asd_detect_every: int = 5        # the 25 fps pass detects faces on every n-th frame (boxes linear between)
+    # a clip whose sampled frames show one person only (at most one face per frame, one identity): its strip is
+    # that face whoever speaks, so `skip` leaves Light-ASD out (speaker_conf stays empty); `score` runs it anyway
+    asd_one_face: Literal["skip", "score"] = "skip"  # one person in the sampled frames: skip Light-ASD, or score it
     # MELD layout: link each dialogue's Speaker names to the faces that recur in their own utterances
     # (pipeline/names.py); where a name links, its face is the strip's, elsewhere face.speaker's choice stands
     speaker_names: bool = False      # MELD's Speaker column picks the face where it links (MobileFaceNet identities)
@@ -106,7 +110,8 @@ class FaceConfig:
               (self.pad_target_px >= 16, "pad_target_px must be >= 16"),
               (self.pad_canvas_px >= self.pad_target_px, "pad_canvas_px must be >= pad_target_px"),
               (0 <= self.speaking_min <= 1, "speaking_min must be in [0, 1]"),
-              (0 < self.asd_max_s <= 40, "asd_max_s must be in (0, 40] seconds (1,000 frames at 25 fps)"))
+              (0 < self.asd_max_s <= 40, "asd_max_s must be in (0, 40] seconds (1,000 frames at 25 fps)"),
+              (1 <= self.asd_detect_every <= 10, "asd_detect_every must be in [1, 10] frames (0.4 s at 25 fps)"))
 
 
 @dataclass

@@ -29,7 +29,7 @@ from avemo.pipeline.names import named_choices
 from avemo.pipeline.probe import ProbeResult
 from avemo.pipeline.speaker import (ASD_FPS, Scorer, TrackSpeech, follow_speaker, identity_embeddings,
                                    score_tracks)
-from avemo.pipeline.tracks import follow_faces
+from avemo.pipeline.tracks import at_frames, every_nth, follow_faces
 from avemo.pipeline.readers import decode_file, probe_file
 from avemo.core import storage
 from avemo.shards.format import encode_sample
@@ -65,7 +65,8 @@ LIST_ONLY_KEYS = {"decode": ("in_process",), "face": ("image_mode",)}
 
 
 # the active-speaker settings decide the bytes only with face.speaker=asd: `score` builds keep their fingerprints
-ASD_KEYS = ("speaker", "speaking_min", "asd_variant", "asd_weights", "asd_max_s")
+ASD_KEYS = ("speaker", "speaking_min", "asd_variant", "asd_weights", "asd_max_s", "asd_detect_every",
+            "asd_one_face")
 NAMES_KEYS = ("speaker_names", "names_min_sim", "names_min_lift", "names_max_clips")   # ... and these with names
 
 
@@ -242,17 +243,38 @@ class _ShardWriter:
         clip = decode_file(row["source"], probe.reader, plan, cfg.decode.timeout_s)
         if len(clip.frames) < 2:
             return None
-        dets = self.detector.detect(list(clip.frames))
+        # faces detected on every n-th frame only (the detector is most of the pass's cost): tracks are followed
+        # over those frames, and their boxes between them are linear (Track.boxes_at), as Light-ASD's crops are
+        idx = every_nth(len(clip.frames), cfg.face.asd_detect_every)
+        sampled = clip.frames[idx]
+        dets = self.detector.detect(list(sampled))
         embed = getattr(self.scorer, "identities", None)       # people told apart across cuts when it can
-        tracks = follow_faces(dets, identity_embeddings(clip.frames, dets, embed, cfg.face) if embed else None)
+        embs = (identity_embeddings(sampled, dets, embed, cfg.face,
+                                    every=max(1, round(5 / cfg.face.asd_detect_every))) if embed else None)
+        tracks = at_frames(follow_faces(dets, embs), idx)
         speech = score_tracks(clip.frames, clip.times, tracks, decoded.audio, self.scorer, cfg.decode.sample_rate)
         if not speech:
             return None
         return max(speech, key=lambda s: s.prob), (int(clip.frames.shape[2]), int(clip.frames.shape[1]))
 
+    def one_person(self, decoded: Decoded, dets: list) -> bool:
+        """face.asd_one_face=skip and the clip's sampled frames show at most one face each, all of one person
+        (one track: box overlap, identity embeddings veto a cut to someone else at the same place): the strip is
+        that face whoever speaks, so Light-ASD has nothing to choose between."""
+        if self.cfg.face.asd_one_face != "skip" or any(len(d.boxes) > 1 for d in dets):
+            return False
+        if not any(len(d.boxes) for d in dets):        # no face: the strip is empty whoever speaks
+            return True
+        embed = getattr(self.scorer, "identities", None)
+        if embed is None:                              # no identities: a cut to someone else looks like one face
+            return False
+        return len(follow_faces(dets, identity_embeddings(decoded.frames, dets, embed, self.cfg.face, every=1))) == 1
+
     def choose(self, row: dict, probe: ProbeResult, decoded: Decoded, dets: list) -> tuple[list | None, float | None]:
         """(per frame the speaker's detection, or None for today's choice; Light-ASD's speaking probability of the
         clip's most speaking face, None when it did not run)."""
+        if self.one_person(decoded, dets):
+            return None, None
         try:
             found = self.speaking(row, probe, decoded)
         except (DecodeError, DataError):       # e.g. the 25 fps pass failed: the clip keeps today's choice

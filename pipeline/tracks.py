@@ -13,7 +13,7 @@ caller keeps their times).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -196,3 +196,16 @@ def follow_faces(dets: Sequence[Detections], embeddings: Sequence[np.ndarray | N
     for i, tr in enumerate(tracks):
         tr.id = i
     return tracks
+
+
+def every_nth(n_frames: int, every: int) -> np.ndarray:
+    """Indices 0, every, 2 every, ... of a clip's n_frames, and its last frame (tracks reach the clip's end)."""
+    idx = np.arange(0, n_frames, max(1, int(every)), dtype=np.int64)
+    return idx if not len(idx) or idx[-1] == n_frames - 1 else np.append(idx, n_frames - 1)
+
+
+def at_frames(tracks: Sequence[Track], idx: np.ndarray) -> list[Track]:
+    """Tracks followed over a subset of a clip's frames (positions in `idx`) -> the same tracks in the clip's own
+    frame indices; Track.boxes_at is then linear between the detected frames."""
+    idx = np.asarray(idx, dtype=np.int64)
+    return [replace(t, frames=idx[t.frames]) for t in tracks]

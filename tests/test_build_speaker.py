@@ -28,6 +28,7 @@ def scenes(tmp_path_factory, media):
              "muted": compose(media, folder / "muted.mp4", SPEAKER, LISTENER, "muted"),
              "silent": compose(media, folder / "silent.mp4", SPEAKER, LISTENER, "none")}
     clips["cut"] = cut_to_the_listener(media, folder / "cut.mp4")
+    clips["alone"] = alone(media, folder / "alone.mp4")
     listing = folder / "list.csv"
     listing.write_text("path,label,split,key\n" + "".join(f"{p},anger,train,{k}\n" for k, p in clips.items()))
     return listing
@@ -44,6 +45,15 @@ def cut_to_the_listener(media, out) -> str:
                     f"[0:v]scale=-2:360,crop={WIDTH}:360,fps=25,setsar=1,trim=0:{CUT_S},setpts=PTS-STARTPTS[a];"
                     f"[1:v]scale=-2:360,crop={WIDTH}:360,fps=25,setsar=1,trim=0:{CUT_S},setpts=PTS-STARTPTS[b];"
                     "[a][b]concat=n=2:v=1:a=0[v]", "-map", "[v]", "-map", "0:a", "-t", str(2 * CUT_S),
+                    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(out)],
+                   check=True)
+    return str(out)
+
+
+def alone(media, out) -> str:
+    """The speaker alone with her own voice, 2.4 s at 25 fps: one person, nobody to choose between."""
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(media / SPEAKER), "-vf",
+                    f"scale=-2:360,crop={WIDTH}:360,fps=25,setsar=1", "-t", str(2 * CUT_S),
                     "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(out)],
                    check=True)
     return str(out)
@@ -102,6 +112,14 @@ def test_the_strip_follows_the_voice_and_the_manifest_says_whose_face(scenes, tm
     # after the cut (the listener's face there is not the speaker's)
     times, mask = strip_times(out, "cut")
     assert rows["cut"]["speaker_conf"] > 0.5 and mask[times < CUT_S - 0.1].all() and not mask[times > CUT_S + 0.1].any()
+    # one person on screen: her face is the strip whoever speaks, Light-ASD is left out (face.asd_one_face=skip)
+    assert rows["alone"]["speaker_conf"] is None and rows["alone"]["n_faces"] >= 5
+    single = tmp_path / "alone.csv"
+    single.write_text("path,label,split,key\n" + "".join(
+        line for line in scenes.read_text().splitlines(keepends=True) if line.endswith(",alone\n")))
+    scored = build(single, tmp_path / "asd_one_face", "face.speaker=asd", "face.asd_one_face=score")
+    assert list(scored) == ["alone"] and scored["alone"]["speaker_conf"] > 0.5
+    assert scored["alone"]["speaker_box"] == pytest.approx(rows["alone"]["speaker_box"])   # the same face either way
 
 
 def test_without_asd_the_strip_is_the_most_prominent_face_on_both_clips(scenes, tmp_path):
@@ -118,9 +136,12 @@ def test_default_builds_keep_their_fingerprints_and_asd_builds_get_their_own():
     from avemo.pipeline.shard_task import fingerprint
     rows = [{"key": "a", "source": "a.mp4", "kind": "video"}]
     base = fingerprint(rows, BuildConfig())
-    assert fingerprint(rows, BuildConfig(face=FaceConfig(speaking_min=0.9, asd_max_s=5.0))) == base  # unused keys
+    unused = FaceConfig(speaking_min=0.9, asd_max_s=5.0, asd_detect_every=1, asd_one_face="score")
+    assert fingerprint(rows, BuildConfig(face=unused)) == base  # unused keys
     asd = fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd")))
     assert asd != base and fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd", speaking_min=0.9))) != asd
+    assert len({asd, fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd", asd_detect_every=1))),
+                fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd", asd_one_face="score")))}) == 3
     # face.speaker_names: its keys count only when it is on (pipeline/names.py)
     assert fingerprint(rows, BuildConfig(face=FaceConfig(names_min_lift=0.5, names_max_clips=3))) == base
     names = fingerprint(rows, BuildConfig(face=FaceConfig(speaker_names=True)))

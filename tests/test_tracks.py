@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from avemo.pipeline.tracks import TrackConfig, follow_faces, iou_matrix
+from avemo.pipeline.tracks import TrackConfig, at_frames, every_nth, follow_faces, iou_matrix
 
 pytestmark = pytest.mark.unit
 SIDE = 60.0
@@ -120,6 +120,22 @@ def test_many_faces_and_track_fields():
 def test_boxes_between_detections_are_interpolated():
     (track,) = follow_faces(frames([box(0)], [], [box(20)]))
     assert track.boxes_at(np.array([0, 1, 2, 5]))[:, 0].tolist() == [0, 10, 20, 20]
+
+
+def test_tracks_followed_on_every_nth_frame_give_the_full_rate_boxes():
+    """face.speaker=asd detects every 5th of the 25 fps frames: two faces moving at constant speed, followed on
+    those frames only, come back in the clip's own frame indices with every frame's box (linear between)."""
+    n = 23
+    idx = every_nth(n, 5)
+    assert idx.tolist() == [0, 5, 10, 15, 20, 22] and every_nth(21, 5).tolist() == [0, 5, 10, 15, 20]
+    assert every_nth(1, 5).tolist() == [0] and every_nth(0, 5).tolist() == [] and every_nth(4, 1).tolist() == [0, 1, 2, 3]
+    full = [[box(4.0 * t), box(400.0 - 3.0 * t)] for t in range(n)]
+    tracks = at_frames(follow_faces(frames(*[full[i] for i in idx])), idx)
+    assert len(tracks) == 2 and all(t.frames.tolist() == idx.tolist() and t.span == (0, n - 1) for t in tracks)
+    every = np.arange(n)
+    assert np.allclose(tracks[0].boxes_at(every)[:, 0], 4.0 * every) and np.allclose(
+        tracks[1].boxes_at(every)[:, 0], 400.0 - 3.0 * every)
+    assert tracks[0].dets.tolist() == [0] * len(idx)                 # detection rows of the detected frames
 
 
 def test_iou_matrix_and_config_checks():

@@ -74,8 +74,49 @@ class SplitBlock(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 5 and not self.training and not torch.is_grad_enabled():
+            return self._infer_faces(x)
         k3, k5 = (self.relu(bn_t(t(self.relu(bn_a(a(x)))))) for a, bn_a, t, bn_t in self.paths)
         return self.relu(self.bn_last(self.last(k3 + k5)))
+
+    def _infer_faces(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function for inference on faces (B, C, T, H, W), ~2x faster on CPU: BatchNorm folded into
+        the convolutions, and the (k, 1, 1) time convolutions and the 1x1 mix written as matrix products over
+        the (C, T*H*W) layout the tensor already has (PyTorch's CPU Conv3d takes its slow im2col path for
+        them: half the network's time; bench/results/speaker.md)."""
+        out: torch.Tensor | None = None
+        for a, bn_a, t, bn_t in self.paths:
+            wa, ba = _fold(a, bn_a)
+            wt, bt = _fold(t, bn_t)
+            y = nn.functional.conv3d(x, wa, ba, a.stride, a.padding).relu_()
+            z = _time_conv(y, wt[:, :, :, 0, 0], bt, t.padding[0]).relu_()
+            out = z if out is None else out.add_(z)
+        assert out is not None
+        wl, bl = _fold(self.last, self.bn_last)
+        b, c, t_, h, w = out.shape
+        mixed = torch.stack([torch.addmm(bl[:, None], wl.flatten(1), o.reshape(c, -1)) for o in out])
+        return mixed.relu_().view(b, -1, t_, h, w)
+
+
+def _fold(conv: nn.Module, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bias-free convolution followed by an eval-mode BatchNorm -> one convolution's (weight, bias)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return conv.weight * scale.view(-1, *[1] * (conv.weight.dim() - 1)), bn.bias - bn.running_mean * scale
+
+
+def _time_conv(y: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, pad: int) -> torch.Tensor:
+    """y (B, C, T, H, W), w (O, C, k) -> (B, O, T, H, W): a convolution over T with zero padding `pad`, as k
+    matrix products of (O, C) with (C, T*H*W) slices of one zero-padded copy of each sample."""
+    b, c, t, h, wd = y.shape
+    hw, k = h * wd, w.shape[-1]
+    padded = y.new_zeros((c, (t + 2 * pad) * hw))
+    out = y.new_empty((b, w.shape[0], t * hw))
+    for i in range(b):
+        padded[:, pad * hw: (pad + t) * hw] = y[i].reshape(c, -1)
+        out[i] = bias[:, None]
+        for j in range(k):
+            out[i].addmm_(w[:, :, j], padded[:, j * hw: (j + t) * hw])
+    return out.view(b, -1, t, h, wd)
 
 
 class VisualEncoder(nn.Module):
@@ -87,8 +128,15 @@ class VisualEncoder(nn.Module):
         self.pool = nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:       # (B, 1, T, 112, 112) normalised
-        x = self.block3(self.pool(self.block2(self.pool(self.block1(x)))))
+        x = self.block3(self._pool(self.block2(self._pool(self.block1(x)))))
         return x.amax(dim=(3, 4)).transpose(1, 2)              # (B, T, 128)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or torch.is_grad_enabled():
+            return self.pool(x)
+        b, c, t, h, w = x.shape     # a (1, 3, 3) pool is a 2-D pool of every (channel, frame): 4x faster on CPU
+        pooled = nn.functional.max_pool2d(x.reshape(b, c * t, h, w), 3, 2, 1)
+        return pooled.view(b, c, t, *pooled.shape[-2:])
 
 
 class AudioEncoder(nn.Module):

@@ -40,6 +40,27 @@ def test_network_shapes_and_candidate_audio_tracks():
 
 
 @pytest.mark.unit
+def test_the_fast_inference_encoder_is_the_same_function_as_the_modules():
+    """Inference (no grad, eval) folds BatchNorm into the face encoder's convolutions and runs its time
+    convolutions as matrix products: the output must be the modules' own, for one track and a batch."""
+    torch.manual_seed(0)
+    net = LightASD().eval()
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.2, 0.2)
+    for shape in ((1, 30, 112, 112), (3, 7, 112, 112)):
+        faces = torch.randint(0, 256, shape, dtype=torch.uint8)
+        with torch.enable_grad():                      # the modules' path (as in training, BN in eval mode)
+            ref = net.encode_faces(faces).detach()
+        with torch.inference_mode():
+            fast = net.encode_faces(faces)
+        assert fast.shape == ref.shape == (shape[0], shape[1], 128)
+        assert torch.allclose(fast, ref, atol=1e-4, rtol=1e-4), (fast - ref).abs().max()
+
+
+@pytest.mark.unit
 def test_mfcc_frames_and_silence():
     assert mfcc(np.zeros(16000, np.float32)).shape == (99, 13)          # 1 + ceil((16000 - 400) / 160)
     assert mfcc(np.zeros(16000 + 240, np.float32)).shape == (100, 13)   # 100 frames/s with the last window whole

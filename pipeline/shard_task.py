@@ -29,7 +29,7 @@ from avemo.pipeline.names import named_choices
 from avemo.pipeline.probe import ProbeResult
 from avemo.pipeline.speaker import (ASD_FPS, Scorer, TrackSpeech, follow_speaker, identity_embeddings,
                                    score_tracks)
-from avemo.pipeline.tracks import at_frames, every_nth, follow_faces
+from avemo.pipeline.tracks import at_frames, every_nth, follow_faces, shot_changes
 from avemo.pipeline.readers import decode_file, probe_file
 from avemo.core import storage
 from avemo.shards.format import encode_sample
@@ -259,16 +259,27 @@ class _ShardWriter:
 
     def one_person(self, decoded: Decoded, dets: list) -> bool:
         """face.asd_one_face=skip and the clip's sampled frames show at most one face each, all of one person
-        (one track: box overlap, identity embeddings veto a cut to someone else at the same place): the strip is
-        that face whoever speaks, so Light-ASD has nothing to choose between."""
+        (one track: box overlap; at each shot change the faces either side are compared by identity, so that a
+        cut to someone else at the same place is two people): the strip is that face whoever speaks, so
+        Light-ASD has nothing to choose between."""
         if self.cfg.face.asd_one_face != "skip" or any(len(d.boxes) > 1 for d in dets):
             return False
-        if not any(len(d.boxes) for d in dets):        # no face: the strip is empty whoever speaks
+        seen = [t for t, d in enumerate(dets) if len(d.boxes)]
+        if not seen:                                   # no face: the strip is empty whoever speaks
             return True
         embed = getattr(self.scorer, "identities", None)
         if embed is None:                              # no identities: a cut to someone else looks like one face
             return False
-        return len(follow_faces(dets, identity_embeddings(decoded.frames, dets, embed, self.cfg.face, every=1))) == 1
+        # the last face before each shot change and the first after it (the embeddings cost ~10 ms a face)
+        need = sorted({t for c in shot_changes(decoded.frames)
+                       for t in (max((s for s in seen if s < c), default=-1), min((s for s in seen if s >= c),
+                                                                                  default=-1)) if t >= 0})
+        embs: list = [None] * len(dets)
+        if need:
+            got = identity_embeddings(decoded.frames[need], [dets[t] for t in need], embed, self.cfg.face, every=1)
+            for t, e in zip(need, got):
+                embs[t] = e
+        return len(follow_faces(dets, embs)) == 1
 
     def choose(self, row: dict, probe: ProbeResult, decoded: Decoded, dets: list) -> tuple[list | None, float | None]:
         """(per frame the speaker's detection, or None for today's choice; Light-ASD's speaking probability of the

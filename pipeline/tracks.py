@@ -209,3 +209,17 @@ def at_frames(tracks: Sequence[Track], idx: np.ndarray) -> list[Track]:
     frame indices; Track.boxes_at is then linear between the detected frames."""
     idx = np.asarray(idx, dtype=np.int64)
     return [replace(t, frames=idx[t.frames]) for t in tracks]
+
+
+def shot_changes(frames: np.ndarray, threshold: float = 0.08, cells: tuple[int, int] = (18, 32)) -> list[int]:
+    """Indices t of frames (T, H, W, 3) uint8 that differ from frame t - 1 as a cut does: the mean absolute
+    difference of coarse grey thumbnails (about `cells` rows x columns) above `threshold`, a fraction of full
+    scale. Measured on frames 0.25-0.4 s apart: within a shot 0.004-0.06 on still cameras and talking heads,
+    up to 0.13 on hand-held footage; a cut between two people ~0.4. A change that is no cut only costs the
+    caller a closer look (e.g. identity embeddings of the faces either side)."""
+    if len(frames) < 2:
+        return []
+    h, w = frames.shape[1:3]
+    thumbs = frames[:, :: max(1, h // cells[0]), :: max(1, w // cells[1])].astype(np.float32).mean(-1)
+    diff = np.abs(np.diff(thumbs, axis=0)).mean(axis=(1, 2)) / 255.0
+    return [int(t) + 1 for t in np.flatnonzero(diff > threshold)]

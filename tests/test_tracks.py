@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from avemo.pipeline.tracks import TrackConfig, at_frames, every_nth, follow_faces, iou_matrix
+from avemo.pipeline.tracks import TrackConfig, at_frames, every_nth, follow_faces, iou_matrix, shot_changes
 
 pytestmark = pytest.mark.unit
 SIDE = 60.0
@@ -136,6 +136,17 @@ def test_tracks_followed_on_every_nth_frame_give_the_full_rate_boxes():
     assert np.allclose(tracks[0].boxes_at(every)[:, 0], 4.0 * every) and np.allclose(
         tracks[1].boxes_at(every)[:, 0], 400.0 - 3.0 * every)
     assert tracks[0].dets.tolist() == [0] * len(idx)                 # detection rows of the detected frames
+
+
+def test_shot_changes_are_the_frames_after_a_cut():
+    rng = np.random.default_rng(0)
+    shot_a = rng.integers(0, 256, (1, 72, 128, 3)).astype(np.int16)
+    shot_b = rng.integers(0, 256, (1, 72, 128, 3)).astype(np.int16)
+    jitter = lambda shot, n: np.clip(shot + rng.integers(-6, 7, (n, 72, 128, 3)), 0, 255)  # noqa: E731
+    frames = np.concatenate([jitter(shot_a, 3), jitter(shot_b, 2), jitter(shot_a, 2)]).astype(np.uint8)
+    assert shot_changes(frames) == [3, 5]
+    assert shot_changes(frames[:3]) == [] and shot_changes(frames[:1]) == []
+    assert shot_changes(frames, threshold=1.0) == []
 
 
 def test_iou_matrix_and_config_checks():

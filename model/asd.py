@@ -44,6 +44,11 @@ VARIANTS = {"talkset": "light-asd-talkset", "ava": "light-asd-ava"}   # -> avemo
 DURATIONS_S = (1, 2, 3, 4, 5, 6)
 
 
+# inference (no grad, eval, CPU) runs the face encoder through SplitBlock._infer_faces; False: the modules as
+# written (bench/asd_encoder.py compares the two)
+INFERENCE_KERNELS = True
+
+
 class SplitBlock(nn.Module):
     """For k in (3, 5): conv over the first axes (`{first}_k`), then over time (`t_k`), each + BN + ReLU;
     the two paths summed, then a 1x1 conv (`last`) + BN + ReLU. dims=3: faces (B, C, T, H, W), first =
@@ -74,18 +79,21 @@ class SplitBlock(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 5 and not self.training and not torch.is_grad_enabled():
+        if (INFERENCE_KERNELS and x.dim() == 5 and x.device.type == "cpu" and not self.training
+                and not torch.is_grad_enabled()):
             return self._infer_faces(x)
         k3, k5 = (self.relu(bn_t(t(self.relu(bn_a(a(x)))))) for a, bn_a, t, bn_t in self.paths)
         return self.relu(self.bn_last(self.last(k3 + k5)))
 
     def _infer_faces(self, x: torch.Tensor) -> torch.Tensor:
-        """The same function for inference on faces (B, C, T, H, W), ~2x faster on CPU: BatchNorm folded into
-        the convolutions, and the (k, 1, 1) time convolutions and the 1x1 mix written as matrix products over
-        the (C, T*H*W) layout the tensor already has (PyTorch's CPU Conv3d takes its slow im2col path for
-        them: half the network's time; bench/results/speaker.md)."""
+        """The same function for inference on faces (B, C, T, H, W) on CPU, 1.3-1.6x faster there: BatchNorm
+        folded into the convolutions, and the (k, 1, 1) time convolutions and the 1x1 mix written as matrix
+        products over the (C, T*H*W) layout the tensor already has (PyTorch's CPU Conv3d takes its slow im2col
+        path for them: about half the encoder's time; bench/results/asd_encoder.md). Not on CUDA: cuDNN's
+        Conv3d is the fast path there."""
         out: torch.Tensor | None = None
-        for a, bn_a, t, bn_t in self.paths:
+        paths: list[tuple[Any, Any, Any, Any]] = self.paths
+        for a, bn_a, t, bn_t in paths:
             wa, ba = _fold(a, bn_a)
             wt, bt = _fold(t, bn_t)
             y = nn.functional.conv3d(x, wa, ba, a.stride, a.padding).relu_()
@@ -98,7 +106,7 @@ class SplitBlock(nn.Module):
         return mixed.relu_().view(b, -1, t_, h, w)
 
 
-def _fold(conv: nn.Module, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _fold(conv: Any, bn: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """A bias-free convolution followed by an eval-mode BatchNorm -> one convolution's (weight, bias)."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     return conv.weight * scale.view(-1, *[1] * (conv.weight.dim() - 1)), bn.bias - bn.running_mean * scale
@@ -132,7 +140,7 @@ class VisualEncoder(nn.Module):
         return x.amax(dim=(3, 4)).transpose(1, 2)              # (B, T, 128)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled():
+        if not INFERENCE_KERNELS or self.training or torch.is_grad_enabled() or x.device.type != "cpu":
             return self.pool(x)
         b, c, t, h, w = x.shape     # a (1, 3, 3) pool is a 2-D pool of every (channel, frame): 4x faster on CPU
         pooled = nn.functional.max_pool2d(x.reshape(b, c * t, h, w), 3, 2, 1)

@@ -28,8 +28,8 @@ from avemo.pipeline.faces import FrameDets, get_detector, image_box, pad_small_f
 from avemo.pipeline.names import named_choices
 from avemo.pipeline.probe import ProbeResult
 from avemo.pipeline.speaker import (ASD_FPS, Scorer, TrackSpeech, follow_speaker, identity_embeddings,
-                                   score_tracks)
-from avemo.pipeline.tracks import at_frames, every_nth, follow_faces, shot_changes
+                                   one_person, score_tracks)
+from avemo.pipeline.tracks import at_frames, every_nth, follow_faces
 from avemo.pipeline.readers import decode_file, probe_file
 from avemo.core import storage
 from avemo.shards.format import encode_sample
@@ -234,8 +234,7 @@ class _ShardWriter:
         with its audio) and the size of those frames; None when it cannot tell (no audio, no face, too long)."""
         cfg = self.cfg
         start, length = _decode_window(row, probe)
-        if (self.scorer is None or probe.kind != "video" or decoded.audio is None
-                or (length or probe.duration_s) > cfg.face.asd_max_s):
+        if not self.scorable(row, probe, decoded):
             return None
         plan = dataclasses.replace(plan_decode(probe, dataclasses.replace(
             cfg.decode, fps=ASD_FPS, max_frames=int(np.ceil(ASD_FPS * cfg.face.asd_max_s)) + 1), start, length),
@@ -258,33 +257,21 @@ class _ShardWriter:
         return max(speech, key=lambda s: s.prob), (int(clip.frames.shape[2]), int(clip.frames.shape[1]))
 
     def one_person(self, decoded: Decoded, dets: list) -> bool:
-        """face.asd_one_face=skip and the clip's sampled frames show at most one face each, all of one person
-        (one track: box overlap; at each shot change the faces either side are compared by identity, so that a
-        cut to someone else at the same place is two people): the strip is that face whoever speaks, so
-        Light-ASD has nothing to choose between."""
-        if self.cfg.face.asd_one_face != "skip" or any(len(d.boxes) > 1 for d in dets):
-            return False
-        seen = [t for t, d in enumerate(dets) if len(d.boxes)]
-        if not seen:                                   # no face: the strip is empty whoever speaks
-            return True
-        embed = getattr(self.scorer, "identities", None)
-        if embed is None:                              # no identities: a cut to someone else looks like one face
-            return False
-        # the last face before each shot change and the first after it (the embeddings cost ~10 ms a face)
-        need = sorted({t for c in shot_changes(decoded.frames)
-                       for t in (max((s for s in seen if s < c), default=-1), min((s for s in seen if s >= c),
-                                                                                  default=-1)) if t >= 0})
-        embs: list = [None] * len(dets)
-        if need:
-            got = identity_embeddings(decoded.frames[need], [dets[t] for t in need], embed, self.cfg.face, every=1)
-            for t, e in zip(need, got):
-                embs[t] = e
-        return len(follow_faces(dets, embs)) == 1
+        """face.asd_one_face=skip and the sampled frames show one person only (pipeline.speaker.one_person):
+        the strip is that face whoever speaks, so Light-ASD has nothing to choose between."""
+        return self.cfg.face.asd_one_face == "skip" and one_person(
+            decoded.frames, dets, getattr(self.scorer, "identities", None), self.cfg.face)
+
+    def scorable(self, row: dict, probe: ProbeResult, decoded: Decoded) -> bool:
+        """Light-ASD can score the clip: a video with audio, not longer than face.asd_max_s."""
+        length = _decode_window(row, probe)[1]
+        return (self.scorer is not None and probe.kind == "video" and decoded.audio is not None
+                and (length or probe.duration_s) <= self.cfg.face.asd_max_s)
 
     def choose(self, row: dict, probe: ProbeResult, decoded: Decoded, dets: list) -> tuple[list | None, float | None]:
         """(per frame the speaker's detection, or None for today's choice; Light-ASD's speaking probability of the
         clip's most speaking face, None when it did not run)."""
-        if self.one_person(decoded, dets):
+        if not self.scorable(row, probe, decoded) or self.one_person(decoded, dets):
             return None, None
         try:
             found = self.speaking(row, probe, decoded)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from avemo.core.errors import DataError
-from avemo.pipeline.tracks import Track, iou_matrix
+from avemo.pipeline.tracks import Track, TrackConfig, follow_faces, iou_matrix, shot_changes
 
 ASD_FPS = 25
 ASD_RATE = 16000
@@ -184,3 +184,32 @@ def identity_embeddings(frames: np.ndarray, dets: Sequence, embed: Callable[[np.
     for t in {t for t, _ in rows}:
         out[t] = emb[[i for i, (s, _) in enumerate(rows) if s == t]]
     return out
+
+
+def one_person(frames: np.ndarray, dets: Sequence, embed: Callable[[np.ndarray], np.ndarray] | None, face_cfg,
+               same_sim: float = TrackConfig.link_sim) -> bool:
+    """Do a clip's sampled frames (T, H, W, 3) with their detections show one person only? At most one face
+    per frame, one track by box overlap, and at every shot change (pipeline.tracks.shot_changes) the last face
+    before it and the first after it one identity (cosine >= same_sim, the tracks' re-linking threshold: a cut
+    to someone else at the same place is two people). No face at all: True (nobody to choose). Without `embed`
+    a cut to someone else cannot be told: False. Identities are computed only at shot changes (~10 ms a face)."""
+    if any(len(d.boxes) > 1 for d in dets):
+        return False
+    seen = [t for t, d in enumerate(dets) if len(d.boxes)]
+    if not seen:
+        return True
+    if embed is None:
+        return False
+    pairs = {(max((s for s in seen if s < c), default=-1), min((s for s in seen if s >= c), default=-1))
+             for c in shot_changes(frames)}
+    pairs = {p for p in pairs if min(p) >= 0}
+    need = sorted({t for p in pairs for t in p})
+    embs: list[np.ndarray | None] = [None] * len(dets)
+    if need:
+        for t, e in zip(need, identity_embeddings(frames[need], [dets[t] for t in need], embed, face_cfg, every=1)):
+            embs[t] = e
+        unit = {t: e[0] / max(float(np.linalg.norm(e[0])), 1e-12) for t, e in zip(need, (embs[t] for t in need))
+                if e is not None and len(e)}
+        if any(a not in unit or b not in unit or float(unit[a] @ unit[b]) < same_sim for a, b in pairs):
+            return False
+    return len(follow_faces(dets, embs)) == 1

@@ -40,7 +40,7 @@ def test_network_shapes_and_candidate_audio_tracks():
 
 
 @pytest.mark.unit
-def test_the_fast_inference_encoder_is_the_same_function_as_the_modules():
+def test_the_fast_inference_encoder_is_the_same_function_as_the_modules(monkeypatch):
     """Inference (no grad, eval) folds BatchNorm into the face encoder's convolutions and runs its time
     convolutions as matrix products: the output must be the modules' own, for one track and a batch."""
     torch.manual_seed(0)
@@ -50,14 +50,59 @@ def test_the_fast_inference_encoder_is_the_same_function_as_the_modules():
         bn.running_var.uniform_(0.5, 2.0)
         bn.weight.data.uniform_(0.5, 1.5)
         bn.bias.data.uniform_(-0.2, 0.2)
-    for shape in ((1, 30, 112, 112), (3, 7, 112, 112)):
+    from avemo.model import asd
+    calls: list[int] = []
+    time_conv = asd._time_conv
+    monkeypatch.setattr(asd, "_time_conv", lambda *a: calls.append(1) or time_conv(*a))
+    for shape in ((1, 30, 112, 112), (3, 7, 112, 112), (1, 2, 112, 96)):
         faces = torch.randint(0, 256, shape, dtype=torch.uint8)
         with torch.enable_grad():                      # the modules' path (as in training, BN in eval mode)
             ref = net.encode_faces(faces).detach()
+        assert calls == []
         with torch.inference_mode():
             fast = net.encode_faces(faces)
+        assert len(calls) == 6                         # 3 blocks x 2 paths took the matrix-product time conv
+        calls.clear()
         assert fast.shape == ref.shape == (shape[0], shape[1], 128)
         assert torch.allclose(fast, ref, atol=1e-4, rtol=1e-4), (fast - ref).abs().max()
+
+
+@pytest.mark.unit
+def test_one_person_compares_identities_only_at_shot_changes():
+    """build-shards' face.asd_one_face=skip: one face per frame at the same place, a cut half-way. The faces
+    either side of the cut (and only they) are embedded: the same person is one, someone else is two, even
+    at a similarity the tracker's loose overlap veto (0.2) would still link."""
+    from avemo.pipeline.config import FaceConfig
+    from avemo.pipeline.faces import FrameDets
+    from avemo.pipeline.speaker import one_person
+    rng = np.random.default_rng(0)
+    shot_a, shot_b = (rng.integers(0, 256, (1, 180, 320, 3)) for _ in range(2))
+    frames = np.concatenate([np.repeat(shot_a, 3, 0), np.repeat(shot_b, 3, 0)]).astype(np.uint8)
+    box = np.array([[100, 40, 180, 140]], np.float32)
+    marks = np.array([[[120, 80], [160, 80], [140, 100], [125, 120], [155, 120]]], np.float32)
+    face = FrameDets(box, np.array([0.99], np.float32), marks)
+    calls: list[int] = []
+
+    def identities(sim: float):
+        before = np.eye(128)[0]
+        after = sim * before + np.sqrt(1 - sim ** 2) * np.eye(128)[1]
+
+        def embed(crops: np.ndarray) -> np.ndarray:
+            calls.append(len(crops))
+            return np.stack([before, after])[: len(crops)]
+        return embed
+
+    cfg = FaceConfig()
+    assert one_person(frames, [face] * 6, identities(0.9), cfg) and calls == [2]   # 2 faces embedded, not 6
+    assert not one_person(frames, [face] * 6, identities(0.3), cfg)                # someone else at the same place
+    assert one_person(frames[:3], [face] * 3, identities(0.3), cfg) and calls == [2, 2]   # no cut: none embedded
+    assert not one_person(frames, [face] * 6, None, cfg)                           # cannot tell a cut's faces apart
+    nobody = FrameDets(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+    assert one_person(frames, [nobody] * 6, None, cfg)
+    shift = np.array([150, 0, 150, 0], np.float32)
+    two = FrameDets(np.concatenate([box, box + shift]), np.array([0.99, 0.98], np.float32),
+                    np.concatenate([marks, marks + shift[:2]]))
+    assert not one_person(frames, [face, two, face, face, face, face], identities(0.9), cfg)
 
 
 @pytest.mark.unit

@@ -9,6 +9,8 @@ re-planned over the new total (the LR at step s is what a run started with the n
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import random
@@ -353,13 +355,19 @@ def save_epoch(run: Run, trainer: Trainer, record: dict, logger: Trackers | None
 
 def run_train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool = False) -> dict:
     try:
-        return _train(cfg, resume, log, overwrite)
-    finally:
-        # a rank that stops on an error leaves its process group too: exiting with gloo's threads still alive,
+        state = _train(cfg, resume, log, overwrite)
+    except BaseException:
+        # a rank that stops on an error leaves its gloo group too: exiting with gloo's threads still alive,
         # libstdc++ aborts the process ("terminate called without an active exception", SIGABRT) and torchrun
-        # reports that signal instead of the rank's one-line error and exit code
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        # reports that signal instead of the rank's one-line error and exit code. Not NCCL: destroying it while
+        # the other ranks wait in a collective can hang. Nothing here may replace the rank's own error.
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+        raise
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return state
 
 
 def _train(cfg: TrainConfig, resume: bool, log, overwrite: bool) -> dict:

@@ -208,8 +208,8 @@ def one_person(frames: np.ndarray, dets: Sequence, embed: Callable[[np.ndarray],
     if need:
         for t, e in zip(need, identity_embeddings(frames[need], [dets[t] for t in need], embed, face_cfg, every=1)):
             embs[t] = e
-        unit = {t: e[0] / max(float(np.linalg.norm(e[0])), 1e-12) for t, e in zip(need, (embs[t] for t in need))
-                if e is not None and len(e)}
+        unit = {t: e[0] / max(float(np.linalg.norm(e[0])), 1e-12) for t in need
+                if (e := embs[t]) is not None and len(e)}
         if any(a not in unit or b not in unit or float(unit[a] @ unit[b]) < same_sim for a, b in pairs):
             return False
     return len(follow_faces(dets, embs)) == 1

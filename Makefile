@@ -16,14 +16,16 @@ endif
 
 setup: system-deps $(VENV)/.installed
 
-# ffmpeg + ffprobe, espeak-ng, and Python's venv module (Debian/Ubuntu ship it apart, as python3-venv)
+# ffmpeg + ffprobe, espeak-ng, and Python's venv module (Debian/Ubuntu ship it apart, as python3-venv);
+# on apt systems also jemalloc, the malloc `avemo train` starts itself on (train.allocator; elsewhere glibc's)
 system-deps:
 	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v espeak-ng >/dev/null \
-	    && $(PYTHON) -c "import ensurepip, venv" 2>/dev/null; then :; \
+	    && $(PYTHON) -c "import ensurepip, venv" 2>/dev/null \
+	    && { ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2 || ! command -v apt-get >/dev/null; }; then :; \
 	elif command -v apt-get >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng python3-venv >/dev/null \
-	  || { echo "setup failed: could not apt-get install ffmpeg espeak-ng python3-venv" >&2; exit 1; }; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng python3-venv libjemalloc2 >/dev/null \
+	  || { echo "setup failed: could not apt-get install ffmpeg espeak-ng python3-venv libjemalloc2" >&2; exit 1; }; \
 	else echo "setup failed: please install ffmpeg (with ffprobe), espeak-ng and Python's venv module" >&2; exit 1; fi
 	@command -v ffprobe >/dev/null || { echo "setup failed: ffprobe not found after install" >&2; exit 1; }
 	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || { echo "setup failed: $(PYTHON) has no venv/ensurepip module" >&2; exit 1; }

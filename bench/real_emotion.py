@@ -126,13 +126,29 @@ def report(record: dict, name: str, quick: bool) -> Path:
                   [[k, v["wall_s"], v["cpu_s"], v.get("tree_pss_gb", ""), v.get("main_rss_gb", "")]
                    for k, v in record["stages"].items()]),
             "", f"Training: `--config {record['config']}` {' '.join(record['overrides'])}; best.pt from epoch "
-            f"{record['best_epoch']} of {record['epochs']}; {record['parameters'] / 1e6:.2f} M parameters.",
+            f"{record['best_epoch']} of {record['epochs']}; {record['parameters'] / 1e6:.2f} M parameters; malloc: {record.get('malloc', 'glibc')}.",
             f"Samples per set (ok train / dev): {json.dumps(record['sets'])}."]
     if quick:
         body.insert(0, "**Quick mode** (CI): a few clips and 2 epochs, to keep the code path alive; these "
                        "numbers say nothing about accuracy.\n")
     title = "Real emotion: RAVDESS voices + FER2013 faces" + (" (quick)" if quick else "")
     return write_results(name, title, record, "\n".join(body))
+
+
+def on_train_allocator(config: str, overrides: list[str], argv: list[str] | None) -> None:
+    """Run on the malloc that `avemo train` would start itself on (train.allocator; the training stage runs
+    in this process): start this benchmark again with it, as avemo/cli/train.py does, where it runs as a
+    program (argv None)."""
+    from avemo.core.config import load_config
+    from avemo.core.memory import allocator_env, settle_preload
+    from avemo.train.config import TrainConfig
+    settle_preload(os.environ)
+    sets = {"shards": ["paired", "ravdess", "fer"]}   # the three sets it trains on (data.weights has three)
+    allocator = load_config(TrainConfig, "train", config, overrides, sets).allocator
+    env = allocator_env(allocator, dict(os.environ))
+    if env is not None and argv is None:
+        sys.stdout.flush()
+        os.execve(sys.executable, sys.orig_argv, env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     from avemo.model.net import count_parameters
     from avemo.model.checkpoint import load_checkpoint, model_from_checkpoint
     overrides = [*(QUICK_TRAIN if args.quick else []), *overrides]
+    on_train_allocator(args.config, overrides, argv)
+    from avemo.core.memory import allocator_in_use
     record = new_record(args)
-    record.update(machine=machine(), load={"before": loadavg()}, config=args.config, overrides=overrides)
+    record.update(malloc=allocator_in_use(), machine=machine(), load={"before": loadavg()}, config=args.config, overrides=overrides)
     stages = Stages()
     shards = stages.run("prepare (lists, paired clips, 3 shard builds)", real_data.prepare, shared, data,
                         quick=args.quick, seed=args.seed, overrides=build_overrides(args.config),

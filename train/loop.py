@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from avemo.core.errors import ConfigError, TrainingError
 from avemo.core.logfile import tee
-from avemo.core.memory import keep_heap
+from avemo.core.memory import allocator_in_use, keep_heap
 from avemo.core.paths import writable_dir
 from avemo.model.checkpoint import load_checkpoint, save_checkpoint
 from avemo.model.net import build_model, count_parameters, flops_per_clip
@@ -184,7 +184,7 @@ def prepare(cfg: TrainConfig, resume: bool, log, overwrite: bool) -> Run:
     before anything is written; rank 0 hashes the shards, the other ranks receive its results."""
     rank, world, device = setup_distributed(cfg.device, cfg.dist_timeout_min)
     check_available(parse_report_to(cfg.report_to))
-    if device.type == "cpu":
+    if device.type == "cpu" and allocator_in_use() == "glibc":
         keep_heap()  # 2x faster CPU steps: activations are not page-faulted in again every step (avemo/memory.py)
     say = log if rank == 0 else (lambda *a, **k: None)
     folder = Path(cfg.run)
@@ -267,7 +267,7 @@ def describe(run: Run, trainer: Trainer, stream: Stream) -> None:
     splits, weights = run.train_splits, trainer.weights
     run.say(f"training on {run.device} x{run.world}: {sum(s.n_samples for s in splits)} clips, {stream.steps} "
             f"steps/epoch, {sum(len(s.urls) for s in splits)} shards; class weights "
-            f"{None if weights is None else [round(w, 3) for w in weights.tolist()]}")
+            f"{None if weights is None else [round(w, 3) for w in weights.tolist()]}; malloc: {allocator_in_use()}")
     if len(splits) > 1:
         probs = mix_weights(splits, run.cfg.data.weights)
         run.say("shard sets: " + "; ".join(f"{n} {s.n_samples} train clips, p={p:.3f}"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -23,6 +24,24 @@ multi-GPU / multi-node: torchrun --nproc_per_node=N -m avemo train --shards S --
 def resume_command(argv: list[str]) -> str:
     kept = [a for a in argv if a not in ("--resume", "--overwrite")]
     return shlex.join(["avemo", "train", *kept, "--resume"])
+
+
+def start_on_allocator(allocator: str, argv: list[str]) -> None:
+    """Start this program again on jemalloc (train.allocator; avemo/core/memory.py says why): malloc is chosen
+    before a process starts, so the only way is exec with LD_PRELOAD, the same process id (torchrun keeps
+    its rank), the same interpreter flags and arguments. Only where this process is the `avemo train`
+    command line itself (not avemo.cli.main called from Python, e.g. a test), and at most once."""
+    from avemo.core.errors import ConfigError
+    from avemo.core.memory import allocator_env, settle_preload
+    settle_preload(os.environ)
+    try:
+        env = allocator_env(allocator, dict(os.environ))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if env is not None and sys.argv[1:] == ["train", *argv] and sys.orig_argv:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, sys.orig_argv, env)
 
 
 def main(argv: list[str]) -> int:
@@ -51,6 +70,7 @@ def main(argv: list[str]) -> int:
     cfg = load_config(TrainConfig, "train", ns.config, overrides, extra)
     if ns.print_config:
         return print_config(cfg, "train")
+    start_on_allocator(cfg.allocator, argv)
     from avemo.train.loop import run_train
     try:
         state = run_train(cfg, resume=ns.resume, overwrite=ns.overwrite)

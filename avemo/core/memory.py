@@ -1,4 +1,4 @@
-"""glibc heap tuning for CPU tensor work.
+"""malloc tuning for CPU tensor work: glibc's heap kept, or jemalloc for training.
 
 glibc serves blocks above its mmap threshold (at most 32 MB by default, 128 KB under Dask's nanny) with a
 fresh mmap every time, so the large activation tensors of each training step or detector batch are
@@ -36,9 +36,79 @@ def keep_heap(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_T
 
 
 def release_free_memory() -> bool:
-    """Return the free pages of every glibc arena to the system (malloc_trim(0)): the resident heap shrinks to
-    what is live. Cheap (no copying); the pages fault in again when reused. False where there is no glibc."""
+    """Return the free pages of every malloc arena to the system: malloc_trim(0) under glibc, a purge of all
+    arenas under jemalloc (which otherwise keeps them: JEMALLOC_CONF); the resident heap shrinks to what is
+    live. Cheap (no copying); the pages fault in again when reused. False where neither is there."""
     try:
+        if allocator_in_use() == "jemalloc":
+            mallctl = ctypes.CDLL(None).mallctl    # the preloaded library's, in the global namespace
+            mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+            return mallctl(b"arena.4096.purge", None, None, None, 0) == 0   # 4096 = MALLCTL_ARENAS_ALL
         return bool(_libc().malloc_trim(0))
     except (OSError, AttributeError):
         return False
+
+
+# jemalloc for the training process (train.allocator, issue 19.4). Under glibc with the heap kept, the trainer's
+# heap grew to ~2.6x its largest live set within a step (0.5 GB live at the peak of a step, 1.3-1.9 GB of
+# heap; mallinfo2 sampled in the real recipe): batches whose branch sizes differ from step to step fragment
+# it, and trimming it (malloc_trim every 100 steps) did not lower the peak, the freed pages were touched
+# again within the next steps (bench/results/train_memory_trim.md). jemalloc's size classes keep the heap
+# near the live set (the trainer stays flat at ~1.9 GB RSS). It keeps its free pages (no decay): with its
+# default 10 s decay they went back to the system and every step page-faulted them in again, 0.6x the speed
+# (oversize_threshold:0 alone did not help). Kept pages are what a forked loader worker would copy as it
+# reuses them, so release_free_memory() purges them before a loader forks (train/data.py).
+# bench/results/train_memory_jemalloc.md.
+JEMALLOC = "libjemalloc.so.2"
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+REEXEC_MARK = "AVEMO_ALLOCATOR_EXEC"
+
+
+def allocator_in_use() -> str:
+    """'jemalloc' where this process runs on it (its library is mapped), else 'glibc' (the C library's)."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return "glibc"
+    return "jemalloc" if "/libjemalloc.so" in maps else "glibc"
+
+
+def find_jemalloc() -> str | None:
+    """The path of an installed libjemalloc.so.2 (Debian/Ubuntu: the libjemalloc2 package), or None."""
+    import glob
+    for pattern in ("/usr/lib/*-linux-gnu/", "/usr/lib64/", "/usr/lib/", "/usr/local/lib/", "/opt/homebrew/lib/"):
+        for path in sorted(glob.glob(pattern + JEMALLOC)):
+            return path
+    return None
+
+
+def allocator_env(allocator: str, environ: dict[str, str]) -> dict[str, str] | None:
+    """The environment to start this program again with `allocator` ('auto', 'jemalloc' or 'glibc'), or None
+    where it already runs on it, or should not start again: glibc asked for, auto without jemalloc installed,
+    or a start that already tried (REEXEC_MARK: a preload the loader refused never loops). ValueError where
+    allocator='jemalloc' and none is installed."""
+    if allocator == "glibc" or allocator_in_use() == "jemalloc" or environ.get(REEXEC_MARK):
+        return None
+    path = find_jemalloc()
+    if path is None:
+        if allocator == "jemalloc":
+            raise ValueError(f"allocator=jemalloc: no {JEMALLOC} found (apt-get install libjemalloc2, or "
+                             f"allocator=auto / glibc)")
+        return None
+    env = dict(environ, **{REEXEC_MARK: "1"})
+    env["LD_PRELOAD"] = ":".join(p for p in (path, environ.get("LD_PRELOAD", "")) if p)
+    env.setdefault("MALLOC_CONF", JEMALLOC_CONF)   # a user's own MALLOC_CONF wins
+    return env
+
+
+def settle_preload(environ: dict[str, str]) -> None:
+    """In a process that allocator_env started again: take jemalloc off LD_PRELOAD (it is loaded, and forked
+    loader workers keep it) so that programs this one runs (ffmpeg, spawned workers) start as they would have."""
+    if not environ.get(REEXEC_MARK):
+        return
+    kept = [p for p in environ.get("LD_PRELOAD", "").split(":") if p and not p.endswith("/" + JEMALLOC)]
+    if kept:
+        environ["LD_PRELOAD"] = ":".join(kept)
+    else:
+        environ.pop("LD_PRELOAD", None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -111,6 +112,36 @@ def test_a_fragmented_heap_keeps_its_free_pages_until_they_are_handed_back():
     assert mb["start"] - mb["freed"] < 0.2 * freed_mb, mb           # free, but still resident
     assert mb["freed"] - mb["trimmed"] > 0.8 * freed_mb, mb         # handed back
 
+
+_KEPT_ARENAS = r"""
+import json, os, torch
+from avemo.core.memory import allocator_in_use, release_free_memory
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+blocks = [torch.ones(1 << 18) for _ in range(200)]     # 200 MB in 1 MB tensors
+start = rss()
+del blocks
+freed = rss()
+ok = release_free_memory()
+print(json.dumps({"malloc": allocator_in_use(), "ok": ok, "start": start, "freed": freed, "purged": rss()}))
+"""
+
+
+@pytest.mark.skipif(memory.find_jemalloc() is None, reason="no libjemalloc.so.2 installed (make setup installs "
+                                                             "libjemalloc2 on apt systems)")
+def test_jemalloc_keeps_free_pages_until_release_free_memory_purges_them():
+    """What train.allocator's settings do: no decay, so freed tensors stay resident (no page faults on the
+    next step), and the purge before a loader forks hands them back (workers would copy them otherwise)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    env.update(LD_PRELOAD=str(memory.find_jemalloc()), MALLOC_CONF=memory.JEMALLOC_CONF)   # as allocator_env sets
+    out = subprocess.run([sys.executable, "-c", _KEPT_ARENAS], capture_output=True, text=True, check=True, env=env)
+    got = json.loads(out.stdout)
+    mb = {k: got[k] / (1 << 20) for k in ("start", "freed", "purged")}
+    assert got["malloc"] == "jemalloc" and got["ok"] is True, got
+    assert mb["start"] - mb["freed"] < 40, mb                        # freed, still resident
+    assert mb["freed"] - mb["purged"] > 160, mb                      # handed back
 
 
 def test_allocator_env_starts_again_on_jemalloc_once_and_keeps_the_users_settings(monkeypatch):

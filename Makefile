@@ -17,18 +17,24 @@ endif
 setup: system-deps $(VENV)/.installed
 
 # ffmpeg + ffprobe, espeak-ng, and Python's venv module (Debian/Ubuntu ship it apart, as python3-venv);
-# on apt systems also jemalloc, the malloc `avemo train` starts itself on (train.allocator; elsewhere glibc's)
+# then, best effort on apt systems, jemalloc: the malloc `avemo train` starts itself on where it is installed
+# (train.allocator; without it training runs on glibc's, so a failed install is a warning, not a failure)
+JEMALLOC_FOUND = ( for f in /usr/lib/*-linux-gnu/libjemalloc.so.2 /lib/*-linux-gnu/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2 /usr/lib/libjemalloc.so.2; do [ -e "$$f" ] && exit 0; done; exit 1 )
 system-deps:
 	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v espeak-ng >/dev/null \
-	    && $(PYTHON) -c "import ensurepip, venv" 2>/dev/null \
-	    && { ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2 || ! command -v apt-get >/dev/null; }; then :; \
+	    && $(PYTHON) -c "import ensurepip, venv" 2>/dev/null; then :; \
 	elif command -v apt-get >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng python3-venv libjemalloc2 >/dev/null \
-	  || { echo "setup failed: could not apt-get install ffmpeg espeak-ng python3-venv libjemalloc2" >&2; exit 1; }; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng python3-venv >/dev/null \
+	  || { echo "setup failed: could not apt-get install ffmpeg espeak-ng python3-venv" >&2; exit 1; }; \
 	else echo "setup failed: please install ffmpeg (with ffprobe), espeak-ng and Python's venv module" >&2; exit 1; fi
 	@command -v ffprobe >/dev/null || { echo "setup failed: ffprobe not found after install" >&2; exit 1; }
 	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || { echo "setup failed: $(PYTHON) has no venv/ensurepip module" >&2; exit 1; }
+	@if ! $(JEMALLOC_FOUND) && command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null; } 2>/dev/null \
+	  || echo "setup: could not apt-get install libjemalloc2; avemo train will use glibc's malloc (more memory, bench/results/train_memory_jemalloc.md)" >&2; \
+	fi
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/pip || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }

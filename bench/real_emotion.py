@@ -139,15 +139,14 @@ def on_train_allocator(config: str, overrides: list[str], argv: list[str] | None
     """Run on the malloc that `avemo train` would start itself on (train.allocator; the training stage runs
     in this process): start this benchmark again with it, as avemo/cli/train.py does, where it runs as a
     program (argv None)."""
+    from avemo.cli.train import allocator_restart_env
     from avemo.core.config import load_config
-    from avemo.core.memory import allocator_env, settle_preload
     from avemo.train.config import TrainConfig
-    settle_preload(os.environ)
     sets = {"shards": ["paired", "ravdess", "fer"]}   # the three sets it trains on (data.weights has three)
-    allocator = load_config(TrainConfig, "train", config, overrides, sets).allocator
-    env = allocator_env(allocator, dict(os.environ))
+    env = allocator_restart_env(load_config(TrainConfig, "train", config, overrides, sets), os.environ)
     if env is not None and argv is None:
         sys.stdout.flush()
+        sys.stderr.flush()
         os.execve(sys.executable, sys.orig_argv, env)
 
 

@@ -1,4 +1,4 @@
-"""`avemo train` starts itself again on jemalloc (train.allocator, avemo/core/memory.py): the real program on
+"""`avemo train` starts itself again on jemalloc where asked (train.allocator, avemo/core/memory.py): the real program on
 the session's shards, read back from its own log line and its /proc maps, not a mock of the loader."""
 from __future__ import annotations
 
@@ -28,20 +28,20 @@ def _malloc_of(run) -> str:
 
 @pytest.mark.skipif(find_jemalloc() is None, reason="no libjemalloc.so.2 installed (make setup installs libjemalloc2 "
                                                      "on apt systems)")
-def test_train_runs_on_jemalloc_by_default_and_on_glibc_when_asked(built_shards, tmp_path):
-    auto = _train(built_shards, tmp_path / "auto")
-    assert auto.returncode == 0, auto.stderr[-2000:]
+def test_train_runs_on_glibc_by_default_and_starts_itself_on_jemalloc_when_asked(built_shards, tmp_path):
+    asked = _train(built_shards, tmp_path / "auto", "allocator=auto")
+    assert asked.returncode == 0, asked.stderr[-2000:]
     assert _malloc_of(tmp_path / "auto") == "jemalloc"
-    assert auto.stdout.count("done: epoch 1") == 1           # started again once, not twice, and finished
-    glibc = _train(built_shards, tmp_path / "glibc", "allocator=glibc")
-    assert glibc.returncode == 0, glibc.stderr[-2000:]
-    assert _malloc_of(tmp_path / "glibc") == "glibc"
+    default = _train(built_shards, tmp_path / "default")
+    assert default.returncode == 0, default.stderr[-2000:]
+    assert _malloc_of(tmp_path / "default") == "glibc"
 
 
+@pytest.mark.skipif(find_jemalloc() is None, reason="no libjemalloc.so.2 installed: glibc either way")
 def test_a_start_that_already_tried_never_starts_again(built_shards, tmp_path):
     """A preload the dynamic loader refused (here: the mark set, no library) trains on glibc, once."""
     env = dict(os.environ, AVEMO_ALLOCATOR_EXEC="1")
-    out = _train(built_shards, tmp_path / "run", env=env)
+    out = _train(built_shards, tmp_path / "run", "allocator=auto", env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert _malloc_of(tmp_path / "run") == "glibc"
 
@@ -55,3 +55,15 @@ def test_allocator_jemalloc_without_the_library_is_a_one_line_error(tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("avemo train: ") and "libjemalloc2" in err[0]
     assert not (tmp_path / "run").exists()                           # refused before anything was written
+
+
+@pytest.mark.skipif(find_jemalloc() is None, reason="no libjemalloc.so.2 installed")
+def test_allocator_jemalloc_from_python_says_it_runs_on_glibc(built_shards, tmp_path):
+    """avemo.cli.main called from Python cannot start itself again: it trains, and says which malloc it got."""
+    from avemo.cli import main
+    run = tmp_path / "run"
+    assert main(["train", "--shards", str(built_shards), "--run", str(run), *TINY, "optim.epochs=1",
+                 "report_to=jsonl", "allocator=jemalloc"]) == 0
+    log = (run / "train.log").read_text()
+    assert "warning: allocator=jemalloc, but this process runs on glibc's malloc" in log
+    assert _malloc_of(run) == "glibc"

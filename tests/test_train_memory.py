@@ -106,7 +106,9 @@ print(json.dumps({"start": start, "freed": freed, "trimmed": rss()}))
 def test_a_fragmented_heap_keeps_its_free_pages_until_they_are_handed_back():
     """What the loaders' trim before a fork does: under keep_heap, blocks freed between live ones stay
     resident (the heap keeps its high-water mark), and release_free_memory() returns them."""
-    out = subprocess.run([sys.executable, "-c", _FRAGMENTED_HEAP], capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}    # glibc's malloc, whatever runs pytest
+    out = subprocess.run([sys.executable, "-c", _FRAGMENTED_HEAP], capture_output=True, text=True, check=True,
+                         env=env)
     mb = {k: v / (1 << 20) for k, v in json.loads(out.stdout).items()}
     freed_mb = 800 * 0.25 * 7 / 8                                   # 175 MB freed of 200
     assert mb["start"] - mb["freed"] < 0.2 * freed_mb, mb           # free, but still resident
@@ -147,14 +149,22 @@ def test_jemalloc_keeps_free_pages_until_release_free_memory_purges_them():
 def test_allocator_env_starts_again_on_jemalloc_once_and_keeps_the_users_settings(monkeypatch):
     monkeypatch.setattr(memory, "allocator_in_use", lambda: "glibc")
     monkeypatch.setattr(memory, "find_jemalloc", lambda: "/usr/lib/x/libjemalloc.so.2")
-    env = memory.allocator_env("auto", {"LD_PRELOAD": "/opt/other.so", "PATH": "/bin"})
-    assert env is not None and env["LD_PRELOAD"] == "/usr/lib/x/libjemalloc.so.2:/opt/other.so"
+    env = memory.allocator_env("auto", {"PATH": "/bin"})
+    assert env is not None and env["LD_PRELOAD"] == "/usr/lib/x/libjemalloc.so.2"
     assert env["MALLOC_CONF"] == memory.JEMALLOC_CONF and env["PATH"] == "/bin" and env[memory.REEXEC_MARK]
-    assert memory.allocator_env("auto", {"MALLOC_CONF": "narenas:1"})["MALLOC_CONF"] == "narenas:1"
-    assert memory.allocator_env("glibc", {}) is None
     assert memory.allocator_env("auto", env) is None                 # a start that already tried: never again
-    memory.settle_preload(env)                                       # in the new process: jemalloc off the list
-    assert env["LD_PRELOAD"] == "/opt/other.so"
+    memory.settle_preload(env)                                       # in the new process: all taken back
+    assert env == {"PATH": "/bin"}
+    assert memory.allocator_env("auto", {"MALLOC_CONF": "narenas:1"})["MALLOC_CONF"] == "narenas:1"
+    users = {"MALLOC_CONF": "narenas:1", "LD_PRELOAD": "/opt/other.so"}
+    env = memory.allocator_env("jemalloc", users)                    # asked for: put first, the user's kept
+    assert env["LD_PRELOAD"] == "/usr/lib/x/libjemalloc.so.2:/opt/other.so"
+    memory.settle_preload(env)
+    assert env == users                                              # the user's own MALLOC_CONF stays
+    assert memory.allocator_env("auto", {"LD_PRELOAD": "/opt/libtcmalloc.so"}) is None   # their malloc stands
+    assert memory.allocator_env("auto", {}, on_cpu=False) is None    # auto: measured on CPU only
+    assert memory.allocator_env("jemalloc", {}, on_cpu=False) is not None
+    assert memory.allocator_env("glibc", {}) is None
     monkeypatch.setattr(memory, "find_jemalloc", lambda: None)
     assert memory.allocator_env("auto", {}) is None                  # not installed: glibc, as before
     with pytest.raises(ValueError, match="libjemalloc2"):

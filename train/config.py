@@ -107,7 +107,7 @@ class TrainConfig:
     eval_every: int = 1                                # epochs between dev evaluations (best.pt)
     stop_after_epochs: int = 0                         # end this run early (tests, time-boxed jobs); 0 = never
     dist_timeout_min: float = 60.0                     # DDP: how long ranks wait for rank 0 (dev scoring, hashing)
-    allocator: Literal["auto", "jemalloc", "glibc"] = "auto"   # malloc of `avemo train` (it starts itself again on it): auto = jemalloc where installed (libjemalloc2: 0.85x the run's memory at the same speed, bench/results/train_memory_jemalloc.md), else glibc
+    allocator: Literal["glibc", "jemalloc", "auto"] = "glibc"   # malloc of `avemo train`: glibc (its heap kept, avemo/core/memory.py); jemalloc (it starts itself again with libjemalloc2 preloaded: the trainer's own memory 1.97 vs ~3 GB RSS, but the whole real recipe peaked at 4.41 vs 3.91 GB PSS, its loader processes grew: bench/results/real_emotion_jemalloc.md); auto = jemalloc where installed, on CPU, and no LD_PRELOAD of your own
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

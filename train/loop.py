@@ -187,6 +187,9 @@ def prepare(cfg: TrainConfig, resume: bool, log, overwrite: bool) -> Run:
     if device.type == "cpu" and allocator_in_use() == "glibc":
         keep_heap()  # 2x faster CPU steps: activations are not page-faulted in again every step (avemo/memory.py)
     say = log if rank == 0 else (lambda *a, **k: None)
+    if cfg.allocator == "jemalloc" and allocator_in_use() != "jemalloc":
+        say("warning: allocator=jemalloc, but this process runs on glibc's malloc: only the `avemo train` "
+            "command starts itself on jemalloc; elsewhere start Python with LD_PRELOAD=libjemalloc.so.2")
     folder = Path(cfg.run)
     last = folder / "last.pt"
     if rank == 0:

@@ -26,19 +26,32 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["avemo", "train", *kept, "--resume"])
 
 
-def start_on_allocator(allocator: str, argv: list[str]) -> None:
-    """Start this program again on jemalloc (train.allocator; avemo/core/memory.py says why): malloc is chosen
-    before a process starts, so the only way is exec with LD_PRELOAD, the same process id (torchrun keeps
-    its rank), the same interpreter flags and arguments. Only where this process is the `avemo train`
-    command line itself (not avemo.cli.main called from Python, e.g. a test), and at most once."""
+def allocator_restart_env(cfg, environ: dict[str, str]) -> dict[str, str] | None:
+    """The environment to start `avemo train` again with for cfg.allocator (avemo/core/memory.py says why), or
+    None; ConfigError where allocator=jemalloc cannot be had. Takes back what an earlier start added to
+    `environ` once the decision is made (settle_preload), so that the programs training runs start as usual."""
+    from avemo.core.config import resolve_device
     from avemo.core.errors import ConfigError
-    from avemo.core.memory import allocator_env, settle_preload
-    settle_preload(os.environ)
+    from avemo.core.memory import allocator_env, allocator_in_use, settle_preload
+    on_cpu = cfg.allocator != "auto" or allocator_in_use() == "jemalloc" or \
+        resolve_device(cfg.device).type == "cpu"            # the GPU check (torch import) only where it decides
     try:
-        env = allocator_env(allocator, dict(os.environ))
+        return allocator_env(cfg.allocator, dict(environ), on_cpu=on_cpu)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if env is not None and sys.argv[1:] == ["train", *argv] and sys.orig_argv:
+    finally:
+        settle_preload(environ)
+
+
+def start_on_allocator(cfg, argv: list[str]) -> None:
+    """Start this program again on jemalloc (train.allocator): malloc is chosen before a process starts, so
+    the only way is exec with LD_PRELOAD, the same process id (torchrun keeps its rank), the same interpreter
+    flags and arguments. Only where this process is the `avemo train` command line itself (sys.argv and
+    the interpreter's own sys.orig_argv both end with it: not avemo.cli.main called from Python, e.g. a
+    test, nor a process started by multiprocessing), and at most once."""
+    env = allocator_restart_env(cfg, os.environ)
+    command = ["train", *argv]
+    if env is not None and sys.argv[1:] == command and sys.orig_argv[-len(command):] == command:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, sys.orig_argv, env)
@@ -70,7 +83,7 @@ def main(argv: list[str]) -> int:
     cfg = load_config(TrainConfig, "train", ns.config, overrides, extra)
     if ns.print_config:
         return print_config(cfg, "train")
-    start_on_allocator(cfg.allocator, argv)
+    start_on_allocator(cfg, argv)
     from avemo.train.loop import run_train
     try:
         state = run_train(cfg, resume=ns.resume, overwrite=ns.overwrite)

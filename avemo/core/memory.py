@@ -49,46 +49,54 @@ def release_free_memory() -> bool:
         return False
 
 
-# jemalloc for the training process (train.allocator, issue 19.4). Under glibc with the heap kept, the trainer's
-# heap grew to ~2.6x its largest live set within a step (0.5 GB live at the peak of a step, 1.3-1.9 GB of
-# heap; mallinfo2 sampled in the real recipe): batches whose branch sizes differ from step to step fragment
+# jemalloc for the training process, opt-in (train.allocator, issue 19.4). Under glibc with the heap kept, the
+# trainer's heap grew to ~2.6x its largest live set within a step (0.5 GB live at the peak of a step, 1.3-1.9 GB
+# of heap; mallinfo2 sampled in the real recipe): batches whose branch sizes differ from step to step fragment
 # it, and trimming it (malloc_trim every 100 steps) did not lower the peak, the freed pages were touched
-# again within the next steps (bench/results/train_memory_trim.md). jemalloc's size classes keep the heap
-# near the live set (the trainer stays flat at ~1.9 GB RSS). It keeps its free pages (no decay): with its
-# default 10 s decay they went back to the system and every step page-faulted them in again, 0.6x the speed
-# (oversize_threshold:0 alone did not help). Kept pages are what a forked loader worker would copy as it
-# reuses them, so release_free_memory() purges them before a loader forks (train/data.py).
-# bench/results/train_memory_jemalloc.md.
+# again within the next steps (bench/results/train_memory_trim.md). jemalloc's size classes keep the trainer
+# near its live set. It keeps its free pages (no decay): with its default 10 s decay they went back to the
+# system and every step page-faulted them in again, 0.6x the speed (oversize_threshold:0 alone did not help).
+# Kept pages are what a forked loader worker would copy as it reuses them, so release_free_memory() purges
+# them before a loader forks (train/data.py). Measured: two short epochs 0.85x glibc's memory at 1.02-1.09x
+# its speed (bench/results/train_memory_jemalloc.md), but over the full real recipe (12 x 16,000 draws) the
+# whole run peaked higher, 4.41 vs 3.91 GB PSS, though the trainer itself held 1.97 GB RSS vs ~3
+# (bench/results/real_emotion_jemalloc.md): the loader processes grew. Hence glibc stays the default.
 JEMALLOC = "libjemalloc.so.2"
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 REEXEC_MARK = "AVEMO_ALLOCATOR_EXEC"
 
 
 def allocator_in_use() -> str:
-    """'jemalloc' where this process runs on it (its library is mapped), else 'glibc' (the C library's)."""
+    """'jemalloc' where this process's malloc is jemalloc's (its mallctl is in the global namespace: preloaded,
+    not loaded privately by some extension), else 'glibc' (the C library's)."""
     try:
-        with open("/proc/self/maps") as f:
-            maps = f.read()
+        return "jemalloc" if hasattr(ctypes.CDLL(None), "mallctl") else "glibc"
     except OSError:
         return "glibc"
-    return "jemalloc" if "/libjemalloc.so" in maps else "glibc"
 
 
 def find_jemalloc() -> str | None:
-    """The path of an installed libjemalloc.so.2 (Debian/Ubuntu: the libjemalloc2 package), or None."""
+    """The path of an installed libjemalloc.so.2 (Debian/Ubuntu: the libjemalloc2 package) built for this
+    interpreter's architecture (multiarch hosts hold others), or None."""
     import glob
-    for pattern in ("/usr/lib/*-linux-gnu/", "/usr/lib64/", "/usr/lib/", "/usr/local/lib/", "/opt/homebrew/lib/"):
+    import sysconfig
+    multiarch = sysconfig.get_config_var("MULTIARCH")
+    dirs = [f"/usr/lib/{multiarch}/", f"/lib/{multiarch}/"] if multiarch else []
+    for pattern in (*dirs, "/usr/lib64/", "/usr/lib/", "/usr/local/lib/"):
         for path in sorted(glob.glob(pattern + JEMALLOC)):
             return path
     return None
 
 
-def allocator_env(allocator: str, environ: dict[str, str]) -> dict[str, str] | None:
+def allocator_env(allocator: str, environ: dict[str, str], on_cpu: bool = True) -> dict[str, str] | None:
     """The environment to start this program again with `allocator` ('auto', 'jemalloc' or 'glibc'), or None
-    where it already runs on it, or should not start again: glibc asked for, auto without jemalloc installed,
-    or a start that already tried (REEXEC_MARK: a preload the loader refused never loops). ValueError where
-    allocator='jemalloc' and none is installed."""
+    where it already runs on it, or should not start again: glibc asked for; auto on a GPU (measured on CPU
+    only), without jemalloc installed, or where the user preloads a library of their own (tcmalloc, mimalloc:
+    their choice stands); or a start that already tried (REEXEC_MARK: a preload the loader refused never
+    loops). ValueError where allocator='jemalloc' and none is installed."""
     if allocator == "glibc" or allocator_in_use() == "jemalloc" or environ.get(REEXEC_MARK):
+        return None
+    if allocator == "auto" and (not on_cpu or environ.get("LD_PRELOAD", "").strip()):
         return None
     path = find_jemalloc()
     if path is None:
@@ -96,17 +104,22 @@ def allocator_env(allocator: str, environ: dict[str, str]) -> dict[str, str] | N
             raise ValueError(f"allocator=jemalloc: no {JEMALLOC} found (apt-get install libjemalloc2, or "
                              f"allocator=auto / glibc)")
         return None
-    env = dict(environ, **{REEXEC_MARK: "1"})
+    env = dict(environ, **{REEXEC_MARK: "conf" if "MALLOC_CONF" not in environ else "1"})
     env["LD_PRELOAD"] = ":".join(p for p in (path, environ.get("LD_PRELOAD", "")) if p)
     env.setdefault("MALLOC_CONF", JEMALLOC_CONF)   # a user's own MALLOC_CONF wins
     return env
 
 
 def settle_preload(environ: dict[str, str]) -> None:
-    """In a process that allocator_env started again: take jemalloc off LD_PRELOAD (it is loaded, and forked
-    loader workers keep it) so that programs this one runs (ffmpeg, spawned workers) start as they would have."""
-    if not environ.get(REEXEC_MARK):
+    """In a process that allocator_env started again, once it has decided not to start again: take back what
+    allocator_env added (jemalloc on LD_PRELOAD: it is loaded, and forked loader workers keep it; our
+    MALLOC_CONF; the mark) so that programs this one runs (ffmpeg, spawned workers, another `avemo train`)
+    start as they would have."""
+    mark = environ.pop(REEXEC_MARK, None)
+    if not mark:
         return
+    if mark == "conf":
+        environ.pop("MALLOC_CONF", None)
     kept = [p for p in environ.get("LD_PRELOAD", "").split(":") if p and not p.endswith("/" + JEMALLOC)]
     if kept:
         environ["LD_PRELOAD"] = ":".join(kept)

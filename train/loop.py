@@ -187,9 +187,6 @@ def prepare(cfg: TrainConfig, resume: bool, log, overwrite: bool) -> Run:
     if device.type == "cpu" and allocator_in_use() == "glibc":
         keep_heap()  # 2x faster CPU steps: activations are not page-faulted in again every step (avemo/memory.py)
     say = log if rank == 0 else (lambda *a, **k: None)
-    if cfg.allocator == "jemalloc" and allocator_in_use() != "jemalloc":
-        say("warning: allocator=jemalloc, but this process runs on glibc's malloc: only the `avemo train` "
-            "command starts itself on jemalloc; elsewhere start Python with LD_PRELOAD=libjemalloc.so.2")
     folder = Path(cfg.run)
     last = folder / "last.pt"
     if rank == 0:
@@ -268,6 +265,9 @@ def build_trainer(run: Run, steps_per_epoch: int) -> Trainer:
 
 def describe(run: Run, trainer: Trainer, stream: Stream) -> None:
     splits, weights = run.train_splits, trainer.weights
+    if run.cfg.allocator == "jemalloc" and allocator_in_use() != "jemalloc":
+        run.say("warning: allocator=jemalloc, but this process runs on glibc's malloc: only the `avemo train` "
+                "command starts itself on jemalloc; elsewhere start Python with LD_PRELOAD=libjemalloc.so.2")
     run.say(f"training on {run.device} x{run.world}: {sum(s.n_samples for s in splits)} clips, {stream.steps} "
             f"steps/epoch, {sum(len(s.urls) for s in splits)} shards; class weights "
             f"{None if weights is None else [round(w, 3) for w in weights.tolist()]}; malloc: {allocator_in_use()}")

@@ -5,6 +5,7 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import MutableMapping
 
 from avemo.cli.common import Interrupted, print_config, split_overrides
 
@@ -26,7 +27,7 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["avemo", "train", *kept, "--resume"])
 
 
-def allocator_restart_env(cfg, environ: dict[str, str]) -> dict[str, str] | None:
+def allocator_restart_env(cfg, environ: MutableMapping[str, str]) -> dict[str, str] | None:
     """The environment to start `avemo train` again with for cfg.allocator (avemo/core/memory.py says why), or
     None; ConfigError where allocator=jemalloc cannot be had. Takes back what an earlier start added to
     `environ` once the decision is made (settle_preload), so that the programs training runs start as usual."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import MutableMapping
 
 MMAP_THRESHOLD = 256 << 20
 TRIM_THRESHOLD = 512 << 20
@@ -110,7 +111,7 @@ def allocator_env(allocator: str, environ: dict[str, str], on_cpu: bool = True) 
     return env
 
 
-def settle_preload(environ: dict[str, str]) -> None:
+def settle_preload(environ: MutableMapping[str, str]) -> None:
     """In a process that allocator_env started again, once it has decided not to start again: take back what
     allocator_env added (jemalloc on LD_PRELOAD: it is loaded, and forked loader workers keep it; our
     MALLOC_CONF; the mark) so that programs this one runs (ffmpeg, spawned workers, another `avemo train`)

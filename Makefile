@@ -17,8 +17,8 @@ endif
 setup: system-deps $(VENV)/.installed
 
 # ffmpeg + ffprobe, espeak-ng, and Python's venv module (Debian/Ubuntu ship it apart, as python3-venv);
-# then, best effort on apt systems, jemalloc: the malloc `avemo train` starts itself on where it is installed
-# (train.allocator; without it training runs on glibc's, so a failed install is a warning, not a failure)
+# then, best effort on apt systems, jemalloc: the opt-in malloc of `avemo train` (train.allocator=jemalloc or
+# auto; the default is glibc's, so a failed install is a warning, not a failure)
 JEMALLOC_FOUND = ( for f in /usr/lib/*-linux-gnu/libjemalloc.so.2 /lib/*-linux-gnu/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2 /usr/lib/libjemalloc.so.2; do [ -e "$$f" ] && exit 0; done; exit 1 )
 system-deps:
 	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v espeak-ng >/dev/null \
@@ -33,7 +33,7 @@ system-deps:
 	@if ! $(JEMALLOC_FOUND) && command -v apt-get >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null; } 2>/dev/null \
-	  || echo "setup: could not apt-get install libjemalloc2; avemo train will use glibc's malloc (more memory, bench/results/train_memory_jemalloc.md)" >&2; \
+	  || echo "setup: could not apt-get install libjemalloc2; train.allocator=jemalloc will not be available (glibc's malloc, the default, is unaffected)" >&2; \
 	fi
 
 $(VENV)/.installed: pyproject.toml Makefile

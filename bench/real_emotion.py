@@ -145,9 +145,8 @@ def on_train_allocator(config: str, overrides: list[str], argv: list[str] | None
     sets = {"shards": ["paired", "ravdess", "fer"]}   # the three sets it trains on (data.weights has three)
     env = allocator_restart_env(load_config(TrainConfig, "train", config, overrides, sets), os.environ)
     if env is not None and argv is None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, sys.orig_argv, env)
+        from avemo.core.memory import start_again
+        start_again(env)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,9 +53,8 @@ def start_on_allocator(cfg, argv: list[str]) -> None:
     env = allocator_restart_env(cfg, os.environ)
     command = ["train", *argv]
     if env is not None and sys.argv[1:] == command and sys.orig_argv[-len(command):] == command:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, sys.orig_argv, env)
+        from avemo.core.memory import start_again
+        start_again(env)
 
 
 def main(argv: list[str]) -> int:

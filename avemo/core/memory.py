@@ -111,6 +111,16 @@ def allocator_env(allocator: str, environ: dict[str, str], on_cpu: bool = True) 
     return env
 
 
+def start_again(env: dict[str, str]) -> None:
+    """Replace this process with itself (same pid, interpreter flags and arguments) under `env`, output
+    flushed first: how a program moves onto the malloc allocator_env chose."""
+    import os
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, env)
+
+
 def settle_preload(environ: MutableMapping[str, str]) -> None:
     """In a process that allocator_env started again, once it has decided not to start again: take back what
     allocator_env added (jemalloc on LD_PRELOAD: it is loaded, and forked loader workers keep it; our

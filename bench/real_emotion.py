@@ -49,15 +49,16 @@ def cpu_now() -> float:
 
 class Stages:
     """Wall and CPU seconds per stage, and the peak memory of this process tree during it (PSS: pages
-    shared by the loader or Dask workers counted once; bench/train_memory.py)."""
+    shared by the loader or Dask workers counted once; bench/train_memory.py). `log`: a train.log whose epoch
+    lines mark the memory per epoch."""
 
     def __init__(self):
         self.times: dict[str, dict] = {}
 
-    def run(self, name: str, fn, *args, **kwargs):
-        from train_memory import Sampler
+    def run(self, name: str, fn, *args, log: Path | None = None, **kwargs):
+        from train_memory import Sampler, per_epoch
         wall, cpu = time.perf_counter(), cpu_now()
-        sampler = Sampler(os.getpid(), None, 5.0)   # smaps of every process: ~0.1 s CPU a sample
+        sampler = Sampler(os.getpid(), log, 5.0)   # smaps of every process: ~0.1 s CPU a sample
         sampler.start()
         try:
             result = fn(*args, **kwargs)
@@ -66,6 +67,9 @@ class Stages:
             sampler.join()
         self.times[name] = {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(cpu_now() - cpu, 1),
                             **sampler.peak()}
+        if log is not None:
+            self.times[name]["per_epoch"] = [{k: row[k] for k in ("epoch", "tree_pss", "n_procs") if k in row}
+                                             for row in per_epoch(sampler)]
         print(f"[real_emotion] {name}: {self.times[name]['wall_s']} s wall, {self.times[name]['cpu_s']} s CPU, "
               f"peak {self.times[name]['tree_pss_gb']:.2f} GB", flush=True)
         return result
@@ -79,24 +83,37 @@ def build_overrides(config: str) -> list[str]:
     return [f"{group}.{key}={value}" for group, values in section.items() for key, value in values.items()]
 
 
+def avemo(*args: str) -> None:
+    """One `avemo` command in its own process, as a user runs the recipe: its memory is its own, not this
+    benchmark's (whose heap after the builds would otherwise count in the training's), and `avemo train` picks
+    its malloc itself (train.allocator). A failure raises CalledProcessError (one line from run())."""
+    import subprocess
+    subprocess.run([sys.executable, "-m", "avemo", *args], check=True)
+
+
 def train(shards: dict[str, Path], run: Path, config: str, overrides: list[str]) -> dict:
-    from avemo.core.config import load_config
-    from avemo.train.config import TrainConfig
-    from avemo.train.loop import run_train
-    cfg = load_config(TrainConfig, "train", config, overrides,
-                      {"shards": [str(shards["paired"]), str(shards["ravdess"]), str(shards["fer"])],
-                       "run": str(run)})
+    """`avemo train` on the three sets -> RUN/last.pt's progress (epoch, step, best)."""
+    from avemo.model.checkpoint import load_checkpoint
     resume = (run / "last.pt").is_file()       # a finished or interrupted run is continued, not redone
-    return run_train(cfg, resume=resume, overwrite=not resume)
+    avemo("train", "--shards", str(shards["paired"]), "--shards", str(shards["ravdess"]), "--shards",
+          str(shards["fer"]), "--run", str(run), "--config", config, "--resume" if resume else "--overwrite",
+          *overrides)
+    ckpt = load_checkpoint(run / "last.pt")
+    return {k: ckpt[k] for k in ("epoch", "step", "best")}
 
 
 def evaluate(shards: Path, checkpoint: Path, out: Path, config: str, ablation: bool) -> dict:
-    from avemo.core.config import load_config
-    from avemo.train.config import EvalConfig
-    from avemo.train.evaluate import run_evaluate
-    cfg = load_config(EvalConfig, "evaluate", config, [f"ablation={str(ablation).lower()}"],
-                      {"shards": str(shards), "checkpoint": str(checkpoint), "split": "dev", "out": str(out)})
-    return run_evaluate(cfg)
+    """`avemo evaluate` on the dev split -> its OUT/metrics.json."""
+    avemo("evaluate", "--shards", str(shards), "--checkpoint", str(checkpoint), "--split", "dev", "--out", str(out),
+          "--config", config, f"ablation={str(ablation).lower()}")
+    return json.loads((out / "metrics.json").read_text())
+
+
+def malloc_of(run: Path) -> str:
+    """The malloc `avemo train` ran on, from its log line ("...; malloc: jemalloc")."""
+    import re
+    found = re.findall(r"; malloc: (\w+)", (run / "train.log").read_text(errors="replace"))
+    return found[-1] if found else "unknown"
 
 
 def summarise(paired: dict, fer: dict, rav: dict) -> dict:
@@ -122,9 +139,12 @@ def report(record: dict, name: str, quick: bool) -> Path:
                   [[m, BEFORE[m], rows[f"paired dev, {m.replace('_', '-')}"]["accuracy"], GOALS[m]]
                    for m in ("both", "audio_only", "face_only")]), "",
             "Anchors: " + "; ".join(ANCHORS) + ".", "",
-            table(["stage", "wall s", "CPU s", "peak memory GB (PSS, all processes)", "peak main RSS GB"],
-                  [[k, v["wall_s"], v["cpu_s"], v.get("tree_pss_gb", ""), v.get("main_rss_gb", "")]
+            table(["stage", "wall s", "CPU s", "peak memory GB (PSS, all processes)", "peak RSS of its largest process GB"],
+                  [[k, v["wall_s"], v["cpu_s"], v.get("tree_pss_gb", ""), v.get("largest_rss_gb", v.get("main_rss_gb", ""))]
                    for k, v in record["stages"].items()]),
+            "", "Each `avemo` command (train, evaluate) runs in its own process, as a user runs the recipe; the "
+            "builds run in this benchmark's process (bench/real_data.py). Training, PSS of all processes per epoch "
+            "(GB): " + ", ".join(f"{r['epoch']}: {r['tree_pss']:.2f}" for r in record["stages"].get("train", {}).get("per_epoch", [])) + ".",
             "", f"Training: `--config {record['config']}` {' '.join(record['overrides'])}; best.pt from epoch "
             f"{record['best_epoch']} of {record['epochs']}; {record['parameters'] / 1e6:.2f} M parameters; malloc: {record.get('malloc', 'glibc')}.",
             f"Samples per set (ok train / dev): {json.dumps(record['sets'])}."]
@@ -133,20 +153,6 @@ def report(record: dict, name: str, quick: bool) -> Path:
                        "numbers say nothing about accuracy.\n")
     title = "Real emotion: RAVDESS voices + FER2013 faces" + (" (quick)" if quick else "")
     return write_results(name, title, record, "\n".join(body))
-
-
-def on_train_allocator(config: str, overrides: list[str], argv: list[str] | None) -> None:
-    """Run on the malloc that `avemo train` would start itself on (train.allocator; the training stage runs
-    in this process): start this benchmark again with it, as avemo/cli/train.py does, where it runs as a
-    program (argv None)."""
-    from avemo.cli.train import allocator_restart_env
-    from avemo.core.config import load_config
-    from avemo.train.config import TrainConfig
-    sets = {"shards": ["paired", "ravdess", "fer"]}   # the three sets it trains on (data.weights has three)
-    env = allocator_restart_env(load_config(TrainConfig, "train", config, overrides, sets), os.environ)
-    if env is not None and argv is None:
-        from avemo.core.memory import start_again
-        start_again(env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,15 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     from avemo.model.net import count_parameters
     from avemo.model.checkpoint import load_checkpoint, model_from_checkpoint
     overrides = [*(QUICK_TRAIN if args.quick else []), *overrides]
-    on_train_allocator(args.config, overrides, argv)
-    from avemo.core.memory import allocator_in_use
     record = new_record(args)
-    record.update(malloc=allocator_in_use(), machine=machine(), load={"before": loadavg()}, config=args.config, overrides=overrides)
+    record.update(machine=machine(), load={"before": loadavg()}, config=args.config, overrides=overrides)
     stages = Stages()
     shards = stages.run("prepare (lists, paired clips, 3 shard builds)", real_data.prepare, shared, data,
                         quick=args.quick, seed=args.seed, overrides=build_overrides(args.config),
                         timed=lambda name, fn, *a, **k: stages.run(f"  {name}", fn, *a, **k))
-    state = stages.run("train", train, shards, out / "run", args.config, overrides)
+    state = stages.run("train", train, shards, out / "run", args.config, overrides, log=out / "run" / "train.log")
+    record["malloc"] = malloc_of(out / "run")
     best = out / "run" / "best.pt"
     paired = stages.run("evaluate paired dev (3 modes)", evaluate, shards["paired"], best, out / "eval" / "paired",
                         args.config, True)

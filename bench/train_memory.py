@@ -93,7 +93,8 @@ class Sampler(threading.Thread):
     def _sample(self) -> dict:
         import psutil
         row = {"t": round(time.perf_counter() - self.t0, 1), "main_rss": 0.0, "main_uss": 0.0,
-               "workers_uss": 0.0, "workers_rss_max": 0.0, "tree_pss": 0.0, "n_procs": 0}
+               "workers_uss": 0.0, "workers_rss_max": 0.0, "tree_pss": 0.0, "n_procs": 0,
+               "largest_rss": 0.0}
         try:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
@@ -105,6 +106,7 @@ class Sampler(threading.Thread):
                 continue
             row["n_procs"] += 1
             row["tree_pss"] += m.pss / GB
+            row["largest_rss"] = max(row["largest_rss"], m.rss / GB)
             if p.pid == self.root.pid:
                 row["main_rss"], row["main_uss"] = m.rss / GB, m.uss / GB
             else:
@@ -137,9 +139,11 @@ class Sampler(threading.Thread):
             self.stop.wait(self.interval)
 
     def peak(self) -> dict[str, float]:
-        """GB: the most the tree held (PSS) and its root process (RSS) over the samples."""
+        """GB: the most the tree held (PSS), its root process (RSS) and its largest process (RSS: with the
+        work in a child, e.g. `avemo train` started by a benchmark, that child) over the samples."""
         return {"tree_pss_gb": max((r["tree_pss"] for r in self.samples), default=0.0),
-                "main_rss_gb": max((r["main_rss"] for r in self.samples), default=0.0)}
+                "main_rss_gb": max((r["main_rss"] for r in self.samples), default=0.0),
+                "largest_rss_gb": max((r["largest_rss"] for r in self.samples), default=0.0)}
 
 
 def per_epoch(sampler: Sampler) -> list[dict]:

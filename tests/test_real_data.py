@@ -172,6 +172,14 @@ def test_real_emotion_benchmark_runs_end_to_end_in_quick_mode(prepared, tmp_path
     assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["weighted_f1"] <= 1.0 for r in rows.values())
     assert record["epochs"] == 2 and 1 <= record["best_epoch"] <= 2 and record["parameters"] < 5_000_000
     assert set(record["stages"]) >= {"train", "evaluate paired dev (3 modes)"}
+    # `avemo train` ran in its own process: its RSS is the largest one's, the run's log names its malloc
+    train = record["stages"]["train"]
+    assert train["largest_rss_gb"] > 0.2 and train["tree_pss_gb"] >= train["largest_rss_gb"] * 0.5
+    assert record["malloc"] in ("glibc", "jemalloc")
+    assert {row["epoch"] for row in train["per_epoch"]} <= {1, 2, "end"}
+    epochs = [json.loads(line) for line in (tmp_path / "bench" / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"epoch"' in line]
+    assert "dev_raw_accuracy" in epochs[-1]          # the recipe's EMA, scored beside the raw weights
     assert (tmp_path / "bench" / "run" / "best.pt").is_file()
     config = (tmp_path / "bench" / "run" / "config.yaml").read_text()
     assert "face_trainable: last" in config and str(shards["fer"]) in config      # the recipe, on all three sets

@@ -71,12 +71,14 @@ class OptimConfig:
     warmup_epochs: float = 1.0         # linear warmup from 0
     grad_clip: float = 1.0             # max gradient norm; 0 = off
     label_smoothing: float = 0.0       # cross-entropy label smoothing
+    ema_decay: float = 0.0             # EMA of the weights per step (torch AveragedModel): 0 = off; e.g. 0.999 ~ the last 1,000 steps. The EMA weights are scored on dev, pick best.pt and are the checkpoints' `model`
 
     def __post_init__(self):
         check((self.epochs >= 1, "epochs must be >= 1"), (0 < self.lr < 10, "lr must be in (0, 10)"),
               (self.face_lr_mult >= 0, "face_lr_mult must be >= 0"), (self.weight_decay >= 0, "weight_decay must be >= 0"),
               (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"), (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
-              (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"))
+              (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+              (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1) (0 = off)"))
 
 
 REPORT_TO = ("tensorboard", "jsonl", "wandb", "mlflow")

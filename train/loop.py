@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from avemo.core.errors import ConfigError, TrainingError
@@ -167,6 +168,20 @@ class Trainer:
     autocast: Any
     progress: dict                      # epoch, step, best: saved in every checkpoint
     size: dict                          # model/parameters, model/gflops_per_clip (rank 0; {} elsewhere)
+    ema: AveragedModel | None = None    # optim.ema_decay: the weights' moving average, updated every step
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The weights for use: scored on dev, picking best.pt, the checkpoints' `model` (the EMA where on)."""
+        return self.model if self.ema is None else self.ema.module
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `model`'s parameters and buffers (BatchNorm statistics included), or
+    None for decay 0. torch's AveragedModel: its first update copies the weights, later ones lerp towards them."""
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def resolve_hashes(cfg: TrainConfig) -> TrainConfig:
@@ -230,9 +245,13 @@ def build_trainer(run: Run, steps_per_epoch: int) -> Trainer:
         init_weights(model, cfg, run.init, say)
     elif ckpt is None:
         model.audio.mel_mean, model.audio.mel_std = on_rank0(mel_statistics, [s.urls for s in run.train_splits], cfg)
-    else:
-        model.load_state_dict(ckpt["model"])
+    else:   # with an EMA, `model` holds the averaged weights and `train_model` the ones being trained
+        model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
     model.to(run.device)
+    ema = make_ema(model, cfg.optim.ema_decay)
+    if ema is not None and ckpt is not None:
+        ema.module.load_state_dict(ckpt["model"])
+        ema.n_averaged.fill_(int(ckpt.get("ema_updates", 1)))
     size: dict = {}
     if run.main:
         flops = flops_per_clip(model, cfg.data.max_frames)   # dummy inputs on the model's device
@@ -260,7 +279,7 @@ def build_trainer(run: Run, steps_per_epoch: int) -> Trainer:
         net = torch.compile(net)  # type: ignore[assignment]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16(device, cfg.amp) else nullcontext()
     return Trainer(model, net, optimizer, scheduler, None if weights is None else weights.to(device), autocast,
-                   progress, size)
+                   progress, size, ema)
 
 
 def describe(run: Run, trainer: Trainer, stream: Stream) -> None:
@@ -309,6 +328,8 @@ def train_epoch(run: Run, trainer: Trainer, stream: Stream, epoch: int, logger: 
         batch = to_device(batch, run.device)
         loss, logits, grad_norm = train_step(t.net, t.optimizer, t.scheduler, batch, cfg.optim, t.weights,
                                              t.autocast)
+        if t.ema is not None:
+            t.ema.update_parameters(t.model)
         progress["step"] += 1
         n = batch["label"].shape[0]
         seen += n
@@ -327,15 +348,28 @@ def train_epoch(run: Run, trainer: Trainer, stream: Stream, epoch: int, logger: 
             "train_acc": n_correct / max(1, seen), "samples_per_s": seen * run.world / max(elapsed, 1e-9)}
 
 
-def evaluate_epoch(run: Run, trainer: Trainer, loaders: list, record: dict) -> None:
-    """Rank 0: every set's eval split scored into `record`; the first set's weighted F1 picks best.pt."""
-    cfg, progress = run.cfg, trainer.progress
-    metrics = evaluate_split(trainer.model, run.eval_splits[0], cfg, run.device, loaders[0])
-    record.update({f"{cfg.eval_split}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")})
+def score_sets(run: Run, model: torch.nn.Module, loaders: list, prefix: str) -> dict:
+    """`model` on every set's eval split -> {PREFIX_accuracy, ..., PREFIX_NAME_accuracy, ...}; the first
+    set's scores are the unnamed ones."""
+    cfg = run.cfg
+    metrics = evaluate_split(model, run.eval_splits[0], cfg, run.device, loaders[0])
+    out = {f"{prefix}_{k}": metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
     for i, (name, split) in enumerate(zip(run.names, run.eval_splits)):
         if len(run.names) > 1 and split is not None:
-            m = metrics if i == 0 else evaluate_split(trainer.model, split, cfg, run.device, loaders[i])
-            record.update({f"{cfg.eval_split}_{name}_{k}": m[k] for k in ("accuracy", "weighted_f1")})
+            m = metrics if i == 0 else evaluate_split(model, split, cfg, run.device, loaders[i])
+            out.update({f"{prefix}_{name}_{k}": m[k] for k in ("accuracy", "weighted_f1")})
+    return out
+
+
+def evaluate_epoch(run: Run, trainer: Trainer, loaders: list, record: dict) -> None:
+    """Rank 0: every set's eval split scored into `record`; the first set's weighted F1 picks best.pt. With an
+    EMA the averaged weights are the ones scored (DEV_...), and the trained weights are scored too (DEV_raw_...):
+    the two side by side in one run."""
+    cfg, progress = run.cfg, trainer.progress
+    record.update(score_sets(run, trainer.scored, loaders, cfg.eval_split))
+    if trainer.ema is not None:
+        record.update(score_sets(run, trainer.model, loaders, f"{cfg.eval_split}_raw"))
+    metrics = {"weighted_f1": record[f"{cfg.eval_split}_weighted_f1"]}
     if metrics["weighted_f1"] > progress["best"]:
         progress["best"] = metrics["weighted_f1"]
         record["best"] = True
@@ -345,9 +379,11 @@ def evaluate_epoch(run: Run, trainer: Trainer, loaders: list, record: dict) -> N
 def save_epoch(run: Run, trainer: Trainer, record: dict, logger: Trackers | None) -> None:
     """Rank 0: RUN/best.pt (a new best) and RUN/last.pt, then the epoch's record to the trackers and the log."""
     t = trainer
-    payload = dict(model=t.model.state_dict(), optimizer=t.optimizer.state_dict(),
+    payload = dict(model=t.scored.state_dict(), optimizer=t.optimizer.state_dict(),
                    scheduler=t.scheduler.state_dict(), rng=rng_state(), config=asdict(run.cfg),
                    build=run.build_config, **t.progress)
+    if t.ema is not None:   # `model` is what predict, evaluate, export and --init-from read: the EMA
+        payload.update(train_model=t.model.state_dict(), ema_updates=int(t.ema.n_averaged))
     if record.get("best"):   # best.pt first: last.pt never records a best score that no best.pt holds
         save_checkpoint(run.folder / "best.pt", **payload)
     save_checkpoint(run.folder / "last.pt", **payload)

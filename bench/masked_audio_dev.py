@@ -55,10 +55,13 @@ def one_mode(mode: str, data: Path, out: Path, overrides: list[str]) -> dict:
     shards = {name: data / "shards" / name for name in ("paired", "ravdess", "fer")}
     run = out / mode / "run"
     wall = time.perf_counter()
-    real_emotion.train(shards, run, "real", overrides)
+    # in this process: the patch of "before" must reach the training and the evaluation
+    real_emotion.train(shards, run, "real", overrides, in_process=True)
     train_s = time.perf_counter() - wall
-    paired = real_emotion.evaluate(shards["paired"], run / "best.pt", out / mode / "eval_paired", "real", True)
-    rav = real_emotion.evaluate(shards["ravdess"], run / "best.pt", out / mode / "eval_ravdess", "real", False)
+    paired = real_emotion.evaluate(shards["paired"], run / "best.pt", out / mode / "eval_paired", "real", True,
+                                   in_process=True)
+    rav = real_emotion.evaluate(shards["ravdess"], run / "best.pt", out / mode / "eval_ravdess", "real", False,
+                                in_process=True)
     rows = {f"paired dev, {m.replace('_', '-')} (accuracy)": paired["ablation"][m]["accuracy"]
             for m in ("both", "audio_only", "face_only")}
     rows["RAVDESS 19-21, voice alone (accuracy)"] = rav["accuracy"]

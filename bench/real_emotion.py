@@ -68,8 +68,8 @@ class Stages:
         self.times[name] = {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(cpu_now() - cpu, 1),
                             **sampler.peak()}
         if log is not None:
-            self.times[name]["per_epoch"] = [{k: row[k] for k in ("epoch", "tree_pss", "n_procs") if k in row}
-                                             for row in per_epoch(sampler)]
+            self.times[name]["per_epoch"] = [{"epoch": row["epoch"], "tree_pss": row["tree_pss"],
+                                              "n_procs": row["n_procs"]} for row in per_epoch(sampler)]
         print(f"[real_emotion] {name}: {self.times[name]['wall_s']} s wall, {self.times[name]['cpu_s']} s CPU, "
               f"peak {self.times[name]['tree_pss_gb']:.2f} GB", flush=True)
         return result
@@ -83,29 +83,36 @@ def build_overrides(config: str) -> list[str]:
     return [f"{group}.{key}={value}" for group, values in section.items() for key, value in values.items()]
 
 
-def avemo(*args: str) -> None:
-    """One `avemo` command in its own process, as a user runs the recipe: its memory is its own, not this
-    benchmark's (whose heap after the builds would otherwise count in the training's), and `avemo train` picks
-    its malloc itself (train.allocator). A failure raises CalledProcessError (one line from run())."""
+def avemo(*args: str, in_process: bool = False) -> None:
+    """One `avemo` command in its own process, as a user runs the recipe: its memory is its own (the stage
+    tables' "the command's processes" column), not this benchmark's, and `avemo train` picks its malloc itself
+    (train.allocator). A failure raises CalledProcessError (one line from run()). `in_process`: in this
+    process (a benchmark that patches the code it measures, bench/masked_audio_dev.py)."""
     import subprocess
+    if in_process:
+        from avemo.cli import main as cli_main
+        code = cli_main(list(args))
+        if code:
+            raise subprocess.CalledProcessError(code, ["avemo", *args])
+        return
     subprocess.run([sys.executable, "-m", "avemo", *args], check=True)
 
 
-def train(shards: dict[str, Path], run: Path, config: str, overrides: list[str]) -> dict:
+def train(shards: dict[str, Path], run: Path, config: str, overrides: list[str], in_process: bool = False) -> dict:
     """`avemo train` on the three sets -> RUN/last.pt's progress (epoch, step, best)."""
     from avemo.model.checkpoint import load_checkpoint
     resume = (run / "last.pt").is_file()       # a finished or interrupted run is continued, not redone
     avemo("train", "--shards", str(shards["paired"]), "--shards", str(shards["ravdess"]), "--shards",
           str(shards["fer"]), "--run", str(run), "--config", config, "--resume" if resume else "--overwrite",
-          *overrides)
+          *overrides, in_process=in_process)
     ckpt = load_checkpoint(run / "last.pt")
     return {k: ckpt[k] for k in ("epoch", "step", "best")}
 
 
-def evaluate(shards: Path, checkpoint: Path, out: Path, config: str, ablation: bool) -> dict:
+def evaluate(shards: Path, checkpoint: Path, out: Path, config: str, ablation: bool, in_process: bool = False) -> dict:
     """`avemo evaluate` on the dev split -> its OUT/metrics.json."""
     avemo("evaluate", "--shards", str(shards), "--checkpoint", str(checkpoint), "--split", "dev", "--out", str(out),
-          "--config", config, f"ablation={str(ablation).lower()}")
+          "--config", config, f"ablation={str(ablation).lower()}", in_process=in_process)
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -139,12 +146,15 @@ def report(record: dict, name: str, quick: bool) -> Path:
                   [[m, BEFORE[m], rows[f"paired dev, {m.replace('_', '-')}"]["accuracy"], GOALS[m]]
                    for m in ("both", "audio_only", "face_only")]), "",
             "Anchors: " + "; ".join(ANCHORS) + ".", "",
-            table(["stage", "wall s", "CPU s", "peak memory GB (PSS, all processes)", "peak RSS of its largest process GB"],
-                  [[k, v["wall_s"], v["cpu_s"], v.get("tree_pss_gb", ""), v.get("largest_rss_gb", v.get("main_rss_gb", ""))]
-                   for k, v in record["stages"].items()]),
-            "", "Each `avemo` command (train, evaluate) runs in its own process, as a user runs the recipe; the "
-            "builds run in this benchmark's process (bench/real_data.py). Training, PSS of all processes per epoch "
-            "(GB): " + ", ".join(f"{r['epoch']}: {r['tree_pss']:.2f}" for r in record["stages"].get("train", {}).get("per_epoch", [])) + ".",
+            table(["stage", "wall s", "CPU s", "peak memory GB (PSS, all processes)",
+                   "peak GB (PSS) of the command's processes", "peak RSS of its largest process GB"],
+                  [[k, v["wall_s"], v["cpu_s"], v.get("tree_pss_gb", ""), v.get("children_pss_gb", ""),
+                    v.get("largest_rss_gb", v.get("main_rss_gb", ""))] for k, v in record["stages"].items()]),
+            "", "`avemo train` and `avemo evaluate` run in their own processes, as a user runs the recipe (\"the "
+            "command's processes\": the command and its loader workers); the lists, paired clips and builds run in "
+            "this benchmark's process (bench/real_data.py), whose memory the first PSS column adds to every stage. "
+            "Training, PSS of all processes per epoch (GB): " + ", ".join(
+                f"{r['epoch']}: {r['tree_pss']:.2f}" for r in record["stages"].get("train", {}).get("per_epoch", [])) + ".",
             "", f"Training: `--config {record['config']}` {' '.join(record['overrides'])}; best.pt from epoch "
             f"{record['best_epoch']} of {record['epochs']}; {record['parameters'] / 1e6:.2f} M parameters; malloc: {record.get('malloc', 'glibc')}.",
             f"Samples per set (ok train / dev): {json.dumps(record['sets'])}."]

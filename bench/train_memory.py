@@ -89,12 +89,14 @@ class Sampler(threading.Thread):
         self.epochs: list[dict] = []          # {"epoch", "t", "record", "smaps"}
         self.stop = threading.Event()
         self.t0 = time.perf_counter()
+        # a resumed run's log already holds its earlier epochs: only what is written from now on marks them
+        self.log_offset = log_path.stat().st_size if log_path is not None and log_path.is_file() else 0
 
     def _sample(self) -> dict:
         import psutil
         row = {"t": round(time.perf_counter() - self.t0, 1), "main_rss": 0.0, "main_uss": 0.0,
                "workers_uss": 0.0, "workers_rss_max": 0.0, "tree_pss": 0.0, "n_procs": 0,
-               "largest_rss": 0.0}
+               "largest_rss": 0.0, "children_pss": 0.0}
         try:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
@@ -107,6 +109,8 @@ class Sampler(threading.Thread):
             row["n_procs"] += 1
             row["tree_pss"] += m.pss / GB
             row["largest_rss"] = max(row["largest_rss"], m.rss / GB)
+            if p.pid != self.root.pid:
+                row["children_pss"] += m.pss / GB
             if p.pid == self.root.pid:
                 row["main_rss"], row["main_uss"] = m.rss / GB, m.uss / GB
             else:
@@ -118,7 +122,7 @@ class Sampler(threading.Thread):
         if self.log_path is None:
             return []
         try:
-            text = self.log_path.read_text(errors="replace")
+            text = self.log_path.read_bytes()[self.log_offset:].decode(errors="replace")
         except OSError:
             return []
         out = []
@@ -130,20 +134,26 @@ class Sampler(threading.Thread):
                     pass
         return out
 
+    def _mark_epochs(self) -> None:
+        for record in self._epoch_lines()[len(self.epochs):]:
+            self.epochs.append({"epoch": record["epoch"], "t": self.samples[-1]["t"], "record": record,
+                                "smaps": smaps_split(self.root.pid)})
+
     def run(self) -> None:
         while not self.stop.is_set():
             self.samples.append(self._sample())
-            for record in self._epoch_lines()[len(self.epochs):]:
-                self.epochs.append({"epoch": record["epoch"], "t": self.samples[-1]["t"], "record": record,
-                                    "smaps": smaps_split(self.root.pid)})
+            self._mark_epochs()
             self.stop.wait(self.interval)
+        if self.samples:     # the last epoch's line, written after the last sample: its epoch, not "end"
+            self._mark_epochs()
 
     def peak(self) -> dict[str, float]:
         """GB: the most the tree held (PSS), its root process (RSS) and its largest process (RSS: with the
         work in a child, e.g. `avemo train` started by a benchmark, that child) over the samples."""
         return {"tree_pss_gb": max((r["tree_pss"] for r in self.samples), default=0.0),
                 "main_rss_gb": max((r["main_rss"] for r in self.samples), default=0.0),
-                "largest_rss_gb": max((r["largest_rss"] for r in self.samples), default=0.0)}
+                "largest_rss_gb": max((r["largest_rss"] for r in self.samples), default=0.0),
+                "children_pss_gb": max((r["children_pss"] for r in self.samples), default=0.0)}
 
 
 def per_epoch(sampler: Sampler) -> list[dict]:

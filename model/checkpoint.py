@@ -34,7 +34,7 @@ def load_failure(path: str | Path, exc: Exception) -> str:
 
 
 def save_checkpoint(path: str | Path, **payload) -> None:
-    bad = [k for k, v in (payload.get("model") or {}).items()
+    bad = [k for part in ("model", "train_model") for k, v in (payload.get(part) or {}).items()
            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:   # the last guard against saving a silently broken model (avemo.train.loop.check_epoch is the first)
         raise CheckpointError(f"refusing to save {path}: non-finite weights in {', '.join(bad[:3])}")

@@ -27,23 +27,34 @@ def epochs(run) -> list[dict]:
 
 def test_ema_update_is_the_documented_recurrence():
     """make_ema on the project's own model: the first update copies the weights (and buffers), each later one
-    moves them by (1 - decay) towards the trained ones."""
+    moves the float ones by 1 - ema_decay_at(decay, n) towards the trained ones (a warm-up: a short run is not
+    an average of its untrained start); integer buffers (BatchNorm's counters) are copied."""
     from avemo.model.net import AVEmotionNet, ModelConfig
+    from avemo.train.loop import ema_decay_at
     torch.manual_seed(0)
     model = AVEmotionNet(ModelConfig(face_trainable="none"))
     ema = make_ema(model, 0.9)
     assert make_ema(model, 0.0) is None
+    assert ema_decay_at(0.9, 1) == pytest.approx(2 / 11) and ema_decay_at(0.9, 1000) == 0.9
     ema.update_parameters(model)
     name = "head.0.weight"                                  # the fusion head's first layer
+    counter = next(k for k, v in model.state_dict().items() if k.endswith("num_batches_tracked"))
     first = model.state_dict()[name].clone()
     assert torch.equal(ema.module.state_dict()[name], first)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-        model.audio.mel_mean.add_(2.0)                      # a buffer: averaged too (use_buffers)
-    ema.update_parameters(model)
-    assert torch.allclose(ema.module.state_dict()[name], first + 0.1, atol=1e-6)
-    assert torch.allclose(ema.module.audio.mel_mean, torch.full_like(model.audio.mel_mean, 0.2), atol=1e-6)
+    expected, mean = first.clone(), torch.zeros_like(model.audio.mel_mean)
+    for n in range(1, 40):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+            model.audio.mel_mean.add_(2.0)                  # a float buffer: averaged too (use_buffers)
+            model.state_dict()[counter].add_(7)
+        ema.update_parameters(model)
+        d = ema_decay_at(0.9, n)
+        expected = d * expected + (1 - d) * model.state_dict()[name]
+        mean = d * mean + (1 - d) * model.audio.mel_mean
+    assert torch.allclose(ema.module.state_dict()[name], expected, atol=1e-4)
+    assert torch.allclose(ema.module.audio.mel_mean, mean, atol=1e-4)
+    assert torch.equal(ema.module.state_dict()[counter], model.state_dict()[counter])
 
 
 def test_ema_run_scores_and_saves_the_averaged_weights(built_shards, tmp_path):
@@ -87,3 +98,11 @@ def test_no_ema_by_default_and_a_bad_decay_is_refused(tmp_path):
     assert cfg.optim.ema_decay == 0.0
     with pytest.raises(ConfigError, match="ema_decay must be in"):
         load_config(TrainConfig, "train", None, ["optim.ema_decay=1.0"], {"shards": "x", "run": str(tmp_path)})
+
+
+def test_a_set_named_raw_does_not_collide_with_the_raw_weights_scores():
+    """dev_raw_* are the trained weights' scores beside the EMA's: a shard set folder named raw (or best,
+    set) gets another metric name."""
+    from avemo.train.sets import set_names
+    assert set_names(["/d/paired", "/d/raw", "/d/best", "s3://b/raw/"]) == ["paired", "raw_set", "best_set",
+                                                                            "raw_set_3"]

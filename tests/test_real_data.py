@@ -174,9 +174,9 @@ def test_real_emotion_benchmark_runs_end_to_end_in_quick_mode(prepared, tmp_path
     assert set(record["stages"]) >= {"train", "evaluate paired dev (3 modes)"}
     # `avemo train` ran in its own process: its RSS is the largest one's, the run's log names its malloc
     train = record["stages"]["train"]
-    assert train["largest_rss_gb"] > 0.2 and train["tree_pss_gb"] >= train["largest_rss_gb"] * 0.5
+    assert train["children_pss_gb"] > 0.2 and train["tree_pss_gb"] > train["children_pss_gb"]
     assert record["malloc"] in ("glibc", "jemalloc")
-    assert {row["epoch"] for row in train["per_epoch"]} <= {1, 2, "end"}
+    assert [row["epoch"] for row in train["per_epoch"] if row["epoch"] != "end"] == [1, 2]
     epochs = [json.loads(line) for line in (tmp_path / "bench" / "run" / "metrics.jsonl").read_text().splitlines()
               if '"epoch"' in line]
     assert "dev_raw_accuracy" in epochs[-1]          # the recipe's EMA, scored beside the raw weights

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from avemo.core.errors import ConfigError, TrainingError
@@ -176,12 +176,33 @@ class Trainer:
         return self.model if self.ema is None else self.ema.module
 
 
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The decay of the EMA's update number `updates` (1 = the first after the copy): min(decay, (1 + n) /
+    (10 + n)), the usual warm-up (timm's ModelEmaV2, TF's ExponentialMovingAverage num_updates), so a short
+    run's average is not dominated by its first, untrained weights (with a fixed 0.999, 0.999^n of them)."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
+def ema_avg_fn(decay: float):
+    """AveragedModel's multi_avg_fn: float tensors lerp towards the trained ones at ema_decay_at(decay, n);
+    integer buffers (BatchNorm's num_batches_tracked) are copied: an average of a counter means nothing."""
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], trained: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():   # the weight as a device tensor: no wait for the device per step
+            n = n_averaged.to(averaged[0].dtype)
+            torch._foreach_lerp_(averaged, trained, 1.0 - torch.clamp((1 + n) / (10 + n), max=decay))
+        else:
+            torch._foreach_copy_(averaged, trained)
+    return update
+
+
 def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
     """An exponential moving average of `model`'s parameters and buffers (BatchNorm statistics included), or
-    None for decay 0. torch's AveragedModel: its first update copies the weights, later ones lerp towards them."""
+    None for decay 0. torch's AveragedModel: its first update copies the weights, later ones move towards them
+    (ema_avg_fn)."""
     if decay <= 0:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=ema_avg_fn(decay), use_buffers=True)
 
 
 def resolve_hashes(cfg: TrainConfig) -> TrainConfig:

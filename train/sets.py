@@ -22,7 +22,7 @@ def set_names(shards: list[str]) -> list[str]:
     names: list[str] = []
     for i, url in enumerate(shards):
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(url).rstrip("/").rsplit("/", 1)[-1]) or f"set{i}"
-        name = f"{name}_set" if name in ("best", "set") else name    # dev_best_weighted_f1 is the run's best
+        name = f"{name}_set" if name in ("best", "set", "raw") else name    # dev_best_weighted_f1 is the run's best
         names.append(name if name not in names else f"{name}_{i}")
     return names
 

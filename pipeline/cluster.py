@@ -40,7 +40,34 @@ def workers_ignore_sigint() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def own_environ_kept() -> Iterator[None]:
+    """This process's environment as it was, after the block and whatever it started. Dask's nanny runs in this
+    process and sets its pre-spawn-environ in os.environ before each worker it spawns, and never sets it
+    back (distributed/nanny.py, WorkerProcess.start): after a build, every process this one started later (an
+    `avemo train` subprocess, ffmpeg) inherited OMP_NUM_THREADS=1 and the workers' malloc settings, and
+    trained on one thread at half the speed. The values set or changed inside are restored on the way out."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k not in before]:
+            os.environ.pop(key, None)
+        for key, value in before.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
 def open_client(cfg: BuildConfig, log=print) -> Iterator[Client]:
+    """A Dask client: of cfg.scheduler, or of a LocalCluster of this process (closed at the end); this
+    process's environment is the same afterwards (own_environ_kept)."""
+    with own_environ_kept():
+        with _open_client(cfg, log) as client:
+            yield client
+
+
+@contextlib.contextmanager
+def _open_client(cfg: BuildConfig, log=print) -> Iterator[Client]:
     if cfg.scheduler:
         client = Client(cfg.scheduler, timeout="30s")
         cluster = None

@@ -17,7 +17,11 @@ def test_the_bar_advances_per_clip_and_the_build_keeps_its_log(mini_meld, tmp_pa
     events: list[tuple[str, int]] = []
     # a LocalCluster of its own, as a user's build starts one (the suite's other builds share a warm cluster)
     cfg = build_config(mini_meld, out, "splits=[dev]", "dask.workers=1", "shards.max_clips=50", shared_cluster=False)
+    before = dict(os.environ)
     summary = run_build(cfg, log=lambda *a, **k: None, progress=lambda shard, n: events.append((shard, n)))
+    # Dask's nanny sets OMP_NUM_THREADS=1 and the workers' malloc settings in this process to spawn its workers:
+    # the build leaves the environment as it was (a training started afterwards ran on one thread)
+    assert dict(os.environ) == before
     clips = summary.ok + sum(summary.rejected.values())
     assert summary.shards_built == 1 and clips >= 5
     assert events == [("dev-000000", 1)] * clips          # one step per clip of the one shard, as each finishes

@@ -177,9 +177,6 @@ def test_real_emotion_benchmark_runs_end_to_end_in_quick_mode(prepared, tmp_path
     assert train["children_pss_gb"] > 0.2 and train["tree_pss_gb"] > train["children_pss_gb"]
     assert record["malloc"] in ("glibc", "jemalloc")
     assert [row["epoch"] for row in train["per_epoch"] if row["epoch"] != "end"] == [1, 2]
-    epochs = [json.loads(line) for line in (tmp_path / "bench" / "run" / "metrics.jsonl").read_text().splitlines()
-              if '"epoch"' in line]
-    assert "dev_raw_accuracy" in epochs[-1]          # the recipe's EMA, scored beside the raw weights
     assert (tmp_path / "bench" / "run" / "best.pt").is_file()
     config = (tmp_path / "bench" / "run" / "config.yaml").read_text()
     assert "face_trainable: last" in config and str(shards["fer"]) in config      # the recipe, on all three sets

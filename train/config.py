@@ -71,7 +71,7 @@ class OptimConfig:
     warmup_epochs: float = 1.0         # linear warmup from 0
     grad_clip: float = 1.0             # max gradient norm; 0 = off
     label_smoothing: float = 0.0       # cross-entropy label smoothing
-    ema_decay: float = 0.0             # EMA of the weights per step (torch AveragedModel): 0 = off; e.g. 0.999 ~ the last 1,000 steps. The EMA weights are scored on dev, pick best.pt and are the checkpoints' `model`
+    ema_decay: float = 0.0             # EMA of the weights per step (torch AveragedModel, warm-up min(d, (1+n)/(10+n))): 0 = off; e.g. 0.999 ~ the last 1,000 steps. The EMA weights are scored on dev (the trained ones beside them: dev_raw_*), pick best.pt and are the checkpoints' `model`. On the real recipe 0.999 scored below the trained weights on paired dev (bench/results/real_emotion_ema.md)
 
     def __post_init__(self):
         check((self.epochs >= 1, "epochs must be >= 1"), (0 < self.lr < 10, "lr must be in (0, 10)"),

@@ -190,7 +190,9 @@ def ema_avg_fn(decay: float):
     def update(averaged: list[torch.Tensor], trained: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
         if averaged[0].is_floating_point():   # the weight as a device tensor: no wait for the device per step
             n = n_averaged.to(averaged[0].dtype)
-            torch._foreach_lerp_(averaged, trained, 1.0 - torch.clamp((1 + n) / (10 + n), max=decay))
+            weight = 1.0 - torch.clamp((1 + n) / (10 + n), max=decay)
+            # a 0-dim tensor weight: accepted at run time (tests/test_ema.py), missing from torch's stubs
+            torch._foreach_lerp_(averaged, trained, weight)  # type: ignore[call-overload]
         else:
             torch._foreach_copy_(averaged, trained)
     return update

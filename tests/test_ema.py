@@ -35,7 +35,8 @@ def test_ema_update_is_the_documented_recurrence():
     model = AVEmotionNet(ModelConfig(face_trainable="none"))
     ema = make_ema(model, 0.9)
     assert make_ema(model, 0.0) is None
-    assert ema_decay_at(0.9, 1) == pytest.approx(2 / 11) and ema_decay_at(0.9, 1000) == 0.9
+    assert float(ema_decay_at(0.9, torch.tensor(1.0))) == pytest.approx(2 / 11)
+    assert float(ema_decay_at(0.9, torch.tensor(1000.0))) == pytest.approx(0.9)
     ema.update_parameters(model)
     name = "head.0.weight"                                  # the fusion head's first layer
     counter = next(k for k, v in model.state_dict().items() if k.endswith("num_batches_tracked"))
@@ -49,7 +50,7 @@ def test_ema_update_is_the_documented_recurrence():
             model.audio.mel_mean.add_(2.0)                  # a float buffer: averaged too (use_buffers)
             model.state_dict()[counter].add_(7)
         ema.update_parameters(model)
-        d = ema_decay_at(0.9, n)
+        d = float(ema_decay_at(0.9, torch.tensor(float(n))))
         expected = d * expected + (1 - d) * model.state_dict()[name]
         mean = d * mean + (1 - d) * model.audio.mel_mean
     assert torch.allclose(ema.module.state_dict()[name], expected, atol=1e-4)

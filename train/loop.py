@@ -176,11 +176,12 @@ class Trainer:
         return self.model if self.ema is None else self.ema.module
 
 
-def ema_decay_at(decay: float, updates: int) -> float:
-    """The decay of the EMA's update number `updates` (1 = the first after the copy): min(decay, (1 + n) /
-    (10 + n)), the usual warm-up (timm's ModelEmaV2, TF's ExponentialMovingAverage num_updates), so a short
-    run's average is not dominated by its first, untrained weights (with a fixed 0.999, 0.999^n of them)."""
-    return min(decay, (1 + updates) / (10 + updates))
+def ema_decay_at(decay: float, updates: torch.Tensor) -> torch.Tensor:
+    """The decay of the EMA's update number `updates` (1 = the first after the copy; a float tensor, on the
+    device: no wait for it per step): min(decay, (1 + n) / (10 + n)), the usual warm-up (timm's ModelEmaV2,
+    TF's ExponentialMovingAverage num_updates), so a short run's average is not dominated by its first,
+    untrained weights (with a fixed 0.999, 0.999^n of them)."""
+    return torch.clamp((1 + updates) / (10 + updates), max=decay)
 
 
 def ema_avg_fn(decay: float):
@@ -188,9 +189,8 @@ def ema_avg_fn(decay: float):
     integer buffers (BatchNorm's num_batches_tracked) are copied: an average of a counter means nothing."""
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], trained: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        if averaged[0].is_floating_point():   # the weight as a device tensor: no wait for the device per step
-            n = n_averaged.to(averaged[0].dtype)
-            weight = 1.0 - torch.clamp((1 + n) / (10 + n), max=decay)
+        if averaged[0].is_floating_point():
+            weight = 1.0 - ema_decay_at(decay, n_averaged.to(averaged[0].dtype))
             # a 0-dim tensor weight: accepted at run time (tests/test_ema.py), missing from torch's stubs
             torch._foreach_lerp_(averaged, trained, weight)  # type: ignore[call-overload]
         else:
@@ -392,9 +392,9 @@ def evaluate_epoch(run: Run, trainer: Trainer, loaders: list, record: dict) -> N
     record.update(score_sets(run, trainer.scored, loaders, cfg.eval_split))
     if trainer.ema is not None:
         record.update(score_sets(run, trainer.model, loaders, f"{cfg.eval_split}_raw"))
-    metrics = {"weighted_f1": record[f"{cfg.eval_split}_weighted_f1"]}
-    if metrics["weighted_f1"] > progress["best"]:
-        progress["best"] = metrics["weighted_f1"]
+    score = record[f"{cfg.eval_split}_weighted_f1"]
+    if score > progress["best"]:
+        progress["best"] = score
         record["best"] = True
     record[f"{cfg.eval_split}_best_weighted_f1"] = progress["best"]
 

@@ -8,6 +8,8 @@ from avemo.core.config import DEVICE_RE, check
 from avemo.core.storage import SECRETS_HELP, is_url, secret_keys
 from avemo.pipeline.layout import SPLITS
 
+SYNC_WEIGHT = 2.0   # lip sync in the speaking probability (pipeline/speaker.py; chosen on the take pairs)
+
 
 @dataclass
 class ProbeConfig:
@@ -83,6 +85,7 @@ class FaceConfig:
     asd_weights: str = ""            # an explicit Light-ASD file; else $AVEMO_WEIGHTS_DIR, the cache, a download
     asd_max_s: float = 12.0          # longer clips are not scored (25 fps frames of the whole clip are held)
     asd_detect_every: int = 5        # the 25 fps pass detects faces on every n-th frame (boxes linear between)
+    asd_sync_weight: float = SYNC_WEIGHT   # log-odds the speaking probability gains per unit of lip-voice correlation (0: Light-ASD alone)
     # a clip whose sampled frames show one person only (at most one face per frame, one identity): its strip is
     # that face whoever speaks, so `skip` leaves Light-ASD out (speaker_conf stays empty); `score` runs it anyway
     asd_one_face: Literal["skip", "score"] = "skip"  # one person in the sampled frames: skip Light-ASD, or score it
@@ -111,6 +114,7 @@ class FaceConfig:
               (self.pad_canvas_px >= self.pad_target_px, "pad_canvas_px must be >= pad_target_px"),
               (0 <= self.speaking_min <= 1, "speaking_min must be in [0, 1]"),
               (0 < self.asd_max_s <= 40, "asd_max_s must be in (0, 40] seconds (1,000 frames at 25 fps)"),
+              (0 <= self.asd_sync_weight <= 20, "asd_sync_weight must be in [0, 20]"),
               (1 <= self.asd_detect_every <= 5, "asd_detect_every must be in [1, 5] frames (0.2 s at 25 fps: a "
                                                                     "track's 0.4 s gaps still bridge one miss)"))
 

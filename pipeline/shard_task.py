@@ -66,7 +66,7 @@ LIST_ONLY_KEYS = {"decode": ("in_process",), "face": ("image_mode",)}
 
 # the active-speaker settings decide the bytes only with face.speaker=asd: `score` builds keep their fingerprints
 ASD_KEYS = ("speaker", "speaking_min", "asd_variant", "asd_weights", "asd_max_s", "asd_detect_every",
-            "asd_one_face")
+            "asd_one_face", "asd_sync_weight")
 NAMES_KEYS = ("speaker_names", "names_min_sim", "names_min_lift", "names_max_clips")   # ... and these with names
 
 
@@ -251,7 +251,8 @@ class _ShardWriter:
         embs = (identity_embeddings(sampled, dets, embed, cfg.face,
                                     every=max(1, round(5 / cfg.face.asd_detect_every))) if embed else None)
         tracks = at_frames(follow_faces(dets, embs), idx)
-        speech = score_tracks(clip.frames, clip.times, tracks, decoded.audio, self.scorer, cfg.decode.sample_rate)
+        speech = score_tracks(clip.frames, clip.times, tracks, decoded.audio, self.scorer, cfg.decode.sample_rate,
+                              sync_weight=cfg.face.asd_sync_weight)
         if not speech:
             return None
         return max(speech, key=lambda s: s.prob), (int(clip.frames.shape[2]), int(clip.frames.shape[1]))

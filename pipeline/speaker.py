@@ -11,6 +11,17 @@ square (side 1.4 s, centred 0.4 s below the box centre: mouth, nose and cheeks) 
 frame straight at 112 pixels (bilinear, as their resize; no intermediate 224 video file), and the median
 filter holds the track's first and last values at its ends (theirs pads with zeros, which shrinks the
 box of tracks shorter than 13 frames to nothing).
+
+Light-ASD alone cannot tell two faces apart that both talk at about the time the voice does (two takes of one
+sentence side by side: the own face chosen in 18/30 scenes, bench/results/speaker_sync.md; its score is flat
+within +-0.2 s of audio shift). So each window's speaking probability also weighs lip sync by hand: the
+Pearson correlation, over the window's 25 fps samples, between how much the lower face changes from one
+sample to the next and the voice's loudness (log RMS of each sample's 40 ms), the classic audio-visual
+synchrony measure (Hershey & Movellan 2000; Cutler & Davis 2000). The window's probability is
+sigmoid(logit(Light-ASD's mean probability) + sync_weight x correlation): a face whose lips move in step
+with the voice gains, one whose lips move out of step (or not at all) does not, and Light-ASD's verdict on a
+silent listener (probability ~0.01) stands. sync_weight 0 is Light-ASD alone. Measured on the take pairs:
+bench/results/speaker.md.
 """
 from __future__ import annotations
 
@@ -22,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from avemo.core.errors import DataError
+from avemo.pipeline.config import SYNC_WEIGHT
 from avemo.pipeline.tracks import Track, TrackConfig, follow_faces, iou_matrix, shot_changes
 
 ASD_FPS = 25
@@ -30,9 +42,42 @@ CROP = 112
 PAD_GREY = 110.0          # the original's out-of-frame fill
 SMOOTH = 13               # median filter length of the box centre and size, in 25 fps frames
 GREY = (0.299, 0.587, 0.114)
+SYNC_REGION = (56, 112, 20, 92)   # rows, columns of the 112x112 crop whose change is lip motion: the lower face
+SYNC_MIN_SAMPLES = 8      # a window needs this many samples (0.32 s) for a correlation; fewer: Light-ASD alone
 
 # faces (T, 112, 112) uint8 grey at 25 fps, audio (N,) float32 16 kHz from the first face -> (T,) log-odds
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def lip_motion(faces: np.ndarray) -> np.ndarray:
+    """(n, 112, 112) grey crops at 25 fps -> (n,) float64: the mean absolute change of the lower face from the
+    previous sample (the first sample repeats the second's). A sample that repeats the previous frame exactly
+    (a source under 25 fps, or ffmpeg's fps filter duplicating a frame) keeps the last change instead of 0."""
+    y0, y1, x0, x1 = SYNC_REGION
+    region = np.asarray(faces)[:, y0:y1, x0:x1].astype(np.float32)
+    if len(region) < 2:
+        return np.zeros(len(region))
+    change = np.concatenate([[0.0], np.abs(np.diff(region, axis=0)).mean(axis=(1, 2)).astype(np.float64)])
+    last = np.maximum.accumulate(np.where(change > 0, np.arange(len(change)), 0))   # the last real change
+    change = change[last]
+    change[0] = change[1] if change[0] == 0 else change[0]
+    return change
+
+
+def voice_envelope(audio: np.ndarray, n: int, rate: int = ASD_RATE) -> np.ndarray:
+    """(N,) audio from the first sample's time -> (n,) float64 log RMS of each 25 fps sample's 40 ms (silence
+    past the audio's end)."""
+    hop = rate // ASD_FPS
+    wave = np.asarray(audio, dtype=np.float64)[: n * hop]
+    wave = np.pad(wave, (0, n * hop - len(wave))).reshape(n, hop)
+    return np.log(1e-4 + np.sqrt((wave ** 2).mean(axis=1)))
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation; None with fewer than SYNC_MIN_SAMPLES samples or a flat series."""
+    if len(a) < SYNC_MIN_SAMPLES or float(a.std()) == 0.0 or float(b.std()) == 0.0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 @dataclass
@@ -40,21 +85,42 @@ class TrackSpeech:
     track: int
     times: np.ndarray     # (n,) seconds of the 25 fps samples of the track
     boxes: np.ndarray     # (n, 4) xyxy pixels of the face box at those times
-    logodds: np.ndarray   # (n,) speaking log-odds per sample
+    logodds: np.ndarray   # (n,) Light-ASD's speaking log-odds per sample
+    motion: np.ndarray | None = None     # (n,) lip motion per sample (lip_motion); None: Light-ASD alone
+    envelope: np.ndarray | None = None   # (n,) the voice's loudness per sample (voice_envelope)
+    sync_weight: float = 0.0             # log-odds per unit of lip-voice correlation (module docstring)
 
     @property
     def probs(self) -> np.ndarray:
+        """Light-ASD's speaking probability per sample."""
         return 1.0 / (1.0 + np.exp(-self.logodds.astype(np.float64)))
 
     @property
     def prob(self) -> float:
-        """Speaking probability of the track: its mean per-frame probability (the share of time it speaks)."""
-        return float(self.probs.mean()) if len(self.logodds) else 0.0
+        """Speaking probability of the track: window() over all of it."""
+        p = self.window(-np.inf, np.inf)
+        return 0.0 if p is None else p
+
+    def sync(self, start: float, end: float) -> float | None:
+        """Correlation of the lips' motion with the voice's loudness over the samples in [start, end) seconds;
+        None where it cannot be told (no audio or motion kept, too few samples, a still face, a flat voice)."""
+        if self.motion is None or self.envelope is None:
+            return None
+        sel = (self.times >= start) & (self.times < end)
+        return correlation(self.motion[sel], self.envelope[sel])
 
     def window(self, start: float, end: float) -> float | None:
-        """Mean speaking probability over the track's samples in [start, end) seconds; None: not on screen."""
+        """Speaking probability over the track's samples in [start, end) seconds: Light-ASD's mean probability,
+        its log-odds moved by sync_weight x the lip-voice correlation; None: not on screen."""
         sel = (self.times >= start) & (self.times < end)
-        return float(self.probs[sel].mean()) if sel.any() else None
+        if not sel.any():
+            return None
+        p = float(self.probs[sel].mean())
+        r = self.sync(start, end) if self.sync_weight else None
+        if r is None:
+            return p
+        p = min(max(p, 1e-6), 1 - 1e-6)
+        return float(1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) + self.sync_weight * r))))
 
 
 def median_smooth(x: np.ndarray, size: int = SMOOTH) -> np.ndarray:
@@ -116,11 +182,12 @@ def check_frame_rate(times: np.ndarray, min_fps: float) -> None:
 
 def score_tracks(frames: np.ndarray, times: np.ndarray, tracks: Sequence[Track], audio: np.ndarray | None,
                  scorer: Scorer, sample_rate: int = ASD_RATE, min_fps: float = 15.0,
-                 max_gap_s: float = 0.4) -> list[TrackSpeech]:
+                 max_gap_s: float = 0.4, sync_weight: float = SYNC_WEIGHT) -> list[TrackSpeech]:
     """frames (T, H, W, 3) uint8 RGB at their source rate (or 25 fps), times (T,) seconds, the clip's mono
     audio -> one TrackSpeech per track. No audio: nothing to say about speaking, []. A track is scored in
     segments split where it goes undetected for more than max_gap_s (re-linked across a cut: the frames
-    between show someone else)."""
+    between show someone else). sync_weight: how much lip sync moves the speaking probability (0: Light-ASD
+    alone; module docstring)."""
     if audio is None or not len(audio) or not len(tracks):   # an empty track says no more than none
         return []
     check_frame_rate(times, min_fps)
@@ -132,14 +199,15 @@ def score_tracks(frames: np.ndarray, times: np.ndarray, tracks: Sequence[Track],
     gap = max(1, int(np.floor(max_gap_s / max(float(np.median(np.diff(times))), 1e-9)))) if len(times) > 1 else 1
     out = []
     for track in tracks:
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        parts: list[tuple[np.ndarray, ...]] = []
         for seg in track.segments(gap):
             at, ids, boxes = track_samples(seg, times)
             faces = grey_crops(frames, ids, crop_squares(boxes))
             start = int(round(at[0] * ASD_RATE))
-            parts.append((at, boxes, np.asarray(scorer(faces, wave[start:]), dtype=np.float32)))
-        at, boxes, logodds = (np.concatenate(p) for p in zip(*parts))
-        out.append(TrackSpeech(track.id, at, boxes, logodds))
+            parts.append((at, boxes, np.asarray(scorer(faces, wave[start:]), dtype=np.float32),
+                          lip_motion(faces), voice_envelope(wave[start:], len(at))))
+        at, boxes, logodds, motion, envelope = (np.concatenate(p) for p in zip(*parts))
+        out.append(TrackSpeech(track.id, at, boxes, logodds, motion, envelope, sync_weight))
     return out
 
 

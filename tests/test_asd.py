@@ -7,8 +7,8 @@ import torch
 
 from avemo.core.errors import DataError, WeightsError
 from avemo.model.asd import LightASD, _chunks, load_light_asd, mfcc
-from avemo.pipeline.speaker import (TrackSpeech, crop_squares, grey_crops, median_smooth, score_tracks,
-                                    speaking_in_window, track_samples)
+from avemo.pipeline.speaker import (TrackSpeech, correlation, crop_squares, grey_crops, lip_motion, median_smooth,
+                                    score_tracks, speaking_in_window, track_samples, voice_envelope)
 from avemo.pipeline.tracks import Track
 
 RATE = 16000
@@ -162,6 +162,41 @@ def test_tracks_are_resampled_to_25_fps_with_their_audio():
     assert empty.prob == 0.0 and empty.window(0, 1) is None
 
 
+@pytest.mark.unit
+def test_lips_moving_in_step_with_the_voice_raise_the_speaking_probability():
+    """Lip sync: the lower face's change per 25 fps sample against the voice's loudness. A face whose lips move
+    while the voice sounds gains, one whose lips move between the words loses, and Light-ASD alone decides
+    where sync cannot be told (a still face, too few samples) or sync_weight is 0."""
+    n, hop = 50, RATE // 25
+    talking = np.zeros(n, bool)
+    talking[10:20] = talking[30:40] = True
+    rng = np.random.default_rng(0)
+    audio = np.where(np.repeat(talking, hop), 0.3 * np.sin(np.arange(n * hop) * 0.2), 1e-3).astype(np.float32)
+
+    def face(moving: np.ndarray) -> np.ndarray:
+        crops = np.full((n, 112, 112), 120, np.uint8)
+        crops[moving, 60:100, 30:80] = rng.integers(0, 255, (int(moving.sum()), 40, 50))   # lips: changing
+        return crops
+
+    in_step, between = face(talking), face(~talking)
+    envelope = voice_envelope(audio, n)
+    assert envelope.shape == (n,) and envelope[talking].min() > envelope[~talking].max()
+    assert lip_motion(in_step)[talking].mean() > 10 * lip_motion(in_step)[~talking].mean()
+    assert correlation(lip_motion(in_step), envelope) > 0.8 > -0.5 > correlation(lip_motion(between), envelope)
+    still = lip_motion(np.full((n, 112, 112), 120, np.uint8))
+    assert correlation(still, envelope) is None and correlation(lip_motion(in_step)[:5], envelope[:5]) is None
+    times, boxes, even = np.arange(n) / 25, np.zeros((n, 4)), np.zeros(n, np.float32)   # Light-ASD: 0.5 both
+
+    def speech(crops, weight=2.0):
+        return TrackSpeech(0, times, boxes, even, lip_motion(crops), envelope, weight)
+
+    assert speech(in_step).prob > 0.8 and speech(between).prob < 0.3
+    assert speech(in_step, 0.0).prob == speech(between, 0.0).prob == 0.5
+    assert speech(in_step).window(0, 0.2) == 0.5                        # 5 samples: Light-ASD alone
+    assert speech(in_step).sync(0, 2) == pytest.approx(correlation(lip_motion(in_step), envelope))
+    assert TrackSpeech(0, times, boxes, even).prob == 0.5               # no motion kept: Light-ASD alone
+
+
 # ---------------------------------------------------------------- the published weights
 
 @pytest.mark.parametrize("variant", ["talkset", "ava"])
@@ -223,7 +258,14 @@ def test_a_real_face_speaks_with_its_own_voice_not_with_it_shifted_or_muted(medi
     logodds = finder.asd.speaking_logodds(crops, [own, np.roll(own, RATE), muted], encoders_once=True)
     probs = (1 / (1 + np.exp(-logodds.astype(np.float64)))).mean(1)
     assert probs[0] > 0.4 and probs[0] > 2 * probs[1] and probs[0] > 10 * probs[2], probs
-    assert found.speech[0].prob == pytest.approx(probs[0], abs=1e-3)   # score_tracks: the same crops and audio
+    assert found.speech[0].probs.mean() == pytest.approx(probs[0], abs=1e-3)   # score_tracks: same crops, audio
+    # lip sync: the lips move in step with their own voice, less with another take of the same sentence
+    other = decode_25fps(media / "crema-d" / "1001_DFA_DIS_XX.flv").audio
+    sync_own = correlation(lip_motion(crops), voice_envelope(own, len(crops)))
+    sync_other = correlation(lip_motion(crops), voice_envelope(other, len(crops)))
+    assert sync_own > 0.6 and sync_own > sync_other + 0.15, (sync_own, sync_other)
+    assert found.speech[0].sync(0, 99) == pytest.approx(sync_own, abs=1e-6)
+    assert found.speech[0].prob > probs[0]                              # ... which raises its probability
     rms = np.array([np.sqrt(np.mean(own[i * 640:(i + 1) * 640] ** 2)) for i in range(len(crops))])
     speech = rms > 0.2 * rms.max()                                      # frames while the voice sounds
     frame = found.speech[0].probs

@@ -105,7 +105,8 @@ class PeopleTracker:
         embs = self._embeddings(ids, frames, dets)
         tracks = follow_faces(dets, embs, self.cfg.track)
         pids = self._ids(ids, tracks, embs)
-        speech = {s.track: s for s in score_tracks(frames, times, tracks, audio, self.finder.scorer, sample_rate)}
+        speech = {s.track: s for s in score_tracks(frames, times, tracks, audio, self.finder.scorer, sample_rate,
+                                                   sync_weight=self.cfg.sync_weight)}
         return [Person(pid, track, speech[track.id].prob if track.id in speech else None,
                        np.median(track.boxes, axis=0))
                 for pid, track in zip(pids, tracks)]

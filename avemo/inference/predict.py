@@ -26,7 +26,7 @@ import numpy as np
 
 from avemo.core.config import check, load_config, merge, read_yaml_section
 from avemo.core.errors import ConfigError
-from avemo.pipeline.config import AudioConfig, DecodeConfig, FaceConfig
+from avemo.pipeline.config import SYNC_WEIGHT, AudioConfig, DecodeConfig, FaceConfig
 
 @dataclass
 class PredictConfig:
@@ -44,6 +44,7 @@ class PredictConfig:
                                       # the line's label reads the face build-shards would crop, as without speakers
     asd_variant: str = "ava"          # Light-ASD weights: ava (AVA-ActiveSpeaker) or talkset
     asd_weights: str = ""             # an explicit Light-ASD file; else $AVEMO_WEIGHTS_DIR, the cache, a download
+    sync_weight: float = SYNC_WEIGHT  # log-odds a window's speaking probability gains per unit of lip-voice correlation (0: Light-ASD alone)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -58,7 +59,8 @@ class PredictConfig:
               (self.threads >= 1, "threads must be >= 1"),
               (15 <= self.speaker_fps <= 60, "speaker_fps must be in [15, 60] (Light-ASD reads lip motion)"),
               (0 <= self.speaking_min <= 1, "speaking_min must be in [0, 1]"),
-              (self.asd_variant in ("ava", "talkset"), "asd_variant must be ava or talkset"))
+              (self.asd_variant in ("ava", "talkset"), "asd_variant must be ava or talkset"),
+              (0 <= self.sync_weight <= 20, "sync_weight must be in [0, 20]"))
 
 
 def load_predict_config(meta: dict, path: str | None, flags: dict, overrides: list[str]) -> PredictConfig:
@@ -96,7 +98,8 @@ class WindowPredictor:
             from avemo.inference.speaker import SpeakerConfig
             # encoders once over the track, the GRU per 1..6 s chunk: ~6x cheaper, the same choices (bench/asd_check)
             self.people = PeopleTracker(SpeakerConfig(face=cfg.face, asd_variant=cfg.asd_variant,
-                                                      asd_weights=cfg.asd_weights, encoders_once=True),
+                                                      asd_weights=cfg.asd_weights, encoders_once=True,
+                                                      sync_weight=cfg.sync_weight),
                                         detector=self.detector)
 
     def _embed(self, ids: np.ndarray, boxes: np.ndarray, crops: np.ndarray) -> np.ndarray:

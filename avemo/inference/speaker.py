@@ -19,7 +19,7 @@ from avemo.core.weights import load_state_dict, resolve_weights
 from avemo.model.asd import load_light_asd
 from avemo.model.mobilefacenet import MobileFaceNet
 from avemo.model.net import FACE_MEAN, FACE_STD
-from avemo.pipeline.config import FaceConfig
+from avemo.pipeline.config import SYNC_WEIGHT, FaceConfig
 from avemo.pipeline.faces import FrameDets, crop_faces, crop_transform, get_detector
 from avemo.pipeline.speaker import TrackSpeech, score_tracks, speaking_in_window
 from avemo.pipeline.tracks import Track, TrackConfig, follow_faces
@@ -46,6 +46,7 @@ class SpeakerConfig:
     durations_s: tuple[int, ...] = (1, 2, 3, 4, 5, 6)   # Light-ASD passes, averaged (the original's)
     encoders_once: bool = False        # encoders over the whole track, only the GRU per chunk: ~6x cheaper
     embed_every: int = 5               # identity embedding of every n-th frame's faces (re-linking)
+    sync_weight: float = SYNC_WEIGHT   # how much lip-voice sync moves a window's speaking probability (0: Light-ASD alone)
 
 
 class SpeakerFinder:
@@ -83,4 +84,5 @@ class SpeakerFinder:
                  sample_rate: int = 16000) -> Speakers:
         dets = self.detector.detect(list(frames))
         tracks = follow_faces(dets, self.embed(frames, dets), self.cfg.track)
-        return Speakers(dets, tracks, score_tracks(frames, times, tracks, audio, self.scorer, sample_rate))
+        return Speakers(dets, tracks, score_tracks(frames, times, tracks, audio, self.scorer, sample_rate,
+                                                  sync_weight=self.cfg.sync_weight))

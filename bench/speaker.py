@@ -51,10 +51,13 @@ def compose(out: Path, left: Path, right: Path, voice: int | None, right_fx: str
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.mp4")
     vfx, afx = FX[right_fx] if right_fx else ("null", "anull")
+    graph = (f"[0:v]scale=-2:360,crop={HALF}:360,fps=25,setsar=1[a];[1:v]{vfx},scale=-2:360,crop={HALF}:360,"
+             "fps=25,setsar=1[b];[a][b]hstack=shortest=1[v]")
+    if voice is not None:                  # only the voice's chain: ffmpeg refuses an unconnected output
+        graph += f";[{voice}:a]{'anull' if voice == 0 else afx}[s]"
     cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(left), "-i", str(right), "-filter_complex",
-           f"[0:v]scale=-2:360,crop={HALF}:360,fps=25,setsar=1[a];[1:v]{vfx},scale=-2:360,crop={HALF}:360,fps=25,"
-           f"setsar=1[b];[a][b]hstack=shortest=1[v];[0:a]anull[la];[1:a]{afx}[ra]", "-map", "[v]"]
-    cmd += [] if voice is None else ["-map", "[la]" if voice == 0 else "[ra]", "-shortest"]
+           graph, "-map", "[v]"]
+    cmd += [] if voice is None else ["-map", "[s]", "-shortest"]
     cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(tmp)]
     subprocess.run(cmd, check=True)
     tmp.replace(out)

@@ -80,7 +80,7 @@ class FaceConfig:
     # audio): frames where the speaker is off screen get no face; a clip without audio, longer than asd_max_s
     # or where nobody speaks clearly (below speaking_min) keeps the `score` choice
     speaker: Literal["score", "asd"] = "score"   # whose face: the most prominent (score) or the one speaking (asd)
-    speaking_min: float = 0.3        # the speaker's mean speaking probability must reach this
+    speaking_min: float = 0.3        # the speaker's speaking probability (Light-ASD + lip sync) must reach this
     asd_variant: Literal["ava", "talkset"] = "ava"   # Light-ASD weights (ava: trained on AVA-ActiveSpeaker)
     asd_weights: str = ""            # an explicit Light-ASD file; else $AVEMO_WEIGHTS_DIR, the cache, a download
     asd_max_s: float = 12.0          # longer clips are not scored (25 fps frames of the whole clip are held)

@@ -270,8 +270,8 @@ class _ShardWriter:
                 and (length or probe.duration_s) <= self.cfg.face.asd_max_s)
 
     def choose(self, row: dict, probe: ProbeResult, decoded: Decoded, dets: list) -> tuple[list | None, float | None]:
-        """(per frame the speaker's detection, or None for today's choice; Light-ASD's speaking probability of the
-        clip's most speaking face, None when it did not run)."""
+        """(per frame the speaker's detection, or None for today's choice; the speaking probability (Light-ASD
+        and lip sync, pipeline/speaker.py) of the clip's most speaking face, None when it did not run)."""
         if not self.scorable(row, probe, decoded) or self.one_person(decoded, dets):
             return None, None
         try:

@@ -44,6 +44,7 @@ SMOOTH = 13               # median filter length of the box centre and size, in 
 GREY = (0.299, 0.587, 0.114)
 SYNC_REGION = (56, 112, 20, 92)   # rows, columns of the 112x112 crop whose change is lip motion: the lower face
 SYNC_MIN_SAMPLES = 8      # a window needs this many samples (0.32 s) for a correlation; fewer: Light-ASD alone
+SYNC_CAP = 90             # lip motion above this percentile of the window's counts as that much (a cut's jump)
 
 # faces (T, 112, 112) uint8 grey at 25 fps, audio (N,) float32 16 kHz from the first face -> (T,) log-odds
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -51,30 +52,34 @@ Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def lip_motion(faces: np.ndarray) -> np.ndarray:
     """(n, 112, 112) grey crops at 25 fps -> (n,) float64: the mean absolute change of the lower face from the
-    previous sample (the first sample repeats the second's). A sample that repeats the previous frame exactly
-    (a source under 25 fps, or ffmpeg's fps filter duplicating a frame) keeps the last change instead of 0."""
+    previous sample (the first sample repeats the second's). Sample i's change (frames i-1 to i) is paired
+    with the voice's loudness over sample i's 40 ms: the lips lead the sound by about a frame (pairing it
+    with frames i to i+1 instead chose the own face in 22 vs 28 of 30 take pairs)."""
     y0, y1, x0, x1 = SYNC_REGION
     region = np.asarray(faces)[:, y0:y1, x0:x1].astype(np.float32)
     if len(region) < 2:
         return np.zeros(len(region))
-    change = np.concatenate([[0.0], np.abs(np.diff(region, axis=0)).mean(axis=(1, 2)).astype(np.float64)])
-    last = np.maximum.accumulate(np.where(change > 0, np.arange(len(change)), 0))   # the last real change
-    change = change[last]
-    change[0] = change[1] if change[0] == 0 else change[0]
-    return change
+    change = np.abs(np.diff(region, axis=0)).mean(axis=(1, 2)).astype(np.float64)
+    return np.concatenate([change[:1], change])
 
 
 def voice_envelope(audio: np.ndarray, n: int, rate: int = ASD_RATE) -> np.ndarray:
-    """(N,) audio from the first sample's time -> (n,) float64 log RMS of each 25 fps sample's 40 ms (silence
-    past the audio's end)."""
+    """(N,) audio from the first sample's time -> (n,) float64 log RMS of each 25 fps sample's 40 ms; NaN for
+    samples past the audio's end (no sound to compare with, not silence)."""
     hop = rate // ASD_FPS
     wave = np.asarray(audio, dtype=np.float64)[: n * hop]
-    wave = np.pad(wave, (0, n * hop - len(wave))).reshape(n, hop)
-    return np.log(1e-4 + np.sqrt((wave ** 2).mean(axis=1)))
+    whole = len(wave) // hop
+    out = np.full(n, np.nan)
+    if whole:
+        out[:whole] = np.log(1e-4 + np.sqrt((wave[: whole * hop].reshape(whole, hop) ** 2).mean(axis=1)))
+    return out
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Pearson correlation; None with fewer than SYNC_MIN_SAMPLES samples or a flat series."""
+    """Pearson correlation over the pairs where both are known (not NaN); None with fewer than
+    SYNC_MIN_SAMPLES of them or a flat series."""
+    known = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[known], b[known]
     if len(a) < SYNC_MIN_SAMPLES or float(a.std()) == 0.0 or float(b.std()) == 0.0:
         return None
     return float(np.corrcoef(a, b)[0, 1])
@@ -103,11 +108,16 @@ class TrackSpeech:
 
     def sync(self, start: float, end: float) -> float | None:
         """Correlation of the lips' motion with the voice's loudness over the samples in [start, end) seconds;
-        None where it cannot be told (no audio or motion kept, too few samples, a still face, a flat voice)."""
+        None where it cannot be told (no audio or motion kept, too few samples, a still face, a flat voice).
+        The motion is capped at its SYNC_CAP-th percentile in the window: one jump (a cut within the track, the
+        box catching up) does not decide the correlation (on the take pairs: 28/30 clips, 70/80 windows
+        capped, 28/30 and 69/80 uncapped, offline)."""
         if self.motion is None or self.envelope is None:
             return None
         sel = (self.times >= start) & (self.times < end)
-        return correlation(self.motion[sel], self.envelope[sel])
+        motion = self.motion[sel]
+        return correlation(np.minimum(motion, np.percentile(motion, SYNC_CAP)) if len(motion) else motion,
+                           self.envelope[sel])
 
     def window(self, start: float, end: float) -> float | None:
         """Speaking probability over the track's samples in [start, end) seconds: Light-ASD's mean probability,
@@ -212,7 +222,7 @@ def score_tracks(frames: np.ndarray, times: np.ndarray, tracks: Sequence[Track],
 
 
 def speaking_in_window(speech: Sequence[TrackSpeech], start: float, end: float) -> dict[int, float]:
-    """Track id -> mean speaking probability in [start, end) seconds, for the tracks on screen then."""
+    """Track id -> speaking probability in [start, end) seconds (TrackSpeech.window), for the tracks on screen."""
     probs = {s.track: s.window(start, end) for s in speech}
     return {k: v for k, v in probs.items() if v is not None}
 

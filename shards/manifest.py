@@ -72,7 +72,7 @@ SCHEMA = pa.schema([
     ("face_mode", pa.string()),      # how its faces were found: detect (RetinaFace) or whole (face.image_mode=whole); "" none
     ("has_audio", pa.bool_()),
     ("speaker_box", pa.list_(pa.float32(), 4)),   # the face strip's median box [x0, y0, x1, y1], frame fractions
-    ("speaker_conf", pa.float32()),  # face.speaker=asd: Light-ASD's speaking probability of the clip's speaker
+    ("speaker_conf", pa.float32()),  # face.speaker=asd: the speaking probability of the clip's speaker (Light-ASD + lip sync)
     ("sample_bytes", pa.int64()),
     ("shard_sha256", pa.string()),
 ])

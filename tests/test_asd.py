@@ -193,8 +193,17 @@ def test_lips_moving_in_step_with_the_voice_raise_the_speaking_probability():
     assert speech(in_step).prob > 0.8 and speech(between).prob < 0.3
     assert speech(in_step, 0.0).prob == speech(between, 0.0).prob == 0.5
     assert speech(in_step).window(0, 0.2) == 0.5                        # 5 samples: Light-ASD alone
-    assert speech(in_step).sync(0, 2) == pytest.approx(correlation(lip_motion(in_step), envelope))
+    assert speech(in_step).sync(0, 2) == pytest.approx(correlation(lip_motion(in_step), envelope), abs=0.01)
     assert TrackSpeech(0, times, boxes, even).prob == 0.5               # no motion kept: Light-ASD alone
+    # one jump of the lower face (a cut within the track) does not decide: motion is capped per window
+    jump = lip_motion(between)
+    jump[15] = 1000.0
+    assert correlation(jump, envelope) > 0 > TrackSpeech(0, times, boxes, even, jump, envelope, 2.0).sync(0, 2)
+    # audio that ends before the track: its samples after the end are not compared (not read as silence)
+    short = voice_envelope(audio[: 25 * hop + hop // 2], n)
+    assert np.isnan(short[25:]).all() and np.array_equal(short[:25], envelope[:25])
+    assert correlation(lip_motion(in_step), short) == pytest.approx(correlation(lip_motion(in_step)[:25],
+                                                                                envelope[:25]))
 
 
 # ---------------------------------------------------------------- the published weights

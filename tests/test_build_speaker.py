@@ -136,12 +136,13 @@ def test_default_builds_keep_their_fingerprints_and_asd_builds_get_their_own():
     from avemo.pipeline.shard_task import fingerprint
     rows = [{"key": "a", "source": "a.mp4", "kind": "video"}]
     base = fingerprint(rows, BuildConfig())
-    unused = FaceConfig(speaking_min=0.9, asd_max_s=5.0, asd_detect_every=1, asd_one_face="score")
+    unused = FaceConfig(speaking_min=0.9, asd_max_s=5.0, asd_detect_every=1, asd_one_face="score", asd_sync_weight=0)
     assert fingerprint(rows, BuildConfig(face=unused)) == base  # unused keys
     asd = fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd")))
     assert asd != base and fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd", speaking_min=0.9))) != asd
     assert len({asd, fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd", asd_detect_every=1))),
-                fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd", asd_one_face="score")))}) == 3
+                fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd", asd_one_face="score"))),
+                fingerprint(rows, BuildConfig(face=FaceConfig(speaker="asd", asd_sync_weight=0)))}) == 4
     # face.speaker_names: its keys count only when it is on (pipeline/names.py)
     assert fingerprint(rows, BuildConfig(face=FaceConfig(names_min_lift=0.5, names_max_clips=3))) == base
     names = fingerprint(rows, BuildConfig(face=FaceConfig(speaker_names=True)))

@@ -127,3 +127,27 @@ def test_kept_shards_of_other_splits_stop_a_build_with_other_media_settings(tmp_
     assert read_build_config(out)["decode"]["fps"] == 2.0
     fresh = _build(root, tmp_path / "fresh", warm, "decode.fps=2", splits="[dev]")
     assert fresh.shards_built == 1 and read_build_config(tmp_path / "fresh")["decode"]["fps"] == 2.0
+
+
+def test_a_setting_newer_than_the_kept_build_reads_as_what_that_build_did(tmp_path, warm, capsys):
+    """An asd build from before face.asd_sync_weight existed (its build_config.json lacks the key) chose the
+    speaker by Light-ASD alone: keeping its train shards while building dev with lip sync stops the build;
+    with sync_weight=0 (what it did) it goes on. A default build does not use the key: nothing stops."""
+    from conftest import command
+    main = command("build-shards")   # face.speaker=asd needs the command's Light-ASD scorer
+    root = _tree(tmp_path / "meld")
+
+    def build(out, splits, *extra):
+        code = main(["--root", str(root), "--out", str(out), "--splits", splits, "shards.max_clips=2",
+                     "decode.max_frames=8", warm, *extra])
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    for out, extra in ((tmp_path / "asd", ["face.speaker=asd"]), (tmp_path / "score", [])):
+        assert build(out, "train,dev", *extra)[0] == 0
+        saved = json.loads((out / "build_config.json").read_text())
+        assert saved["face"].pop("asd_sync_weight") == 2.0
+        (out / "build_config.json").write_text(json.dumps(saved))
+    code, err = build(tmp_path / "asd", "dev", "face.speaker=asd")
+    assert code == 2 and "face.asd_sync_weight=0.0 there, 2.0 now" in err[-1], err
+    assert build(tmp_path / "asd", "dev", "face.speaker=asd", "face.asd_sync_weight=0")[0] == 0
+    assert build(tmp_path / "score", "dev")[0] == 0

@@ -171,32 +171,3 @@ def test_allocator_env_starts_again_on_jemalloc_once_and_keeps_the_users_setting
         memory.allocator_env("jemalloc", {})
     monkeypatch.setattr(memory, "allocator_in_use", lambda: "jemalloc")
     assert memory.allocator_env("jemalloc", {}) is None              # already on it (preloaded by the user)
-
-
-def test_dev_loaders_fork_their_workers_for_each_scoring_and_end_them_after_it(built_shards, tmp_path):
-    """Training's dev loaders are built once; their workers live only while a scoring runs (persistent ones,
-    forked after the first epoch, came to hold a snapshot of the trainer's heap: bench/results/
-    train_memory_devloader.md), and every scoring still reads the whole split."""
-    import types
-
-    import psutil
-
-    from avemo.core.config import load_config
-    from avemo.train.config import TrainConfig
-    from avemo.train.data import split_shards
-    from avemo.train.loop import dev_loaders
-    cfg = load_config(TrainConfig, "train", None, ["data.workers=2", "data.batch_size=2"],
-                      {"shards": str(built_shards), "run": str(tmp_path / "run")})
-    split = split_shards(built_shards, cfg.eval_split, log_fn=lambda *a, **k: None)
-    [loader] = dev_loaders(types.SimpleNamespace(cfg=cfg, main=True, eval_splits=[split]))
-    me = psutil.Process()
-    before = {p.pid for p in me.children()}
-    for _ in range(2):
-        seen, during = 0, set()
-        for batch in loader:
-            seen += len(batch["label"])
-            during |= {p.pid for p in me.children()} - before
-        assert seen == split.n_samples
-        assert during, "the scoring ran without worker processes"
-        assert not ({p.pid for p in me.children() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
-                    - before), "a dev loader's worker outlived its scoring"

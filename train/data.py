@@ -232,7 +232,8 @@ class _ForkFromTrimmedHeap(torch.utils.data.DataLoader):
     pages copy-on-write, and every page the parent rewrites afterwards (the next steps' activations on a
     heap that keeps its high-water mark, avemo/core/memory.py) stays behind as the worker's own copy: a
     dev loader's persistent workers, forked after the first epoch, each came to hold a snapshot of the
-    trainer's heap (bench/results/train_memory.md)."""
+    trainer's heap (bench/results/train_memory.md). The dev loaders now fork theirs for each scoring, each
+    time after this trim (bench/results/train_memory_devloader.md)."""
 
     def _get_iterator(self):
         if self.num_workers > 0:
@@ -351,7 +352,7 @@ def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int 
                 max_mel: int = 1000, persistent: bool = False, n_mels: int | None = None,
                 listed: dict[str, frozenset] | None = None) -> wds.WebLoader:
     """Every sample of the split exactly once, in shard order (rank 0 only); `persistent` keeps the workers
-    for the next pass (training's dev evaluation every epoch); listed: SplitShards.listed."""
+    for the next pass (training's dev loaders do not: train/loop.py dev_loaders); listed: SplitShards.listed."""
     dataset = wds.DataPipeline(
         wds.SimpleShardList(urls),
         wds.split_by_worker,

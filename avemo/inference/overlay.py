@@ -1,6 +1,6 @@
 """`avemo predict --overlay OUT.mp4`: the input video with each window's answer drawn on it.
 
-With --speakers every person's box, their label and how much they speak; the window's speaker in green, the
+With --speakers every person's box, their label and their speaking probability; the window's speaker in green, the
 others in white. Without it, the window's label only. A second pass over the file once predict is done: one
 ffmpeg process decodes it at OVERLAY_FPS, Pillow draws on each frame, a second ffmpeg encodes (H.264) and
 copies the input's audio. Frames stream through (bounded memory); the file appears only when it is complete.

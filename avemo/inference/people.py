@@ -5,7 +5,8 @@ Per window (frames decoded at >= 15 fps, 25 by default: Light-ASD reads lip moti
   the detections the emotion path already made (cached per frame) -> identity embeddings of every 5th frame's
   faces (pretrained MobileFaceNet, cached per frame) -> tracks (pipeline.tracks) -> person ids that persist
   from window to window (boxes overlapping on the frames two windows share, else the identity embedding) ->
-  each track's speaking probability (pipeline.speaker + model.asd, Light-ASD with the window's audio) -> the
+  each track's speaking probability (pipeline.speaker + model.asd: Light-ASD with the window's audio, moved by
+  how closely the lips move with the voice) -> the
   emotion model on each person's face crops (up to the model's frame count, spread over the track).
 
 The window's voice belongs to the person speaking: the speaker's emotion reads face + voice, every other
@@ -28,7 +29,7 @@ from avemo.pipeline.tracks import Track, follow_faces, iou_matrix
 class Person:
     id: int                     # the same person keeps this id from window to window
     track: Track                # positions are indices into the window's frames
-    speaking: float | None      # mean speaking probability in the window; None: no audio to tell
+    speaking: float | None      # speaking probability in the window (TrackSpeech.window); None: no audio to tell
     box: np.ndarray             # (4,) median xyxy box, pixels of the decoded frame
 
 

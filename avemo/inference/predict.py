@@ -40,7 +40,7 @@ class PredictConfig:
     per_clip: bool = False            # one line per input file (the whole clip, decoded as build-shards does)
     speakers: bool = False            # --speakers: every face tracked, who speaks (Light-ASD), an emotion per person
     speaker_fps: float = 25.0         # frames per second decoded with speakers on (Light-ASD reads lip motion)
-    speaking_min: float = 0.3         # a window's speaker must speak at least this much (mean probability); else
+    speaking_min: float = 0.3         # a window's speaker must reach this speaking probability; else
                                       # the line's label reads the face build-shards would crop, as without speakers
     asd_variant: str = "ava"          # Light-ASD weights: ava (AVA-ActiveSpeaker) or talkset
     asd_weights: str = ""             # an explicit Light-ASD file; else $AVEMO_WEIGHTS_DIR, the cache, a download

@@ -1,5 +1,6 @@
 """Who speaks in a clip: faces detected in every frame (the pipeline's RetinaFace), followed as tracks (IoU,
-re-linked by MobileFaceNet identity embeddings), each track scored by Light-ASD with the clip's audio.
+re-linked by MobileFaceNet identity embeddings), each track scored by Light-ASD with the clip's audio and by
+how closely its lips move with the voice (pipeline/speaker.py).
 
     finder = SpeakerFinder()
     result = finder(frames, times, audio)          # frames (T, H, W, 3) uint8 RGB at >= 15 fps (25 best)

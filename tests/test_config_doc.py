@@ -6,7 +6,6 @@ import contextlib
 import io
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -75,15 +74,15 @@ def test_demo_print_config_shows_its_four_sections():
     assert doc["train"]["optim"]["epochs"] == 3
 
 
-def test_help_is_fast_and_version_works():
-    """`avemo train --help` imports no torch or Dask: under half a second (min of 3 runs)."""
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "avemo", "train", "--help"], capture_output=True,
-                                text=True, cwd=REPO)
-        times.append(time.perf_counter() - t0)
-        assert result.returncode == 0 and "--overwrite" in result.stdout and "--print-config" in result.stdout
-    assert min(times) < 0.5, times
+def test_help_imports_no_torch_or_dask_and_version_works():
+    """`avemo train --help` imports no torch, Dask or NumPy (that is what keeps it fast; checked by what
+    `python -X importtime` reports it imported, not by a clock that a busy machine slows)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "avemo", "train", "--help"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and "--overwrite" in result.stdout and "--print-config" in result.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "avemo.cli.main" in imported or any(m.startswith("avemo") for m in imported), sorted(imported)[:20]
+    heavy = sorted(m for m in imported if m.split(".")[0] in {"torch", "dask", "distributed", "numpy", "torchaudio"})
+    assert not heavy, heavy
     version = subprocess.run([sys.executable, "-m", "avemo", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("avemo ")

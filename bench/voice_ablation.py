@@ -38,6 +38,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mels128": ("128 mel bands from a 50 ms FFT (20 Hz bins: pitch harmonics; shipped 64 from 25 ms)",
                 ["model.n_mels=128"]),
     "wide": ("audio CNN 1.5x wider: 48, 96, 192 channels", ["model.audio_channels=[48,96,192]"]),
+    "flatten": ("audio CNN's 8 mel bands x 128 channels kept per frame (shipped: their mean over bands)",
+                ["model.audio_freq=flatten"]),
 }
 # variants that need their own RAVDESS shards: build-shards settings on top of bench/real_data.py's
 BUILDS: dict[str, list[str]] = {"mels128": ["audio.n_mels=128", "audio.n_fft=800"]}

@@ -22,9 +22,13 @@ class ModelConfig:
     hidden: int = 128                             # LSTM hidden size per modality
     audio_pool: Literal["mean", "stats", "attention"] = "mean"  # voice frames -> clip: mean; mean + std; attentive
     #                                              statistics (learnt frame weights); std = how pitch/energy move
+    audio_freq: Literal["mean", "flatten"] = "mean"  # audio CNN output -> LSTM per frame: mean over mel bands (blind to
+    #                                              where in frequency a pattern sits); flatten: bands x channels kept
     fusion_dim: int = 128                         # width of the fused clip embedding
     dropout: float = 0.3                          # before the classifier
     modality_dropout: float = 0.2                 # per sample, drop one present modality in training
 
     def __post_init__(self):
-        check((1 <= self.face_train_blocks <= 21, "face_train_blocks must be in 1..21 (MobileFaceNet's blocks)"))
+        check((1 <= self.face_train_blocks <= 21, "face_train_blocks must be in 1..21 (MobileFaceNet's blocks)"),
+              (self.audio_freq == "mean" or self.n_mels >= 2 ** len(self.audio_channels),
+               "audio_freq=flatten needs n_mels >= 2 ** (audio CNN stages): each stage halves the bands"))

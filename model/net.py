@@ -144,8 +144,13 @@ class AudioEncoder(nn.Module):
             inp = ch
         self.cnn = nn.Sequential(*layers)   # stages of (conv, norm, relu, pool); the mask runs beside them
         self.stride = 2 ** len(cfg.audio_channels)
-        self.norm = nn.LayerNorm(inp)
-        self.lstm = nn.LSTM(inp, cfg.hidden, batch_first=True)
+        self.flatten = cfg.audio_freq == "flatten"
+        bands = cfg.n_mels
+        for _ in cfg.audio_channels:
+            bands //= 2                                             # each stage's 2x2 max-pool floors
+        width = inp * bands if self.flatten else inp
+        self.norm = nn.LayerNorm(width)
+        self.lstm = nn.LSTM(width, cfg.hidden, batch_first=True)
         self.pool = None if cfg.audio_pool == "mean" else StatsPool(cfg.hidden, cfg.audio_pool == "attention")
         self.utterance_norm = cfg.mel_norm == "utterance"
         self.hidden = cfg.hidden
@@ -184,7 +189,10 @@ class AudioEncoder(nn.Module):
             conv, norm, act, pool = (self.cnn[j] for j in range(i, i + 4))
             x = pool(act(norm(conv(x), m)))                          # the norm leaves padding at 0
             m = F.max_pool2d(m, (1, 2))                              # (B, 1, 1, F / 2^stage)
-        x = x.mean(2).transpose(1, 2)                                # (B, F/8, C)
+        if self.flatten:   # (B, C, n_mels/8, F/8) -> (B, F/8, C * n_mels/8): which band a pattern is in stays
+            x = x.flatten(1, 2).transpose(1, 2)
+        else:
+            x = x.mean(2).transpose(1, 2)                            # (B, F/8, C)
         mask = m[:, 0, 0, : x.shape[1]] > 0                          # (B, F/8)
         out, _ = self.lstm(self.norm(x))                             # (B, F/8, hidden)
         return _masked_mean(out, mask) if self.pool is None else self.pool(out, mask)

@@ -22,10 +22,10 @@ def _batch():
     return mel, mask
 
 
-@pytest.mark.parametrize("pool", POOLS)
-def test_padding_and_absent_audio_change_nothing(pool):
+@pytest.mark.parametrize("pool,freq", [(p, "mean") for p in POOLS] + [("mean", "flatten"), ("attention", "flatten")])
+def test_padding_and_absent_audio_change_nothing(pool, freq):
     torch.manual_seed(0)
-    enc = AudioEncoder(ModelConfig(audio_pool=pool, mel_norm="utterance")).eval()
+    enc = AudioEncoder(ModelConfig(audio_pool=pool, mel_norm="utterance", audio_freq=freq)).eval()
     mel, mask = _batch()
     junk = mel.clone()
     junk[1, :, 88:] = 40.0              # what lies past a clip's end must not matter
@@ -36,6 +36,33 @@ def test_padding_and_absent_audio_change_nothing(pool):
     torch.testing.assert_close(a[1:2], alone, atol=1e-5, rtol=1e-4)
     assert a[2].abs().max() == 0        # no audio: a zero row (the head is told by has_audio)
     assert a[0].abs().max() > 0
+
+
+def test_flatten_keeps_each_band_apart():
+    """audio_freq=flatten: the LSTM reads the CNN's 8 bands x 128 channels per frame, so the same pattern in a
+    low or a high band reaches it differently; the mean over bands (shipped) reads 128 channels."""
+    torch.manual_seed(0)       # the same seed before each: the CNN (built first) gets the same weights in both
+    flat = AudioEncoder(ModelConfig(mel_norm="utterance", audio_freq="flatten")).eval()
+    torch.manual_seed(0)
+    mean = AudioEncoder(ModelConfig(mel_norm="utterance")).eval()
+    assert flat.lstm.input_size == 128 * 8 and mean.lstm.input_size == 128
+    seen = {}
+    for name, enc in (("flat", flat), ("mean", mean)):
+        cnn_out = {}
+        enc.norm.register_forward_hook(lambda _m, inp, _o: cnn_out.setdefault("x", inp[0]))
+        mel, mask = _batch()
+        with torch.no_grad():
+            enc(mel[:1], mask[:1])
+        seen[name] = cnn_out["x"]
+    assert seen["flat"].shape == (1, 20, 1024) and seen["mean"].shape == (1, 20, 128)
+    # the flattened frame is the per-band activations; their mean over the 8 bands is what the shipped path reads
+    torch.testing.assert_close(seen["flat"].view(1, 20, 128, 8).mean(3), seen["mean"], atol=1e-5, rtol=1e-4)
+
+
+def test_flatten_needs_enough_mel_bands():
+    from avemo.core.config import ConfigError
+    with pytest.raises(ConfigError, match="n_mels"):
+        ModelConfig(n_mels=4, audio_freq="flatten")
 
 
 def test_stats_pool_is_the_masked_mean_and_deviation_then_a_projection():

@@ -123,10 +123,10 @@ def test_eager_traced_and_onnx_outputs_agree_on_a_batch_with_absent_modalities()
     import onnxruntime as ort
     from avemo.inference.export import ExportNet, to_onnx_bytes, OUTPUTS
     torch.manual_seed(0)
-    # attentive statistics pooling and grey faces ride along: the exported graph must hold them too (the
-    # default mean pooling and RGB faces are exported by tests/test_export.py)
+    # attentive statistics pooling, the bands kept apart and grey faces ride along: the exported graph must
+    # hold them too (the default mean pooling and RGB faces are exported by tests/test_export.py)
     net = AVEmotionNet(ModelConfig(face_trainable="last", mel_norm="utterance", audio_pool="attention",
-                                   face_colour="grey"))
+                                   audio_freq="flatten", face_colour="grey"))
     net.train()
     for _ in range(2):                                       # non-trivial running statistics
         net(*_mixed_batch())

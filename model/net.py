@@ -145,10 +145,7 @@ class AudioEncoder(nn.Module):
         self.cnn = nn.Sequential(*layers)   # stages of (conv, norm, relu, pool); the mask runs beside them
         self.stride = 2 ** len(cfg.audio_channels)
         self.flatten = cfg.audio_freq == "flatten"
-        bands = cfg.n_mels
-        for _ in cfg.audio_channels:
-            bands //= 2                                             # each stage's 2x2 max-pool floors
-        width = inp * bands if self.flatten else inp
+        width = inp * (cfg.n_mels // self.stride) if self.flatten else inp   # the bands left after the pools
         self.norm = nn.LayerNorm(width)
         self.lstm = nn.LSTM(width, cfg.hidden, batch_first=True)
         self.pool = None if cfg.audio_pool == "mean" else StatsPool(cfg.hidden, cfg.audio_pool == "attention")

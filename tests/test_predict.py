@@ -238,3 +238,17 @@ def test_media_settings_come_from_the_checkpoint_then_the_build_config(tmp_path)
     cfg = load_predict_config(meta, str(yaml_file), {}, ["face.score_threshold=0.9"])
     assert (cfg.decode.fps, cfg.decode.frame_size, cfg.face.batch_frames, cfg.hop_s) == (2.0, 480, 64, 1.0)
     assert cfg.face.score_threshold == 0.9
+
+
+def test_speaking_probability_weighs_lip_sync_as_the_models_build_did(tmp_path):
+    """predict's sync_weight follows the checkpoint's build face.asd_sync_weight (its shards' speaker choice)
+    unless the user sets it: in predict's --config section or as a key=value."""
+    from avemo.inference.predict import load_predict_config
+    meta = {"n_mels": 64, "build": {"face": {"asd_sync_weight": 0.0}}}
+    assert load_predict_config(meta, None, {}, []).sync_weight == 0.0
+    assert load_predict_config({"n_mels": 64}, None, {}, []).sync_weight == 2.0        # the default build's
+    assert load_predict_config(meta, None, {}, ["sync_weight=3.5"]).sync_weight == 3.5
+    assert load_predict_config(meta, None, {}, ["face.asd_sync_weight=1.5"]).sync_weight == 1.5
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("predict:\n  sync_weight: 4.0\n")
+    assert load_predict_config(meta, str(yaml_file), {}, []).sync_weight == 4.0

@@ -44,7 +44,8 @@ class PredictConfig:
                                       # the line's label reads the face build-shards would crop, as without speakers
     asd_variant: str = "ava"          # Light-ASD weights: ava (AVA-ActiveSpeaker) or talkset
     asd_weights: str = ""             # an explicit Light-ASD file; else $AVEMO_WEIGHTS_DIR, the cache, a download
-    sync_weight: float = SYNC_WEIGHT  # log-odds a window's speaking probability gains per unit of lip-voice correlation (0: Light-ASD alone)
+    sync_weight: float = SYNC_WEIGHT  # log-odds a window's speaking probability gains per unit of lip-voice correlation
+    #                                   (0: Light-ASD alone); unless set, the model's build face.asd_sync_weight
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -70,7 +71,12 @@ def load_predict_config(meta: dict, path: str | None, flags: dict, overrides: li
     if path is not None:
         base = merge(base, {k: v for k, v in read_yaml_section(path, "build").items() if k in media_keys})
         base = merge(base, read_yaml_section(path, "predict"))
-    cfg = load_config(PredictConfig, "predict", None, overrides, merge(base, flags))
+    given = merge(base, flags)
+    cfg = load_config(PredictConfig, "predict", None, overrides, given)
+    if "sync_weight" not in given and not any(o.partition("=")[0].strip() == "sync_weight" for o in overrides):
+        # speakers picked as the model's shards picked them (build-shards' face.asd_sync_weight, e.g. 0 for a
+        # build from before lip sync), not predict's own default
+        cfg = dataclasses.replace(cfg, sync_weight=cfg.face.asd_sync_weight)
     if "n_mels" in meta and cfg.audio.n_mels != meta["n_mels"]:
         raise ConfigError(f"audio.n_mels={cfg.audio.n_mels} but the model was trained on {meta['n_mels']} mel bins")
     if cfg.speakers and cfg.decode.fps < cfg.speaker_fps:     # the emotion model still reads max_frames of them

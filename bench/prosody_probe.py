@@ -11,7 +11,7 @@ statistic depends on which words were said.
 Feature sets (per utterance):
 - prosody: voiced share; median, mean, std, 10th/90th percentile and range of log2 F0 over voiced frames;
   mean |frame-to-frame change| of log2 F0; mean and std of periodicity; loudness std and range (dB over the
-  non-silent frames); voiced onsets per second (a syllable-rate proxy): 14 numbers.
+  non-silent frames); voiced onsets per second (a syllable-rate proxy); log duration: 14 numbers.
 - mel: the mean and std of each of the 64 log-mel bands over the utterance: 128 numbers.
 - mel + prosody: both.
 Rerun: .venv/bin/python bench/prosody_probe.py
@@ -74,6 +74,10 @@ def mel_stats(audio: np.ndarray, cfg: AudioConfig) -> np.ndarray:
 
 
 def fit_predict(x_train, y_train, x_test, weight_decay: float) -> np.ndarray:
+    return fit_log_probs(x_train, y_train, x_test, weight_decay).argmax(1)
+
+
+def fit_log_probs(x_train, y_train, x_test, weight_decay: float) -> np.ndarray:
     mean, std = x_train.mean(0), x_train.std(0) + 1e-8
     xt = torch.tensor((x_train - mean) / std, dtype=torch.float64)
     xs = torch.tensor((x_test - mean) / std, dtype=torch.float64)
@@ -89,7 +93,35 @@ def fit_predict(x_train, y_train, x_test, weight_decay: float) -> np.ndarray:
         return loss
     opt.step(closure)
     with torch.no_grad():
-        return lin(xs).argmax(1).numpy()
+        return torch.log_softmax(lin(xs), 1).numpy()
+
+
+def add_row(name, n_features, decay, pred, truth, results: dict, rows: list) -> None:
+    acc = float(np.mean(pred == truth))
+    per_class = {EMOTIONS[c]: round(float(np.mean(pred[truth == c] == c)), 3)
+                 for c in range(len(EMOTIONS)) if np.any(truth == c)}
+    results[name] = {"features": n_features, "weight_decay": decay, "dev_accuracy": acc, "per_class": per_class}
+    rows.append([name, n_features, decay, round(acc, 3), " ".join(f"{k} {v:.2f}" for k, v in per_class.items())])
+    print(name, results[name], flush=True)
+
+
+def model_log_probs(path: str, voices: list[np.ndarray], cfg: AudioConfig) -> np.ndarray:
+    """(n, 7) log-probabilities of a trained model from the voice alone (no face), each utterance's log-mel
+    cropped from its start as evaluate does."""
+    from avemo.model.checkpoint import load_checkpoint, model_from_checkpoint
+    from avemo.model.inputs import collate, crop_mel
+    ckpt = load_checkpoint(path)
+    model, data = model_from_checkpoint(ckpt, path), ckpt["config"]["data"]
+    out = []
+    with torch.inference_mode():
+        for audio in voices:
+            mel = crop_mel(torch.from_numpy(log_mel(audio, RATE, cfg).astype(np.float32)), data["max_mel_frames"])
+            t = data["max_frames"]
+            b = collate([{"key": "k", "label": 0, "faces": torch.zeros((t, 3, 112, 112), dtype=torch.uint8),
+                          "face_mask": torch.zeros(t, dtype=torch.bool), "mel": mel}])
+            logits = model(b["faces"], b["face_mask"], b["mel"], b["mel_mask"])
+            out.append(torch.log_softmax(logits.float(), 1)[0].numpy())
+    return np.stack(out)
 
 
 def choose_decay(x, y, groups) -> float:
@@ -110,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ravdess", default=str(Path(os.environ.get("AVEMO_SHARED", REPO.parent / "shared"))
                                             / "data" / "ravdess"))
     p.add_argument("--name", default="prosody_probe")
+    p.add_argument("--checkpoint", help="a trained avemo checkpoint: its voice-alone dev predictions, and their "
+                                        "late fusion (equal-weight log-probabilities) with each linear probe")
     args = p.parse_args(argv)
     root = Path(args.ravdess)
     if not (root / "labels.csv").is_file():
@@ -120,10 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = AudioConfig()
     rows = [r for r in csv.DictReader(open(root / "labels.csv")) if r["label7"] and r["split"] in ("train", "dev")]
     feats: dict[str, list] = {"prosody": [], "mel": []}
-    labels, split, actor = [], [], []
+    labels, split, actor, dev_audio = [], [], [], []
     wall = time.perf_counter()
     for r in rows:
         audio = read_voice(root / r["path"])
+        if r["split"] == "dev":
+            dev_audio.append(audio)
         feats["prosody"].append(prosody_stats(audio, cfg))
         feats["mel"].append(mel_stats(audio, cfg))
         labels.append(EMOTIONS.index(r["label7"]))
@@ -135,20 +171,23 @@ def main(argv: list[str] | None = None) -> int:
     sets["mel + prosody"] = np.concatenate([sets["mel"], sets["prosody"]], 1)
     majority = float(np.mean(y[dev] == np.bincount(y[~dev]).argmax()))
     out_rows, results = [], {}
+    model_lp = None if args.checkpoint is None else model_log_probs(args.checkpoint, dev_audio, cfg)
     for name, x in sets.items():
         decay = choose_decay(x[~dev], y[~dev], groups[~dev])
-        pred = fit_predict(x[~dev], y[~dev], x[dev], decay)
-        acc = float(np.mean(pred == y[dev]))
-        per_class = {EMOTIONS[c]: round(float(np.mean(pred[y[dev] == c] == c)), 3)
-                     for c in range(len(EMOTIONS)) if np.any(y[dev] == c)}
-        results[name] = {"features": x.shape[1], "weight_decay": decay, "dev_accuracy": acc, "per_class": per_class}
-        out_rows.append([name, x.shape[1], decay, round(acc, 3),
-                         " ".join(f"{k} {v:.2f}" for k, v in per_class.items())])
-        print(name, results[name], flush=True)
+        lp = fit_log_probs(x[~dev], y[~dev], x[dev], decay)
+        runs = [(name, lp.argmax(1))]
+        if model_lp is not None:
+            runs += [(f"trained voice branch + {name} (late fusion)", (lp + model_lp).argmax(1))]
+        for label, pred in runs:
+            add_row(label, x.shape[1], decay, pred, y[dev], results, out_rows)
+    if model_lp is not None:
+        add_row("trained voice branch alone", "-", "-", model_lp.argmax(1), y[dev], results, out_rows)
     record.update(load=dict(record["load"], after=loadavg()), results=results, majority=majority,
                   utterances={"train": int((~dev).sum()), "dev": int(dev.sum())}, features_s=round(features_s, 1))
     body = (f"Utterances: {int((~dev).sum())} train (actors 01-18), {int(dev.sum())} dev (actors 19-21); "
             f"features for all in {features_s:.0f} s. Majority class on dev: {majority:.3f}; chance 1/7 = 0.143.\n\n"
+            + (f"Trained model: `{args.checkpoint}` (its voice alone, no face; the late fusions add its "
+               "log-probabilities to the probe's with equal weight, nothing tuned on dev).\n\n" if args.checkpoint else "")
             + table(["features", "numbers", "L2 (3-fold CV on train actors)", "dev accuracy", "dev recall per class"],
                     out_rows) + "\n")
     write_results(args.name, "Prosody probe: utterance statistics -> emotion on held-out RAVDESS speakers",

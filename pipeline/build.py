@@ -175,6 +175,7 @@ def check_kept_settings(out: str, cfg: BuildConfig) -> None:
         return  # unreadable: nothing to compare with; this run writes a new one
     # a key newer than the saved build reads as the value such builds had (where it matters: face.speaker=asd)
     before = {("face", "asd_sync_weight"): 0.0} if cfg.face.speaker == "asd" else {}
+    before[("audio", "pitch")] = False                       # builds from before audio.pitch stored none
     differ = [f"{section}.{key}={there!r} there, {value!r} now"
               for section, values in media_settings(cfg, bool(cfg.media_list)).items()
               if isinstance(saved.get(section), dict)

@@ -125,6 +125,8 @@ class AudioConfig:
     n_mels: int = 64                 # mel bins of the log-mel
     n_fft: int = 400                 # FFT window (25 ms at 16 kHz)
     hop_length: int = 160            # hop between mel frames (10 ms at 16 kHz)
+    pitch: bool = False              # also store each mel frame's F0 and periodicity (YIN, .pitch.npy), which
+    #                                  a model with model.pitch=true reads beside the log-mel
 
     def __post_init__(self):
         check((8 <= self.n_mels <= 256, "n_mels must be in [8, 256]"),

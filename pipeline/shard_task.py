@@ -21,7 +21,7 @@ import webdataset as wds
 
 from avemo.core.config import config_from_dict
 from avemo.core.errors import ConfigError, DataError
-from avemo.pipeline.audio import log_mel
+from avemo.pipeline.audio import log_mel, pitch_track
 from avemo.pipeline.config import BuildConfig
 from avemo.pipeline.decode import DecodeError, Decoded, plan_decode
 from avemo.pipeline.faces import FrameDets, get_detector, image_box, pad_small_frames, speaker_faces, whole_face
@@ -75,7 +75,8 @@ def media_settings(cfg: BuildConfig, media_list: bool = True, hashed: bool = Fal
     (of a MELD build's shards when not media_list). hashed (the fingerprint): without the active-speaker keys
     when face.speaker=score, so that default builds keep the fingerprints they had before those keys."""
     unused = {"face": (*(ASD_KEYS if cfg.face.speaker == "score" else ()),
-                       *(NAMES_KEYS if not cfg.face.speaker_names else ()))} if hashed else {}
+                       *(NAMES_KEYS if not cfg.face.speaker_names else ())),
+              "audio": () if cfg.audio.pitch else ("pitch",)} if hashed else {}
     return {name: {k: v for k, v in vars(getattr(cfg, name)).items()
                    if k not in skip and k not in unused.get(name, ())
                    and (media_list or k not in LIST_ONLY_KEYS.get(name, ()))}
@@ -314,6 +315,8 @@ class _ShardWriter:
                 return self._reject(row, "no_face", "no face in any sampled frame", probe.duration_s)
             face_mode = "" if track.mask.sum() == 0 else "whole" if dets and dets[0].whole else "detect"
             mel = None if decoded.audio is None else log_mel(decoded.audio, cfg.decode.sample_rate, cfg.audio)
+            pitch = (pitch_track(decoded.audio, cfg.decode.sample_rate, cfg.audio)
+                     if cfg.audio.pitch and mel is not None else None)
             problem = non_finite_audio(decoded.audio, mel)
             if problem:
                 return self._reject(row, "non_finite_audio", problem, probe.duration_s)
@@ -324,8 +327,10 @@ class _ShardWriter:
                         sample_rate=cfg.decode.sample_rate, hop_length=cfg.audio.hop_length,
                         n_mels=cfg.audio.n_mels, crop=cfg.face.crop, face_mode=face_mode,
                         detector="none" if face_mode == "whole" else cfg.face.backend)
+            if pitch is not None:
+                meta["pitch"] = True                 # only then: default builds' records stay as they were
             sample = encode_sample(row["key"], meta, track.mask, track.boxes, track.crops, mel,
-                                   cfg.face.jpeg_quality)
+                                   cfg.face.jpeg_quality, pitch=pitch)
         except Exception as exc:  # one clip's failure is recorded, never fatal to the shard
             return self._reject(row, "processing_error", f"{type(exc).__name__}: {exc}", probe.duration_s)
         self.tar.write(sample)

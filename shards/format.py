@@ -4,6 +4,8 @@ One sample = one clip = these tar members (webdataset groups them by the key bef
 
     {key}.json          UTF-8 JSON record: labels, speaker, text, timings, source, versions, sizes
     {key}.mel.npy       float16 (n_mels, F) log-mel; absent when the clip has no audio stream
+    {key}.pitch.npy     float16 (2, F) log2(F0 / 200 Hz) and periodicity per mel frame (audio.pitch=true
+                        builds; pipeline.audio.pitch_track); only beside a mel
     {key}.facemask.npy  uint8 (T,) 1 where sampled frame t has the speaker's face
     {key}.boxes.npy     float32 (T, 5) x1, y1, x2, y2 in [0, 1] of the frame, detector score; 0 when no face
     {key}.faces.jpg     JPEG strip (S, S * n_faces, 3) of the aligned crops of the frames with a face,
@@ -35,12 +37,13 @@ MEMBERS: dict[str, tuple[str, int] | None] = {
     "json": None,
     "faces.jpg": None,
     "mel.npy": ("float16", 2),
+    "pitch.npy": ("float16", 2),
     "facemask.npy": ("uint8", 1),
     "boxes.npy": ("float32", 2),
 }
 MAX_MEMBER_BYTES = 64 << 20
 # largest bytes a member of each kind may declare (a 30 s clip's mel is ~0.2 MB, its strip of 64 crops ~1 MB)
-MEMBER_LIMITS = {"json": 1 << 20, "facemask.npy": 1 << 20, "boxes.npy": 4 << 20}
+MEMBER_LIMITS = {"json": 1 << 20, "facemask.npy": 1 << 20, "boxes.npy": 4 << 20, "pitch.npy": 4 << 20}
 MEL_BINS = (8, 256)          # the bin counts pipeline's AudioConfig.n_mels allows
 
 
@@ -62,6 +65,7 @@ class Sample:
     facemask: np.ndarray          # (T,) uint8
     boxes: np.ndarray             # (T, 5) float32
     faces: np.ndarray | None      # (n_faces, S, S, 3) uint8
+    pitch: np.ndarray | None = None   # (2, F) float16: log2(F0 / 200 Hz), periodicity; F as the mel's
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -71,7 +75,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def encode_sample(key: str, meta: dict, facemask: np.ndarray, boxes: np.ndarray,
-                  faces: np.ndarray | None, mel: np.ndarray | None, jpeg_quality: int = 90) -> dict:
+                  faces: np.ndarray | None, mel: np.ndarray | None, jpeg_quality: int = 90,
+                  pitch: np.ndarray | None = None) -> dict:
     """Return the webdataset dict (all values bytes) for one clip."""
     if not KEY_RE.match(key):
         raise UnsafeSampleError(f"invalid sample key {key!r}")
@@ -87,6 +92,8 @@ def encode_sample(key: str, meta: dict, facemask: np.ndarray, boxes: np.ndarray,
     }
     if mel is not None:
         out["mel.npy"] = _npy_bytes(np.asarray(mel, dtype=np.float16))
+        if pitch is not None:
+            out["pitch.npy"] = _npy_bytes(np.asarray(pitch, dtype=np.float16))
     if n_faces:
         if faces is None or faces.shape[0] != n_faces:
             raise ValueError(f"{key}: {n_faces} face frames in the mask but "
@@ -119,7 +126,7 @@ def split_strip(strip: np.ndarray, n_faces: int) -> np.ndarray:
 
 
 def check_values(key: str, meta: dict, mel: np.ndarray | None, facemask: np.ndarray, boxes: np.ndarray,
-                 n_mels: int | None = None) -> None:
+                 n_mels: int | None = None, pitch: np.ndarray | None = None) -> None:
     """Values and shapes against the contract (a checksum-valid shard can still hold label 99, a NaN mel or a
     mel of another bin count: each would crash or silently poison training). n_mels: the reader's model's."""
     label = meta.get("label")
@@ -130,7 +137,12 @@ def check_values(key: str, meta: dict, mel: np.ndarray | None, facemask: np.ndar
     if not np.isfinite(boxes).all():
         raise UnsafeSampleError(f"{key}: .boxes.npy holds non-finite values")
     if mel is None:
+        if pitch is not None:
+            raise UnsafeSampleError(f"{key}: a .pitch.npy without a .mel.npy")
         return
+    if pitch is not None and (pitch.shape != (2, mel.shape[1]) or not np.isfinite(pitch).all()):
+        raise UnsafeSampleError(f"{key}: .pitch.npy has shape {pitch.shape} or non-finite values; expected "
+                                f"(2, {mel.shape[1]}) finite, one column per mel frame")
     bins = meta.get("n_mels", mel.shape[0])
     if not MEL_BINS[0] <= mel.shape[0] <= MEL_BINS[1] or mel.shape[0] != bins:
         raise UnsafeSampleError(f"{key}: mel has {mel.shape[0]} bins; its record says {str(bins)[:20]}, "
@@ -173,7 +185,8 @@ def decode_sample(raw: dict, decode_faces: bool = True, n_mels: int | None = Non
     if boxes.shape != (facemask.shape[0], 5):
         raise UnsafeSampleError(f"{key}: boxes shape {boxes.shape} does not match {facemask.shape[0]} frames")
     mel = _load_npy(raw["mel.npy"], "mel.npy", key) if "mel.npy" in raw else None
-    check_values(key, meta, mel, facemask, boxes, n_mels)
+    pitch = _load_npy(raw["pitch.npy"], "pitch.npy", key) if "pitch.npy" in raw else None
+    check_values(key, meta, mel, facemask, boxes, n_mels, pitch)
     n_faces = int(facemask.astype(bool).sum())
     faces = None
     if n_faces and "faces.jpg" not in raw:
@@ -189,4 +202,4 @@ def decode_sample(raw: dict, decode_faces: bool = True, n_mels: int | None = Non
         if strip.shape[0] != FACE_SIZE:
             raise UnsafeSampleError(f"{key}: face strip is {strip.shape[0]} pixels high, expected {FACE_SIZE}")
         faces = split_strip(strip, n_faces)
-    return Sample(key=key, meta=meta, mel=mel, facemask=facemask, boxes=boxes, faces=faces)
+    return Sample(key=key, meta=meta, mel=mel, facemask=facemask, boxes=boxes, faces=faces, pitch=pitch)

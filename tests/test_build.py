@@ -74,6 +74,28 @@ def test_no_audio_policy_reject(tmp_path, mini_meld):
     assert summary.rejected.get("no_audio_stream", 0) >= 1
 
 
+def test_pitch_build_stores_a_track_per_mel_frame_and_a_new_fingerprint(tmp_path, mini_meld, built_shards):
+    """audio.pitch=true: each clip with audio holds .pitch.npy, one (log2 F0, periodicity) column per mel frame;
+    clips without audio hold none. The option is in the build's fingerprint only when on (default builds keep
+    theirs), and a kept build from before it counts as pitch=false."""
+    import numpy as np
+    from avemo.pipeline.shard_task import media_settings
+    from avemo.pipeline.config import BuildConfig, AudioConfig
+    out = tmp_path / "out"
+    run_build(build_config(mini_meld, out, "audio.pitch=true", "splits=[train]"))
+    samples = [decode_sample(s) for shard in sorted(out.glob("train-*.tar"))
+               for s in wds.WebDataset(str(shard), shardshuffle=False)]
+    with_audio = [s for s in samples if s.mel is not None]
+    assert with_audio and all(s.pitch is not None and s.pitch.shape == (2, s.mel.shape[1]) and s.meta["pitch"]
+                              for s in with_audio)
+    assert all(s.pitch is None for s in samples if s.mel is None)
+    voiced = np.concatenate([s.pitch[1] for s in with_audio]).astype(np.float32)
+    assert 0 < voiced.max() <= 1 and voiced.min() >= 0                     # periodicity: real speech and tones
+    assert read_build_config(out)["audio"]["pitch"] is True
+    assert "pitch" not in media_settings(BuildConfig(), hashed=True)["audio"]
+    assert media_settings(BuildConfig(audio=AudioConfig(pitch=True)), hashed=True)["audio"]["pitch"] is True
+
+
 def test_interrupted_build_resumes_to_the_same_result(tmp_path, built_shards, mini_meld):
     """Keep only some finished shards (as a kill would), plus a leftover temporary; the rerun
     rebuilds the rest and ends byte-identical to the uninterrupted build."""

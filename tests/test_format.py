@@ -39,6 +39,17 @@ def test_round_trip():
     np.testing.assert_array_equal(s.facemask, [1, 0, 1, 0])
 
 
+def test_pitch_round_trip_one_column_per_mel_frame():
+    raw, _, mel = _sample()
+    assert "pitch.npy" not in raw and decode_sample(raw).pitch is None      # builds without audio.pitch
+    pitch = np.random.default_rng(1).normal(size=(2, mel.shape[1])).astype(np.float16)
+    s = decode_sample(_with(raw, pitch_npy=pitch))
+    np.testing.assert_array_equal(s.pitch, pitch)
+    silent, _, _ = _sample(mel=False)
+    with pytest.raises(UnsafeSampleError, match="without a .mel.npy"):
+        decode_sample(_with(silent, pitch_npy=pitch))
+
+
 def test_no_face_no_audio():
     raw, _, _ = _sample(faces_at=(), mel=False)
     assert "faces.jpg" not in raw and "mel.npy" not in raw
@@ -118,6 +129,10 @@ def _with(raw: dict, **members) -> dict:
     ({"mel_npy": np.full((64, 9), np.inf, np.float16)}, "mel holds non-finite values"),
     ({"mel_npy": np.zeros((80, 9), np.float16)}, "mel has 80 bins; its record says 64"),
     ({"mel_npy": np.zeros((1, 9), np.float16), "json": {"n_mels": 1}}, "mel has 1 bins"),
+    ({"pitch_npy": np.zeros((2, 49), np.float16)}, "pitch.npy has shape"),          # one column short
+    ({"pitch_npy": np.zeros((3, 50), np.float16)}, "pitch.npy has shape"),
+    ({"pitch_npy": np.full((2, 50), np.nan, np.float16)}, "non-finite"),
+    ({"pitch_npy": np.zeros((2, 50), np.float32)}, "dtype float32"),
     ({"facemask_npy": np.array([1, 0, 7, 0], np.uint8)}, "values other than 0 and 1"),
     ({"boxes_npy": np.full((4, 5), np.nan, np.float32)}, "boxes.npy holds non-finite values"),
 ])

@@ -40,9 +40,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "wide": ("audio CNN 1.5x wider: 48, 96, 192 channels", ["model.audio_channels=[48,96,192]"]),
     "flatten": ("audio CNN's 8 mel bands x 128 channels kept per frame (shipped: their mean over bands)",
                 ["model.audio_freq=flatten"]),
+    "pitch": ("F0 and periodicity per frame beside the mel (YIN; shards built with audio.pitch=true)",
+              ["model.pitch=true"]),
 }
 # variants that need their own RAVDESS shards: build-shards settings on top of bench/real_data.py's
-BUILDS: dict[str, list[str]] = {"mels128": ["audio.n_mels=128", "audio.n_fft=800"]}
+BUILDS: dict[str, list[str]] = {"mels128": ["audio.n_mels=128", "audio.n_fft=800"], "pitch": ["audio.pitch=true"]}
 
 
 def variant_shards(data: Path, out: Path, name: str) -> Path:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from avemo.core.config import check
 
+PITCH_ROWS = 2       # log2(F0 / 200 Hz) and periodicity per mel frame (pipeline.audio.pitch_track)
+
 
 @dataclass
 class ModelConfig:
@@ -24,9 +26,17 @@ class ModelConfig:
     #                                              statistics (learnt frame weights); std = how pitch/energy move
     audio_freq: Literal["mean", "flatten"] = "mean"  # audio CNN output -> LSTM per frame: mean over mel bands (blind to
     #                                              where in frequency a pattern sits); flatten: bands x channels kept
+    pitch: bool = False                           # the voice branch also reads each frame's F0 and periodicity:
+    #                                              shards built with audio.pitch=true; its input then carries
+    #                                              PITCH_ROWS rows after the n_mels mel bins
     fusion_dim: int = 128                         # width of the fused clip embedding
     dropout: float = 0.3                          # before the classifier
     modality_dropout: float = 0.2                 # per sample, drop one present modality in training
+
+    @property
+    def audio_rows(self) -> int:
+        """Rows of the model's audio input: the mel bins, then the pitch track's (model.pitch)."""
+        return self.n_mels + (PITCH_ROWS if self.pitch else 0)
 
     def __post_init__(self):
         check((1 <= self.face_train_blocks <= 21, "face_train_blocks must be in 1..21 (MobileFaceNet's blocks)"),

@@ -10,7 +10,8 @@ import math
 import numpy as np
 import torch
 
-from avemo.shards.format import FACE_SIZE, decode_sample
+from avemo.model.config import PITCH_ROWS
+from avemo.shards.format import FACE_SIZE, UnsafeSampleError, decode_sample
 
 MEL_PAD_MULTIPLE = 64  # pad mel length to a multiple of this: few distinct shapes for torch.compile
 
@@ -28,7 +29,10 @@ def crop_mel(mel: torch.Tensor, max_mel: int, random_crop: bool = False) -> torc
     return mel[:, start: start + max_mel]
 
 
-def to_tensors(raw: dict, max_frames: int, max_mel: int, random_crop: bool, n_mels: int | None = None) -> dict:
+def to_tensors(raw: dict, max_frames: int, max_mel: int, random_crop: bool, n_mels: int | None = None,
+               pitch: bool = False) -> dict:
+    """pitch (model.pitch): the sample also gives "pitch" (2, F), cropped with its mel; a clip with audio but
+    no pitch track (shards built without audio.pitch) is refused."""
     s = decode_sample(raw, n_mels=n_mels)   # n_mels: the model's; a sample with another bin count is refused
     t = s.facemask.shape[0]
     idx = frame_indices(t, max_frames)
@@ -41,13 +45,25 @@ def to_tensors(raw: dict, max_frames: int, max_mel: int, random_crop: bool, n_me
                 faces[slot] = torch.from_numpy(s.faces[crop_of_frame[frame]]).permute(2, 0, 1)
                 mask[slot] = True
     if s.mel is None:
-        mel = torch.zeros((s.meta.get("n_mels", 64), 0), dtype=torch.float32)
+        mel = torch.zeros((s.meta.get("n_mels", 64) + (PITCH_ROWS if pitch else 0), 0), dtype=torch.float32)
     else:
-        mel = crop_mel(torch.from_numpy(s.mel.astype(np.float32)), max_mel, random_crop)
-    return {"key": s.key, "label": int(s.meta["label"]), "faces": faces, "face_mask": mask, "mel": mel}
+        rows = [s.mel]
+        if pitch:
+            if s.pitch is None:
+                raise UnsafeSampleError(f"{s.key}: no pitch track (.pitch.npy) for a model with model.pitch=true: "
+                                        "rebuild the shards with audio.pitch=true")
+            rows.append(s.pitch)
+        mel = crop_mel(torch.from_numpy(np.concatenate(rows).astype(np.float32)), max_mel, random_crop)
+    out = {"key": s.key, "label": int(s.meta["label"]), "faces": faces, "face_mask": mask, "mel": mel}
+    if pitch:                                                   # cropped together, kept apart for augmentation
+        out["mel"], out["pitch"] = mel[:-PITCH_ROWS], mel[-PITCH_ROWS:]
+    return out
 
 
 def collate(samples: list[dict]) -> dict:
+    """With "pitch" in the samples (model.pitch) the batch's mel holds its rows after the mel bins."""
+    if "pitch" in samples[0]:
+        samples = [dict(s, mel=torch.cat([s["mel"], s["pitch"]])) for s in samples]
     n_mels = samples[0]["mel"].shape[0]
     longest = max(s["mel"].shape[1] for s in samples)
     width = max(MEL_PAD_MULTIPLE, math.ceil(longest / MEL_PAD_MULTIPLE) * MEL_PAD_MULTIPLE)

@@ -30,6 +30,7 @@ FACE_STD = (0.229, 0.224, 0.225)
 # and fragments around the batch-dependent sizes. In passes of 16 the same work peaked at 2.35 vs 3.41 GB (the
 # run's processes, 2 epochs of the real recipe) at the same speed: bench/results/train_memory_chunk.md.
 FROZEN_CHUNK = 16
+PROSODY_DIM = 16     # model.pitch: features per audio CNN frame from the pitch track
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -146,6 +147,11 @@ class AudioEncoder(nn.Module):
         self.stride = 2 ** len(cfg.audio_channels)
         self.flatten = cfg.audio_freq == "flatten"
         width = inp * (cfg.n_mels // self.stride) if self.flatten else inp   # the bands left after the pools
+        self.n_mels = cfg.n_mels
+        # pitch per CNN frame (its periodicity-weighted log F0, the same relative to the clip's, the voiced
+        # share) -> PROSODY_DIM features beside the CNN's channels
+        self.prosody = nn.Sequential(nn.Linear(3, PROSODY_DIM), nn.ReLU(inplace=True)) if cfg.pitch else None
+        width += PROSODY_DIM if cfg.pitch else 0
         self.norm = nn.LayerNorm(width)
         self.lstm = nn.LSTM(width, cfg.hidden, batch_first=True)
         self.pool = None if cfg.audio_pool == "mean" else StatsPool(cfg.hidden, cfg.audio_pool == "attention")
@@ -172,6 +178,7 @@ class AudioEncoder(nn.Module):
 
     def encode(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
         """The dense path: every clip, padding zeroed before each convolution and left out of the norm."""
+        mel, pitch = (mel[:, : self.n_mels], mel[:, self.n_mels:]) if self.prosody is not None else (mel, None)
         if self.utterance_norm:   # per clip and bin, over its valid frames (cepstral mean/variance normalisation)
             w = mel_mask.unsqueeze(1).to(mel.dtype)                  # (B, 1, F)
             n = w.sum(2, keepdim=True).clamp(min=1.0)
@@ -191,8 +198,24 @@ class AudioEncoder(nn.Module):
         else:
             x = x.mean(2).transpose(1, 2)                            # (B, F/8, C)
         mask = m[:, 0, 0, : x.shape[1]] > 0                          # (B, F/8)
+        if pitch is not None:
+            x = torch.cat([x, self.prosody(self._pitch_features(pitch, mel_mask, x.shape[1]))], dim=2)
         out, _ = self.lstm(self.norm(x))                             # (B, F/8, hidden)
         return _masked_mean(out, mask) if self.pool is None else self.pool(out, mask)
+
+
+    def _pitch_features(self, pitch: torch.Tensor, mel_mask: torch.Tensor, frames: int) -> torch.Tensor:
+        """(B, 2, F) log2 F0 / periodicity, (B, F) -> (B, frames, 3) on the CNN's frames (stride mel frames
+        each): the periodicity-weighted mean log F0, the same minus the clip's, the mean periodicity. A frame
+        without voicing (or padding) gives zeros."""
+        w = pitch[:, 1] * mel_mask.to(pitch.dtype)                   # (B, F), 0 on padding and silence
+        f0w = pitch[:, 0] * w
+        k = self.stride
+        voiced = F.avg_pool1d(w[:, None], k, k)[:, 0, :frames]       # (B, frames)
+        f0 = F.avg_pool1d(f0w[:, None], k, k)[:, 0, :frames] / voiced.clamp(min=1e-3)
+        clip = f0w.sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1e-3)
+        on = (voiced > 0.05).to(f0.dtype)
+        return torch.stack([f0 * on, (f0 - clip) * on, voiced], dim=2)
 
 
 class FaceEncoder(nn.Module):
@@ -336,7 +359,7 @@ def flops_per_clip(model: "AVEmotionNet", frames: int = 16, mel_frames: int = 40
     device = next(model.parameters()).device
     args = (torch.zeros(1, frames, 3, 112, 112, dtype=torch.uint8, device=device),
             torch.ones(1, frames, dtype=torch.bool, device=device),
-            torch.zeros(1, int(model.cfg.n_mels), mel_frames, device=device),
+            torch.zeros(1, int(model.cfg.audio_rows), mel_frames, device=device),
             torch.ones(1, mel_frames, dtype=torch.bool, device=device))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(*args)

@@ -36,12 +36,20 @@ def augment_faces(faces: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
 
 
 def augment_mel(mel: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    return augment_audio(mel, None, cfg)[0]
+
+
+def augment_audio(mel: torch.Tensor, pitch: torch.Tensor | None, cfg: AugmentConfig):
+    """(mel, pitch track or None) -> the same, augmented: the pitch track (2, F) is time-stretched with its
+    mel; gain, noise and the masks act on the mel alone (they are not in its F0 or periodicity)."""
     if mel.shape[-1] == 0:
-        return mel
+        return mel, pitch
     if cfg.speed:
         frames = max(1, round(mel.shape[-1] / _uniform(1 - cfg.speed, 1 + cfg.speed)))
-        stretched = torch.nn.functional.interpolate(mel[None], size=frames, mode="linear", align_corners=False)[0]
-        mel = stretched[:, : mel.shape[-1]]     # a slow-down keeps the clip's length (data.max_mel_frames holds)
+        both = mel if pitch is None else torch.cat([mel, pitch])
+        stretched = torch.nn.functional.interpolate(both[None], size=frames, mode="linear", align_corners=False)[0]
+        stretched = stretched[:, : mel.shape[-1]]   # a slow-down keeps the clip's length (max_mel_frames holds)
+        mel, pitch = (stretched, None) if pitch is None else (stretched[: mel.shape[0]], stretched[mel.shape[0]:])
     mel = mel + _uniform(-cfg.gain_db, cfg.gain_db) / 10.0 * math.log(10.0)
     if cfg.noise_p and float(torch.rand(())) < cfg.noise_p:
         snr_db = _uniform(cfg.noise_snr_db, cfg.noise_snr_db + 20.0)
@@ -55,10 +63,14 @@ def augment_mel(mel: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
         width = min(cfg.time_mask_width, mel.shape[-1] // 4)
         if width > 0:
             mel = AF.mask_along_axis(mel.unsqueeze(0), width, fill, axis=2).squeeze(0)
-    return mel
+    return mel, pitch
 
 
 def augment_sample(sample: dict, cfg: AugmentConfig) -> dict:
     if not cfg.enabled:
         return sample
-    return dict(sample, faces=augment_faces(sample["faces"], cfg), mel=augment_mel(sample["mel"], cfg))
+    mel, pitch = augment_audio(sample["mel"], sample.get("pitch"), cfg)
+    out = dict(sample, faces=augment_faces(sample["faces"], cfg), mel=mel)
+    if pitch is not None:
+        out["pitch"] = pitch
+    return out

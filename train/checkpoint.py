@@ -99,7 +99,7 @@ def init_source(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
     ckpt = load_checkpoint(cfg.init_from, cfg.data.storage_options)
     source = model_from_checkpoint(ckpt, cfg.init_from)     # its weights fit its own config: one line if not
     saved, now = asdict(source.cfg), asdict(cfg.model)
-    shape = [k for k in ("n_mels", "audio_channels", "hidden", "fusion_dim") if saved[k] != now[k]]
+    shape = [k for k in ("n_mels", "audio_channels", "hidden", "fusion_dim", "pitch", "audio_freq") if saved[k] != now[k]]
     if shape:
         raise CheckpointError(f"cannot start from {cfg.init_from}: its model has other shapes ("
                               + ", ".join(f"model.{k} {saved[k]!r} vs {now[k]!r}" for k in shape) + ")")

@@ -211,7 +211,7 @@ def effective_workers(n_shards: int, world: int, wanted: int, what: str = "") ->
 
 
 def _sample_stages(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch, seed: int,
-                   n_mels: int | None) -> list:
+                   n_mels: int | None, pitch: bool = False) -> list:
     """shard list -> augmented samples: the stages of one set's training stream, before batching."""
     return [
         wds.SimpleShardList(split.urls),
@@ -222,7 +222,7 @@ def _sample_stages(split: SplitShards, data: DataConfig, aug: AugmentConfig, epo
         listed_samples(split.listed),
         _SeededShuffle(data.shuffle_buffer, seed, epoch),
         wds.map(functools.partial(to_tensors, max_frames=data.max_frames, max_mel=data.max_mel_frames,
-                                  random_crop=True, n_mels=n_mels), handler=skip_bad_sample),
+                                  random_crop=True, n_mels=n_mels, pitch=pitch), handler=skip_bad_sample),
         wds.map(functools.partial(augment_sample, cfg=aug)),
     ]
 
@@ -268,14 +268,14 @@ def epoch_steps(splits: list[SplitShards], batch_size: int, world: int = 1, epoc
 
 
 def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch, seed: int,
-                 world: int = 1, n_mels: int | None = None) -> tuple[wds.WebLoader, int]:
+                 world: int = 1, n_mels: int | None = None, pitch: bool = False) -> tuple[wds.WebLoader, int]:
     """The training stream and its batches per epoch (epoch_steps); with a SharedEpoch it is built once and
     iterated once per epoch (set the epoch first), its workers kept alive between epochs."""
     workers = effective_workers(len(split.urls), world, data.workers)
     steps = epoch_steps([split], data.batch_size, world, data.epoch_samples)
     per_worker = math.ceil(steps / max(1, workers))
     dataset = wds.DataPipeline(
-        *_sample_stages(split, data, aug, epoch, seed, n_mels),
+        *_sample_stages(split, data, aug, epoch, seed, n_mels, pitch),
         # partial: a worker whose pass over its shards holds fewer samples than a batch still yields one
         # (otherwise its pass is empty and webdataset stops repeating it: a silently short epoch)
         wds.batched(data.batch_size, collation_fn=collate, partial=True),
@@ -320,17 +320,18 @@ def mixed_label_counts(splits: list[SplitShards], probs: list[float]) -> list[fl
 
 
 def _set_stream(split: SplitShards, index: int, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch,
-                seed: int, n_mels: int | None):
+                seed: int, n_mels: int | None, pitch: bool = False):
     """One set's endless stream of augmented samples (train_loader's stages, without batching)."""
-    return wds.DataPipeline(*_sample_stages(split, data, aug, epoch, seed + 1009 * index, n_mels)).repeat()
+    return wds.DataPipeline(*_sample_stages(split, data, aug, epoch, seed + 1009 * index, n_mels, pitch)).repeat()
 
 
 def mixed_train_loader(splits: list[SplitShards], data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch,
-                       seed: int, world: int = 1, n_mels: int | None = None) -> tuple[wds.WebLoader, int]:
+                       seed: int, world: int = 1, n_mels: int | None = None,
+                       pitch: bool = False) -> tuple[wds.WebLoader, int]:
     """train_loader over several shard sets mixed by data.weights. An epoch is as many steps as the sets'
     train samples together fill; every worker reads its share of every set's shards."""
     if len(splits) == 1:
-        return train_loader(splits[0], data, aug, epoch, seed, world, n_mels)
+        return train_loader(splits[0], data, aug, epoch, seed, world, n_mels, pitch)
     per_set = [effective_workers(len(s.urls), world, data.workers, f"--shards set {i + 1}: ")
                for i, s in enumerate(splits)]
     workers = min(per_set)
@@ -340,7 +341,7 @@ def mixed_train_loader(splits: list[SplitShards], data: DataConfig, aug: Augment
                     len(splits[per_set.index(workers)].urls) // world)
     steps = epoch_steps(splits, data.batch_size, world, data.epoch_samples)
     per_worker = math.ceil(steps / max(1, workers))
-    sources = [_set_stream(s, i, data, aug, epoch, seed, n_mels) for i, s in enumerate(splits)]
+    sources = [_set_stream(s, i, data, aug, epoch, seed, n_mels, pitch) for i, s in enumerate(splits)]
     dataset = wds.DataPipeline(
         MixedSets(sources, mix_weights(splits, data.weights), seed, epoch),
         wds.batched(data.batch_size, collation_fn=collate, partial=True),
@@ -350,7 +351,7 @@ def mixed_train_loader(splits: list[SplitShards], data: DataConfig, aug: Augment
 
 def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int = 16,
                 max_mel: int = 1000, persistent: bool = False, n_mels: int | None = None,
-                listed: dict[str, frozenset] | None = None) -> wds.WebLoader:
+                listed: dict[str, frozenset] | None = None, pitch: bool = False) -> wds.WebLoader:
     """Every sample of the split exactly once, in shard order (rank 0 only); `persistent` keeps the workers
     for the next pass (training's dev loaders do not: train/loop.py dev_loaders); listed: SplitShards.listed."""
     dataset = wds.DataPipeline(
@@ -359,7 +360,7 @@ def eval_loader(urls: list[str], batch_size: int, workers: int, max_frames: int 
         read_shards(urls),
         listed_samples(listed),
         wds.map(functools.partial(to_tensors, max_frames=max_frames, max_mel=max_mel, random_crop=False,
-                                  n_mels=n_mels),
+                                  n_mels=n_mels, pitch=pitch),
                 handler=skip_bad_sample),
         wds.batched(batch_size, collation_fn=collate, partial=True),
     )

@@ -121,7 +121,7 @@ def run_evaluate(cfg: EvalConfig, log=print) -> dict:
     split = split_shards(cfg.shards, cfg.split, cfg.corrupt_shards, log_fn=log,
                          hint="set corrupt_shards=skip to evaluate without it", options=cfg.storage_options)
     loader = eval_loader(split.urls, cfg.batch_size, cfg.workers, data["max_frames"], data["max_mel_frames"],
-                         n_mels=model.cfg.n_mels, listed=split.listed)
+                         n_mels=model.cfg.n_mels, listed=split.listed, pitch=model.cfg.pitch)
     modes = tuple(MODES) if cfg.ablation else ("both",)
     log(f"evaluating {cfg.checkpoint} (epoch {ckpt.get('epoch')}) on {cfg.split}: {split.n_samples} clips, "
         f"{len(split.urls)} shards, {device}")

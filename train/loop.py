@@ -120,7 +120,8 @@ def check_epoch(epoch: int, seen: int, loss_total: float) -> None:
 def evaluate_split(model, split, cfg: TrainConfig, device, loader=None) -> dict:
     """split: SplitShards (its urls and the keys the manifest lists)."""
     loader = loader or eval_loader(split.urls, cfg.data.batch_size, min(2, cfg.data.workers), cfg.data.max_frames,
-                                   cfg.data.max_mel_frames, n_mels=cfg.model.n_mels, listed=split.listed)
+                                   cfg.data.max_mel_frames, n_mels=cfg.model.n_mels, listed=split.listed,
+                                   pitch=cfg.model.pitch)
     _, labels, probs = predict(model, loader, device, bf16=use_bf16(device, cfg.amp))["both"]
     return classification_metrics(labels, probs.argmax(1))
 
@@ -255,7 +256,7 @@ def train_stream(run: Run) -> Stream:
     cfg = run.cfg
     epoch = SharedEpoch(run.resume_from["epoch"] if run.resume_from else 0)
     loader, steps = mixed_train_loader(run.train_splits, cfg.data, cfg.augment, epoch, cfg.seed, run.world,
-                                       n_mels=cfg.model.n_mels)
+                                       n_mels=cfg.model.n_mels, pitch=cfg.model.pitch)
     return Stream(loader, steps, epoch)
 
 
@@ -333,7 +334,7 @@ def dev_loaders(run: Run) -> list:
     cfg = run.cfg
     return [eval_loader(split.urls, cfg.data.batch_size, min(2 if i == 0 else 1, cfg.data.workers),
                         cfg.data.max_frames, cfg.data.max_mel_frames, persistent=False, n_mels=cfg.model.n_mels,
-                        listed=split.listed)
+                        listed=split.listed, pitch=cfg.model.pitch)
             if run.main and split is not None else None for i, split in enumerate(run.eval_splits)]
 
 

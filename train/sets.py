@@ -52,6 +52,11 @@ def prepare_data(cfg: TrainConfig, log) -> tuple[list, list, dict]:
         if differ:
             raise ConfigError(f"--shards {shards} was built with other audio settings than {cfg.shards[0]} "
                               f"({', '.join(differ)}): rebuild it with the same audio: section")
+    if cfg.model.pitch:
+        lacking = [s for s, b in zip(cfg.shards, builds) if not (b.get("audio") or {}).get("pitch")]
+        if lacking:
+            raise ConfigError(f"model.pitch=true reads each clip's pitch track, and --shards {lacking[0]} was built "
+                              "without one: rebuild it with audio.pitch=true (a set of images costs nothing more)")
     return trains, evals, builds[0]
 
 

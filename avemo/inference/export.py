@@ -85,11 +85,11 @@ def check_model_meta(meta: object, path: str | Path) -> dict:
     return meta  # type: ignore[return-value]  # checked above: a dict
 
 
-def example_inputs(n_mels: int, batch: int = 1, frames: int = 8, mel_frames: int = 256) -> tuple:
+def example_inputs(audio_rows: int, batch: int = 1, frames: int = 8, mel_frames: int = 256) -> tuple:
     g = torch.Generator().manual_seed(0)
     faces = torch.randint(0, 256, (batch, frames, 3, 112, 112), dtype=torch.uint8, generator=g)
     face_mask = torch.ones(batch, frames, dtype=torch.bool)
-    mel = torch.randn(batch, n_mels, mel_frames, generator=g)
+    mel = torch.randn(batch, audio_rows, mel_frames, generator=g)   # the mel bins (and pitch rows)
     mel_mask = torch.ones(batch, mel_frames, dtype=torch.bool)
     return faces, face_mask, mel, mel_mask
 
@@ -99,7 +99,7 @@ def to_onnx_bytes(net: AVEmotionNet, meta: dict) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():   # the TorchScript-based exporter warns that LSTM batch sizes are traced
         warnings.simplefilter("ignore")
-        torch.onnx.export(ExportNet(net), example_inputs(net.cfg.n_mels), buf,  # type: ignore[arg-type]
+        torch.onnx.export(ExportNet(net), example_inputs(net.cfg.audio_rows), buf,  # type: ignore[arg-type]
                           dynamo=False, opset_version=OPSET, input_names=INPUTS, output_names=OUTPUTS, dynamic_axes=DYNAMIC_AXES)
     proto = onnx.load_from_string(buf.getvalue())
     onnx.checker.check_model(proto)
@@ -112,7 +112,7 @@ def to_torchscript_bytes(net: AVEmotionNet, meta: dict) -> bytes:
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")   # torch 2.11 marks TorchScript deprecated; it still runs in C++ / mobile
-        faces, face_mask, mel, mel_mask = example_inputs(net.cfg.n_mels)
+        faces, face_mask, mel, mel_mask = example_inputs(net.cfg.audio_rows)
         emb = net.embed_faces(faces)
         # forward for C++ / mobile users; embed + head for `avemo predict model.torchscript.pt`, which
         # embeds each face crop once across overlapping windows (inference/runtime.py)

@@ -95,6 +95,8 @@ class WindowPredictor:
         self.fps, self.scale = fps or cfg.decode.fps, scale
         self.labels = runner.meta["labels"]
         self.max_frames, self.max_mel = runner.meta["max_frames"], runner.meta["max_mel_frames"]
+        # model.pitch: the model reads each mel frame's F0 and periodicity after the mel bins (PITCH_ROWS)
+        self.pitch = bool(((runner.meta.get("train") or {}).get("model") or {}).get("pitch", False))
         self.detector = get_detector(cfg.face)
         self.dets: dict[int, object] = {}                 # frame id -> FrameDets
         self.embs: dict[tuple[int, bytes], np.ndarray] = {}  # (frame id, face box) -> (128,)
@@ -146,12 +148,16 @@ class WindowPredictor:
 
     def _mel(self, audio: np.ndarray | None):
         import torch
-        from avemo.pipeline.audio import log_mel
+        from avemo.pipeline.audio import log_mel, pitch_track
+        from avemo.model.config import PITCH_ROWS
         from avemo.model.inputs import crop_mel
         if audio is None or not len(audio):
-            return torch.zeros((self.cfg.audio.n_mels, 0))
-        mel = torch.from_numpy(log_mel(audio, self.rate, self.cfg.audio).astype(np.float32))
-        return crop_mel(mel, self.max_mel)                     # (n_mels, F), cropped from the start as in eval
+            return torch.zeros((self.cfg.audio.n_mels + (PITCH_ROWS if self.pitch else 0), 0))
+        rows = [log_mel(audio, self.rate, self.cfg.audio)]
+        if self.pitch:                                         # as the shards: the track after the mel bins
+            rows.append(pitch_track(audio, self.rate, self.cfg.audio))
+        mel = torch.from_numpy(np.concatenate(rows).astype(np.float32))
+        return crop_mel(mel, self.max_mel)                     # (rows, F), cropped from the start as in eval
 
     def _people(self, window, mel, lap) -> tuple[list[dict], dict | None]:
         """Every face of the window as a person -> (the line's `faces`, the speaker's {mask, emb, probs, id}

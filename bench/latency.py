@@ -52,10 +52,10 @@ def make_checkpoint(folder: Path) -> Path:
     return path
 
 
-def real_window(clip: Path, max_frames: int) -> dict:
+def real_window(clip: Path, max_frames: int, pitch: bool = False) -> dict:
     """The first 2 s window of the clip exactly as predict builds it: crops (max_frames, 112, 112, 3), log-mel."""
     import torch
-    from avemo.pipeline.audio import log_mel
+    from avemo.pipeline.audio import audio_input
     from avemo.pipeline.config import BuildConfig
     from avemo.pipeline.faces import get_detector, speaker_faces
     from avemo.inference.stream import StreamDecoder, probe_input, resolve_inputs, stream_plan
@@ -68,7 +68,7 @@ def real_window(clip: Path, max_frames: int) -> dict:
         window = next(iter(dec.windows(2.0, 0.5)))
     track = speaker_faces(window.frames, get_detector(cfg.face).detect(list(window.frames)), cfg.face)
     assert track.mask.all(), "the benchmark clip needs a face in every frame of its first window"
-    mel = torch.from_numpy(log_mel(window.audio, plan.sample_rate, cfg.audio).astype(np.float32))
+    mel = torch.from_numpy(audio_input(window.audio, plan.sample_rate, cfg.audio, pitch).astype(np.float32))
     faces = torch.from_numpy(track.crops).permute(0, 3, 1, 2)[:max_frames]
     batch = collate([{"key": "", "label": -1, "faces": faces, "face_mask": torch.ones(len(faces), dtype=torch.bool),
                       "mel": mel}])
@@ -180,9 +180,10 @@ def main(argv=None) -> int:
         from avemo.inference.export import export
         onnx_path = export(ckpt, "onnx", tmp / "model.onnx")
         from avemo.model.checkpoint import load_checkpoint
-        max_frames = load_checkpoint(ckpt)["config"]["data"]["max_frames"]
+        saved = load_checkpoint(ckpt)["config"]
+        max_frames, pitch = saved["data"]["max_frames"], bool(saved["model"].get("pitch", False))
         print("model latency (batch 1, one 2 s window) ...")
-        model = model_latency(ckpt, onnx_path, real_window(clip, max_frames), args.threads, args.model_repeats,
+        model = model_latency(ckpt, onnx_path, real_window(clip, max_frames, pitch), args.threads, args.model_repeats,
                               args.inner)
         print("decode only ...")
         decode = [decode_only(clip) for _ in range(args.repeats)]

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, loadavg, machine, new_record, table, write_results  # noqa: E402
 
-from avemo.pipeline.audio import log_mel, pitch_track  # noqa: E402
+from avemo.pipeline.audio import audio_input, log_mel, pitch_track  # noqa: E402
 from avemo.pipeline.config import AudioConfig  # noqa: E402
 from avemo.shards.labels import EMOTIONS  # noqa: E402
 
@@ -115,10 +115,11 @@ def model_log_probs(path: str, voices: list[np.ndarray], cfg: AudioConfig) -> np
     out = []
     with torch.inference_mode():
         for audio in voices:
-            mel = crop_mel(torch.from_numpy(log_mel(audio, RATE, cfg).astype(np.float32)), data["max_mel_frames"])
+            rows = audio_input(audio, RATE, cfg, model.cfg.pitch)               # the model's audio input
+            mel = crop_mel(torch.from_numpy(rows.astype(np.float32)), data["max_mel_frames"])
             t = data["max_frames"]
             b = collate([{"key": "k", "label": 0, "faces": torch.zeros((t, 3, 112, 112), dtype=torch.uint8),
-                          "face_mask": torch.zeros(t, dtype=torch.bool), "mel": mel}])
+                          "face_mask": torch.zeros(t, dtype=torch.bool), "mel": mel}])   # pitch rows included
             logits = model(b["faces"], b["face_mask"], b["mel"], b["mel_mask"])
             out.append(torch.log_softmax(logits.float(), 1)[0].numpy())
     return np.stack(out)

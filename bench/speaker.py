@@ -131,7 +131,7 @@ def score(scenes_: list[dict], lines: list[dict]) -> dict:
 
 BUILDS = {"score": ["face.speaker=score"], "asd": ["face.speaker=asd"],
           "asd, Light-ASD alone": ["face.speaker=asd", "face.asd_sync_weight=0"]}
-SCORING = {"lip sync": [], "Light-ASD alone": ["sync_weight=0"]}   # predict --speakers
+SCORING = {"lip sync": ["sync_weight=2"], "Light-ASD alone": ["sync_weight=0"]}   # predict --speakers
 
 
 def build(scenes_: list[dict], mode: str, scheduler: str) -> tuple[dict, float]:

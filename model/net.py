@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avemo.model.config import ModelConfig
+from avemo.model.config import PITCH_ROWS, ModelConfig
 from avemo.model.mobilefacenet import MobileFaceNet
 from avemo.shards.labels import EMOTIONS
 
@@ -178,6 +178,10 @@ class AudioEncoder(nn.Module):
 
     def encode(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
         """The dense path: every clip, padding zeroed before each convolution and left out of the norm."""
+        rows = self.n_mels + (PITCH_ROWS if self.prosody is not None else 0)
+        if mel.shape[1] != rows:                                     # a caller that left out (or added) the pitch rows
+            raise ValueError(f"the audio input has {mel.shape[1]} rows; this model reads {rows} "
+                             f"({self.n_mels} mel bins{' + the pitch track' if self.prosody is not None else ''})")
         mel, pitch = (mel[:, : self.n_mels], mel[:, self.n_mels:]) if self.prosody is not None else (mel, None)
         if self.utterance_norm:   # per clip and bin, over its valid frames (cepstral mean/variance normalisation)
             w = mel_mask.unsqueeze(1).to(mel.dtype)                  # (B, 1, F)

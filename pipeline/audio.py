@@ -28,6 +28,13 @@ def log_mel(audio: np.ndarray, sample_rate: int, cfg: AudioConfig) -> np.ndarray
         return torch.log(mel + LOG_FLOOR).to(torch.float16).numpy()
 
 
+def audio_input(audio: np.ndarray, sample_rate: int, cfg: AudioConfig, pitch: bool = False) -> np.ndarray:
+    """What a model reads from a waveform, as the shards give it: the log-mel (n_mels, F), then with `pitch`
+    (model.pitch) the pitch track's 2 rows -> float16 (n_mels [+ 2], F)."""
+    mel = log_mel(audio, sample_rate, cfg)
+    return np.concatenate([mel, pitch_track(audio, sample_rate, cfg)]) if pitch else mel
+
+
 F0_REF_HZ = 200.0          # pitch_track's log2(F0 / F0_REF_HZ): 0 between a low male and a female voice
 _PITCH_CHUNK = 1024        # frames per FFT batch (bounded memory on long audio)
 

@@ -315,11 +315,11 @@ class _ShardWriter:
                 return self._reject(row, "no_face", "no face in any sampled frame", probe.duration_s)
             face_mode = "" if track.mask.sum() == 0 else "whole" if dets and dets[0].whole else "detect"
             mel = None if decoded.audio is None else log_mel(decoded.audio, cfg.decode.sample_rate, cfg.audio)
-            pitch = (pitch_track(decoded.audio, cfg.decode.sample_rate, cfg.audio)
-                     if cfg.audio.pitch and mel is not None else None)
             problem = non_finite_audio(decoded.audio, mel)
             if problem:
                 return self._reject(row, "non_finite_audio", problem, probe.duration_s)
+            pitch = (pitch_track(decoded.audio, cfg.decode.sample_rate, cfg.audio)
+                     if cfg.audio.pitch and mel is not None else None)
             meta = {k: row.get(k) for k in META_FIELDS}
             meta.update(source=Path(row["source"]).name, duration_s=round(probe.duration_s, 3), kind=probe.kind,
                         frame_times=[round(float(t), 3) for t in decoded.times],

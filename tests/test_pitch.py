@@ -38,6 +38,19 @@ def test_noise_is_aperiodic_and_silence_has_no_pitch():
 
 
 @pytest.mark.unit
+def test_a_tone_starts_and_stops_on_the_frames_the_mel_does():
+    """Silence, a tone from 0.5 s to 1.5 s, silence: the periodicity and the mel's energy switch on and off
+    within one frame of each other (frame 50 and 150 at a 10 ms hop)."""
+    x = np.zeros(2 * RATE, np.float32)
+    x[RATE // 2: 3 * RATE // 2] = harmonic(150.0)
+    voiced = pitch_track(x, RATE, CFG)[1].astype(np.float32) > 0.5
+    energy = np.exp(log_mel(x, RATE, CFG).astype(np.float32)).sum(0)
+    loud = energy > energy.max() / 2
+    on, off = np.flatnonzero(voiced)[[0, -1]], np.flatnonzero(loud)[[0, -1]]
+    assert abs(on - off).max() <= 1 and abs(on[0] - 50) <= 1 and abs(on[1] - 149) <= 2, (on, off)
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("samples", [0, 1, 399, 400, 401, 16_001, 48_123])
 def test_one_pitch_frame_per_mel_frame(samples):
     x = np.random.default_rng(samples).standard_normal(samples).astype(np.float32)

@@ -125,6 +125,10 @@ def test_train_evaluate_export_and_predict_with_pitch(pitch_shards, built_shards
     assert command("evaluate")(["--checkpoint", str(run / "last.pt"), "--shards", str(pitch_shards),
                                 "--split", "dev", "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    capsys.readouterr()
+    assert command("evaluate")(["--checkpoint", str(run / "last.pt"), "--shards", str(built_shards),   # no track
+                                "--split", "dev", "--out", str(tmp_path / "eval_plain")]) == 2
+    assert "rebuild it with audio.pitch=true" in capsys.readouterr().err.strip().splitlines()[-1]
     assert metrics["n"] > 0 and "audio_only" in metrics["ablation"], metrics
     assert command("export")(["--checkpoint", str(run / "last.pt"), "--format", "onnx",
                               "--out", str(tmp_path / "m.onnx")]) == 0

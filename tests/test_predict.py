@@ -252,3 +252,8 @@ def test_speaking_probability_weighs_lip_sync_as_the_models_build_did(tmp_path):
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("predict:\n  sync_weight: 4.0\n")
     assert load_predict_config(meta, str(yaml_file), {}, []).sync_weight == 4.0
+    # an asd build from before face.asd_sync_weight existed chose its speakers without lip sync
+    legacy = {"n_mels": 64, "build": {"face": {"speaker": "asd"}}}
+    assert load_predict_config(legacy, None, {}, []).sync_weight == 0.0
+    assert load_predict_config(legacy, None, {}, ["face.asd_sync_weight=1"]).sync_weight == 1.0
+    assert load_predict_config({"n_mels": 64, "build": {"face": {"speaker": "score"}}}, None, {}, []).sync_weight == 2.0

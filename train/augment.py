@@ -46,10 +46,16 @@ def augment_audio(mel: torch.Tensor, pitch: torch.Tensor | None, cfg: AugmentCon
         return mel, pitch
     if cfg.speed:
         frames = max(1, round(mel.shape[-1] / _uniform(1 - cfg.speed, 1 + cfg.speed)))
-        both = mel if pitch is None else torch.cat([mel, pitch])
+        # the track as (F0 x periodicity, periodicity): an unvoiced frame (F0 row 0) then weighs nothing in
+        # its voiced neighbour's interpolated F0
+        both = mel if pitch is None else torch.cat([mel, pitch[:1] * pitch[1:], pitch[1:]])
         stretched = torch.nn.functional.interpolate(both[None], size=frames, mode="linear", align_corners=False)[0]
         stretched = stretched[:, : mel.shape[-1]]   # a slow-down keeps the clip's length (max_mel_frames holds)
-        mel, pitch = (stretched, None) if pitch is None else (stretched[: mel.shape[0]], stretched[mel.shape[0]:])
+        if pitch is not None:
+            weighted, periodicity = stretched[-2], stretched[-1]
+            f0 = torch.where(periodicity > 0, weighted / periodicity.clamp(min=1e-6), torch.zeros_like(weighted))
+            pitch = torch.stack([f0, periodicity])
+        mel = stretched[: mel.shape[0]]
     mel = mel + _uniform(-cfg.gain_db, cfg.gain_db) / 10.0 * math.log(10.0)
     if cfg.noise_p and float(torch.rand(())) < cfg.noise_p:
         snr_db = _uniform(cfg.noise_snr_db, cfg.noise_snr_db + 20.0)

@@ -118,6 +118,9 @@ def run_evaluate(cfg: EvalConfig, log=print) -> dict:
     ckpt = load_checkpoint(cfg.checkpoint, cfg.storage_options)
     model = model_from_checkpoint(ckpt, cfg.checkpoint).to(device)
     data = ckpt["config"]["data"]
+    from avemo.shards.manifest import read_build_config
+    from avemo.train.sets import require_pitch
+    require_pitch(cfg.shards, read_build_config(cfg.shards, cfg.storage_options), model.cfg.pitch)
     split = split_shards(cfg.shards, cfg.split, cfg.corrupt_shards, log_fn=log,
                          hint="set corrupt_shards=skip to evaluate without it", options=cfg.storage_options)
     loader = eval_loader(split.urls, cfg.batch_size, cfg.workers, data["max_frames"], data["max_mel_frames"],

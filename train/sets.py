@@ -52,12 +52,17 @@ def prepare_data(cfg: TrainConfig, log) -> tuple[list, list, dict]:
         if differ:
             raise ConfigError(f"--shards {shards} was built with other audio settings than {cfg.shards[0]} "
                               f"({', '.join(differ)}): rebuild it with the same audio: section")
-    if cfg.model.pitch:
-        lacking = [s for s, b in zip(cfg.shards, builds) if not (b.get("audio") or {}).get("pitch")]
-        if lacking:
-            raise ConfigError(f"model.pitch=true reads each clip's pitch track, and --shards {lacking[0]} was built "
-                              "without one: rebuild it with audio.pitch=true (a set of images costs nothing more)")
+    for shards, build in zip(cfg.shards, builds):
+        require_pitch(shards, build, cfg.model.pitch)
     return trains, evals, builds[0]
+
+
+def require_pitch(shards: str, build: dict, pitch: bool) -> None:
+    """A model with model.pitch=true reads each clip's pitch track: refuse, in one line and before any work,
+    shards built without it (their every clip with audio would otherwise be skipped)."""
+    if pitch and not (build.get("audio") or {}).get("pitch"):
+        raise ConfigError(f"model.pitch=true reads each clip's pitch track, and --shards {shards} was built "
+                          "without one: rebuild it with audio.pitch=true (a set of images costs nothing more)")
 
 
 @torch.no_grad()

@@ -44,8 +44,8 @@ class PredictConfig:
                                       # the line's label reads the face build-shards would crop, as without speakers
     asd_variant: str = "ava"          # Light-ASD weights: ava (AVA-ActiveSpeaker) or talkset
     asd_weights: str = ""             # an explicit Light-ASD file; else $AVEMO_WEIGHTS_DIR, the cache, a download
-    sync_weight: float = SYNC_WEIGHT  # log-odds a window's speaking probability gains per unit of lip-voice correlation
-    #                                   (0: Light-ASD alone); unless set, the model's build face.asd_sync_weight
+    sync_weight: float = SYNC_WEIGHT  # log-odds a window's speaking probability gains per unit of lip-voice correlation (0: Light-ASD alone)
+    #                                   unless set: the model's build face.asd_sync_weight (its shards' choice)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -74,9 +74,13 @@ def load_predict_config(meta: dict, path: str | None, flags: dict, overrides: li
     given = merge(base, flags)
     cfg = load_config(PredictConfig, "predict", None, overrides, given)
     if "sync_weight" not in given and not any(o.partition("=")[0].strip() == "sync_weight" for o in overrides):
-        # speakers picked as the model's shards picked them (build-shards' face.asd_sync_weight, e.g. 0 for a
-        # build from before lip sync), not predict's own default
-        cfg = dataclasses.replace(cfg, sync_weight=cfg.face.asd_sync_weight)
+        # speakers picked as the model's shards picked them (build-shards' face.asd_sync_weight), not predict's
+        # own default; an asd build from before the setting existed used none (as build.check_kept_settings)
+        built = ((meta.get("build") or {}).get("face") or {})
+        legacy = (built.get("speaker") == "asd" and "asd_sync_weight" not in built
+                  and "asd_sync_weight" not in (given.get("face") or {})
+                  and not any(o.partition("=")[0].strip() == "face.asd_sync_weight" for o in overrides))
+        cfg = dataclasses.replace(cfg, sync_weight=0.0 if legacy else cfg.face.asd_sync_weight)
     if "n_mels" in meta and cfg.audio.n_mels != meta["n_mels"]:
         raise ConfigError(f"audio.n_mels={cfg.audio.n_mels} but the model was trained on {meta['n_mels']} mel bins")
     if cfg.speakers and cfg.decode.fps < cfg.speaker_fps:     # the emotion model still reads max_frames of them
@@ -148,15 +152,13 @@ class WindowPredictor:
 
     def _mel(self, audio: np.ndarray | None):
         import torch
-        from avemo.pipeline.audio import log_mel, pitch_track
+        from avemo.pipeline.audio import audio_input
         from avemo.model.config import PITCH_ROWS
         from avemo.model.inputs import crop_mel
         if audio is None or not len(audio):
             return torch.zeros((self.cfg.audio.n_mels + (PITCH_ROWS if self.pitch else 0), 0))
-        rows = [log_mel(audio, self.rate, self.cfg.audio)]
-        if self.pitch:                                         # as the shards: the track after the mel bins
-            rows.append(pitch_track(audio, self.rate, self.cfg.audio))
-        mel = torch.from_numpy(np.concatenate(rows).astype(np.float32))
+        # as the shards: the mel bins, then (model.pitch) the pitch track's rows
+        mel = torch.from_numpy(audio_input(audio, self.rate, self.cfg.audio, self.pitch).astype(np.float32))
         return crop_mel(mel, self.max_mel)                     # (rows, F), cropped from the start as in eval
 
     def _people(self, window, mel, lap) -> tuple[list[dict], dict | None]:

@@ -202,7 +202,7 @@ class AudioEncoder(nn.Module):
         else:
             x = x.mean(2).transpose(1, 2)                            # (B, F/8, C)
         mask = m[:, 0, 0, : x.shape[1]] > 0                          # (B, F/8)
-        if pitch is not None:
+        if pitch is not None and self.prosody is not None:
             x = torch.cat([x, self.prosody(self._pitch_features(pitch, mel_mask, x.shape[1]))], dim=2)
         out, _ = self.lstm(self.norm(x))                             # (B, F/8, hidden)
         return _masked_mean(out, mask) if self.pool is None else self.pool(out, mask)

@@ -319,7 +319,7 @@ class _ShardWriter:
             if problem:
                 return self._reject(row, "non_finite_audio", problem, probe.duration_s)
             pitch = (pitch_track(decoded.audio, cfg.decode.sample_rate, cfg.audio)
-                     if cfg.audio.pitch and mel is not None else None)
+                     if cfg.audio.pitch and decoded.audio is not None else None)
             meta = {k: row.get(k) for k in META_FIELDS}
             meta.update(source=Path(row["source"]).name, duration_s=round(probe.duration_s, 3), kind=probe.kind,
                         frame_times=[round(float(t), 3) for t in decoded.times],

@@ -207,7 +207,6 @@ class AudioEncoder(nn.Module):
         out, _ = self.lstm(self.norm(x))                             # (B, F/8, hidden)
         return _masked_mean(out, mask) if self.pool is None else self.pool(out, mask)
 
-
     def _pitch_features(self, pitch: torch.Tensor, mel_mask: torch.Tensor, frames: int) -> torch.Tensor:
         """(B, 2, F) log2 F0 / periodicity, (B, F) -> (B, frames, 3) on the CNN's frames (stride mel frames
         each): the periodicity-weighted mean log F0, the same minus the clip's, the mean periodicity. A frame

@@ -75,9 +75,8 @@ def _raw(frames: int = 500, pitch: bool = True) -> dict:
     ramp = np.arange(frames, dtype=np.float16)
     mel = np.tile(ramp / 100, (64, 1)).astype(np.float16)
     track = np.stack([ramp / 100, np.full(frames, 0.9)]).astype(np.float16) if pitch else None
-    sample = encode_sample("dia1_utt0", {"label": 3, "n_mels": 64}, np.zeros(2, np.uint8), np.zeros((2, 5)),
-                           None, mel, pitch=track)
-    return {k: v for k, v in sample.items()}
+    return encode_sample("dia1_utt0", {"label": 3, "n_mels": 64}, np.zeros(2, np.uint8), np.zeros((2, 5)),
+                         None, mel, pitch=track)
 
 
 @pytest.mark.unit

@@ -39,13 +39,9 @@ RATE = 16_000
 
 
 def read_voice(path: Path) -> np.ndarray:
-    import soundfile
-    import torchaudio
-    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    mono = data.mean(1)
-    if rate != RATE:
-        mono = torchaudio.functional.resample(torch.from_numpy(mono), rate, RATE).numpy()
-    return mono
+    """The whole file, mono at 16 kHz, as the build reads it."""
+    from avemo.pipeline.readers import read_audio
+    return read_audio(str(path), RATE)
 
 
 def prosody_stats(audio: np.ndarray, cfg: AudioConfig) -> np.ndarray:

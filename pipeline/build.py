@@ -308,22 +308,26 @@ def run_build(cfg: BuildConfig, log=print, progress=None, scorer=None) -> BuildS
             with tqdm(total=n_clips, unit="clip", desc="build-shards", dynamic_ncols=True) as bar:
                 clips = ClipProgress(bar, todo, progress)
                 client.subscribe_topic(PROGRESS_TOPIC, clips.on_event)
-                for future in as_completed(futures):
-                    spec = futures[future]
-                    try:
-                        future.result()
-                        summary.shards_built += 1
-                    except Exception as exc:  # after its retries: record every clip, keep going
-                        if getattr(exc, "errno", None) in DISK_FULL:
-                            raise  # every other shard would fail the same way: stop; finished shards are kept
-                        summary.shards_failed += 1
-                        failed_rows += _failed_rows(spec, exc)
-                        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                        summary.failures[why] = summary.failures.get(why, 0) + 1
-                        summary.rerun_helps &= is_transient(exc)
-                        log(f"shard {spec.name} failed after {cfg.dask.retries} retries: {exc}")
-                    clips.finished(spec.name)
-                client.unsubscribe_topic(PROGRESS_TOPIC)
+                try:
+                    for future in as_completed(futures):
+                        spec = futures[future]
+                        try:
+                            future.result()
+                            summary.shards_built += 1
+                        except Exception as exc:  # after its retries: record every clip, keep going
+                            if getattr(exc, "errno", None) in DISK_FULL:
+                                raise  # every other shard would fail the same way: stop; finished shards are kept
+                            summary.shards_failed += 1
+                            failed_rows += _failed_rows(spec, exc)
+                            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                            summary.failures[why] = summary.failures.get(why, 0) + 1
+                            summary.rerun_helps &= is_transient(exc)
+                            log(f"shard {spec.name} failed after {cfg.dask.retries} retries: {exc}")
+                        clips.finished(spec.name)
+                finally:
+                    # before the client closes, a Ctrl-C included: a subscribed topic's next event (a worker
+                    # still finishing a clip) made the scheduler log a CRITICAL CommClosedError traceback
+                    client.unsubscribe_topic(PROGRESS_TOPIC)
             # while the cluster still runs: its shutdown (a worker slow to die) cannot cost the manifest
             return finish_build(cfg, out, specs, failed_rows, summary, n_clips, t0)
     return finish_build(cfg, out, specs, failed_rows, summary, n_clips, t0)

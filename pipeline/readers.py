@@ -110,15 +110,16 @@ def _resampler(orig: int, new: int):
     return torchaudio.transforms.Resample(orig, new)
 
 
-def decode_audio(path: str, plan: DecodePlan) -> Decoded:
-    """The plan's window of the file, mono, at plan.sample_rate, at most plan.max_audio_s: as ffmpeg's audio."""
+def read_audio(path: str, sample_rate: int, start_s: float = 0.0, seconds: float = math.inf) -> np.ndarray:
+    """`seconds` of the file from `start_s`, mono, at `sample_rate`, float32 (N,): what the build decodes from
+    an audio file (bench/prosody_probe.py and the tests read voices the same way)."""
     sf = _soundfile()
+    if sf is None:
+        raise DecodeError("soundfile (libsndfile) is not installed")
     try:
         with sf.SoundFile(path) as fh:
             rate = fh.samplerate
-            seconds = min(plan.window_s if plan.window_s > 0 else math.inf,
-                          plan.max_audio_s if plan.max_audio_s > 0 else math.inf)
-            fh.seek(min(int(round(plan.start_s * rate)), fh.frames))
+            fh.seek(min(int(round(start_s * rate)), fh.frames))
             data = fh.read(frames=-1 if math.isinf(seconds) else int(round(seconds * rate)), dtype="float32",
                            always_2d=True)                                                        # (N, C)
     except (RuntimeError, OSError, ValueError) as exc:
@@ -126,12 +127,19 @@ def decode_audio(path: str, plan: DecodePlan) -> Decoded:
     mono = data[:, 0] if data.shape[1] == 1 else (data[:, 0] + data[:, 1]) * STEREO_TO_MONO       # (N,)
     if mono.size == 0:
         raise DecodeError("no audio could be decoded")
-    if rate != plan.sample_rate:
+    if rate != sample_rate:
         import torch
         with torch.inference_mode():
-            mono = _resampler(rate, plan.sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
+            mono = _resampler(rate, sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def decode_audio(path: str, plan: DecodePlan) -> Decoded:
+    """The plan's window of the file, mono, at plan.sample_rate, at most plan.max_audio_s: as ffmpeg's audio."""
+    seconds = min(plan.window_s if plan.window_s > 0 else math.inf,
+                  plan.max_audio_s if plan.max_audio_s > 0 else math.inf)
     return Decoded(frames=np.zeros((0, 0, 0, 3), np.uint8), times=np.zeros(0, np.float32),
-                   audio=np.ascontiguousarray(mono, dtype=np.float32))
+                   audio=read_audio(path, plan.sample_rate, plan.start_s, seconds))
 
 
 def probe_file(path: Path | None, cfg: ProbeConfig, audio: AudioConfig, any_kind: bool = False,

@@ -14,6 +14,7 @@
     .venv/bin/python bench/real_emotion.py --out bench/out/real_emotion            # the recipe (< 60 min, 2 CPUs)
     .venv/bin/python bench/real_emotion.py --out /tmp/re --quick                   # CI-sized, same code paths
     .venv/bin/python bench/real_emotion.py --out DIR optim.epochs=8 model.face_train_blocks=6   # a variant
+    .venv/bin/python bench/real_emotion.py --out DIR --build audio.pitch=true model.pitch=true  # + its build
 """
 from __future__ import annotations
 
@@ -176,11 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="where the lists, paired clips and shards go (default OUT/data); "
                                                 "reused when they are there")
     p.add_argument("--name", default=None, help="results name in bench/results (default real_emotion[_quick])")
+    p.add_argument("--build", action="append", default=[], metavar="KEY=VALUE",
+                   help="a build-shards setting on top of the recipe's build: section (repeatable), e.g. "
+                        "--build audio.pitch=true")
     p.add_argument("--results-dir", default=None, help="write NAME.md/.json here instead of bench/results")
     args, overrides = p.parse_known_args(argv)
-    bad = [o for o in overrides if "=" not in o]
+    bad = [o for o in [*overrides, *args.build] if "=" not in o]
     if bad:
-        p.error(f"unknown argument {bad[0]!r} (train overrides are key=value)")
+        p.error(f"unknown argument {bad[0]!r} (train overrides and --build settings are key=value)")
     shared, out = Path(args.shared), Path(args.out)
     data = Path(args.data) if args.data else out / "data"
     if args.results_dir:
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     record.update(machine=machine(), load={"before": loadavg()}, config=args.config, overrides=overrides)
     stages = Stages()
     shards = stages.run("prepare (lists, paired clips, 3 shard builds)", real_data.prepare, shared, data,
-                        quick=args.quick, seed=args.seed, overrides=build_overrides(args.config),
+                        quick=args.quick, seed=args.seed, overrides=[*build_overrides(args.config), *args.build],
                         timed=lambda name, fn, *a, **k: stages.run(f"  {name}", fn, *a, **k))
     state = stages.run("train", train, shards, out / "run", args.config, overrides, log=out / "run" / "train.log")
     record["malloc"] = malloc_of(out / "run")

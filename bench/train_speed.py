@@ -1,8 +1,8 @@
-"""Training speed of recipe variants, interleaved: short `avemo train` runs of the real recipe on the three shard
-sets of a bench/real_emotion.py run, each variant's runs alternating with the others' in the same session, so
-a slower or busier machine slows them alike (the order flips every repeat). Reported per variant: the training loop's samples/s (the
-train log's `samples_per_s`: steps only, not start-up or dev scoring), min and median over repeats, and the
-ratio of medians to the first variant.
+"""Training speed of recipe variants, interleaved: short `avemo train` runs of the real recipe on the three
+shard sets of a bench/real_emotion.py run, each variant's runs alternating with the others' in the same session
+(the order flips every repeat), so a slower or busier machine slows them alike. Reported per variant: the
+training loop's samples/s (the train log's `samples_per_s`: steps only, not start-up or dev scoring), min and
+median over repeats, and the ratio of medians to the first variant.
 
     .venv/bin/python bench/train_speed.py --data bench/out/real_pitch/data --variants mean pitch
     .venv/bin/python bench/train_speed.py ... --repeats 3 --samples 3200
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
              statistics.median(rates[v]), statistics.median(rates[v]) / base] for v in args.variants]
     body = (f"`avemo train --config {args.config}` on {Path(args.data) / 'shards'} (paired, ravdess, fer), one "
             f"epoch of {args.samples} draws per run, variants interleaved {args.repeats} times (order flipped "
-            "every repeat); samples/s of "
-            "the training loop (train log), start-up and dev scoring excluded.\n\n"
+            "every repeat); samples/s of the training loop (train log), start-up and dev scoring excluded.\n\n"
             + table(["variant", "what", "runs (samples/s)", "min", "median", "median / first"], rows) + "\n")
     record["machine"] = machine()
     path = write_results(args.name, "Training speed of recipe variants (interleaved)", record, body)

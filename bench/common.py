@@ -78,11 +78,14 @@ def environ(env: dict):
 
 # ---------------------------------------------------------------- timing
 
-def interleave(variants: dict[str, Callable[[], dict]], repeats: int, log=print) -> dict[str, list[dict]]:
-    """Run A B C A B C ... `repeats` times. Each variant returns {"seconds": s, "items": n, ...}."""
+def interleave(variants: dict[str, Callable[[], dict]], repeats: int, log=print,
+               alternate: bool = False) -> dict[str, list[dict]]:
+    """Run A B C A B C ... `repeats` times (alternate: A B C C B A ..., so no variant always runs after the
+    same one, e.g. into a page cache another warmed). Each variant returns {"seconds": s, "items": n, ...}."""
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for r in range(repeats):
-        for name, fn in variants.items():
+        order = list(variants.items())
+        for name, fn in (order[::-1] if alternate and r % 2 else order):
             result = fn()
             result["rate"] = result["items"] / result["seconds"]
             runs[name].append(result)
@@ -105,6 +108,12 @@ def ratio(a: dict, b: dict) -> dict:
 
 
 # ---------------------------------------------------------------- results
+
+def epoch_records(run: Path) -> list[dict]:
+    """RUN/metrics.jsonl's per-epoch records (train loss/accuracy, samples/s and the dev scores), in order."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [row for row in rows if "samples_per_s" in row]
+
 
 def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [".venv/bin/python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])

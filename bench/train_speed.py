@@ -12,15 +12,14 @@ The shard sets must hold what every variant reads (e.g. `pitch` needs a build wi
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, loadavg, machine, new_record, table, write_results  # noqa: E402
+from common import (REPO, epoch_records, interleave, loadavg, new_record, ratio, summarize, table,  # noqa: E402
+                    write_results)
 
 # name -> (what it changes, train overrides on top of the recipe)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -30,14 +29,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def one_run(shards: list[Path], run: Path, config: str, samples: int, overrides: list[str]) -> float:
-    """One epoch of `samples` draws -> the loop's samples/s."""
+def one_run(shards: list[Path], run: Path, config: str, samples: int, overrides: list[str]) -> dict:
+    """One epoch of `samples` draws -> {"seconds", "items"} of the training loop alone (its samples/s in the
+    run's metrics.jsonl: start-up and dev scoring excluded), as common.interleave takes them."""
     sets = [a for s in shards for a in ("--shards", str(s))]
     subprocess.run([sys.executable, "-m", "avemo", "train", *sets, "--run", str(run), "--config", config,
                     "--overwrite", "optim.epochs=1", f"data.epoch_samples={samples}", "optim.warmup_epochs=0",
                     *overrides], check=True, stdout=subprocess.DEVNULL)
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return float([r for r in rows if "samples_per_s" in r][-1]["samples_per_s"])
+    rate = float(epoch_records(run)[-1]["samples_per_s"])
+    return {"seconds": samples / rate, "items": samples}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,24 +56,21 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     record = new_record(args)
-    rates: dict[str, list[float]] = {v: [] for v in args.variants}
     with tempfile.TemporaryDirectory(prefix="train_speed_") as tmp:
-        for r in range(args.repeats):
-            # ABBA...: the order flips every repeat, so neither variant always runs second (warm page cache)
-            for v in (args.variants if r % 2 == 0 else args.variants[::-1]):
-                rates[v].append(one_run(shards, Path(tmp) / f"{v}_{r}", args.config, args.samples,
-                                        VARIANTS[v][1]))
-                print(f"[train_speed] repeat {r} {v}: {rates[v][-1]:.1f} samples/s", flush=True)
+        variants = {v: (lambda v=v: one_run(shards, Path(tempfile.mkdtemp(prefix=f"{v}_", dir=tmp)), args.config,
+                                            args.samples, VARIANTS[v][1])) for v in args.variants}
+        runs = interleave(variants, args.repeats,
+                          log=lambda line: print(f"[train_speed]{line}", flush=True), alternate=True)
     record["load"]["after"] = loadavg()
-    record["rates"] = rates
-    base = statistics.median(rates[args.variants[0]])
-    rows = [[v, VARIANTS[v][0], " ".join(f"{x:.1f}" for x in rates[v]), min(rates[v]),
-             statistics.median(rates[v]), statistics.median(rates[v]) / base] for v in args.variants]
+    record["rates"] = rates = {v: [r["rate"] for r in rs] for v, rs in runs.items()}
+    summary = summarize(runs)
+    first = summary[args.variants[0]]
+    rows = [[v, VARIANTS[v][0], " ".join(f"{x:.1f}" for x in rates[v]), summary[v]["min"], summary[v]["median"],
+             ratio(summary[v], first)["median"]] for v in args.variants]
     body = (f"`avemo train --config {args.config}` on {Path(args.data) / 'shards'} (paired, ravdess, fer), one "
             f"epoch of {args.samples} draws per run, variants interleaved {args.repeats} times (order flipped "
             "every repeat); samples/s of the training loop (train log), start-up and dev scoring excluded.\n\n"
             + table(["variant", "what", "runs (samples/s)", "min", "median", "median / first"], rows) + "\n")
-    record["machine"] = machine()
     path = write_results(args.name, "Training speed of recipe variants (interleaved)", record, body)
     print(f"[train_speed] {path.relative_to(REPO)}")
     return 0

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, REPO, loadavg, machine, new_record, table, write_results  # noqa: E402
+from common import OUT, REPO, epoch_records, loadavg, machine, new_record, table, write_results  # noqa: E402
 
 # the voice-only schedule: RAVDESS alone, one epoch = its 936 training utterances
 SCHEDULE = ["data.weights=[1.0]", "data.epoch_samples=936", "optim.epochs=10", "model.face_weights="]
@@ -74,8 +74,7 @@ def one_run(out: Path, shards: Path, name: str, seed: int) -> dict:
     wall = time.perf_counter()
     with open(out / f"{name}_seed{seed}.log", "a") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-              if '"dev_accuracy"' in line]
+    epochs = epoch_records(run)
     best = max(epochs, key=lambda e: e["dev_weighted_f1"])   # how train picks best.pt
     result = {"variant": name, "seed": seed, "train_s": round(time.perf_counter() - wall, 1),
               "last": {"accuracy": epochs[-1]["dev_accuracy"], "weighted_f1": epochs[-1]["dev_weighted_f1"]},

@@ -74,22 +74,11 @@ def fit_predict(x_train, y_train, x_test, weight_decay: float) -> np.ndarray:
 
 
 def fit_log_probs(x_train, y_train, x_test, weight_decay: float) -> np.ndarray:
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-8
-    xt = torch.tensor((x_train - mean) / std, dtype=torch.float64)
-    xs = torch.tensor((x_test - mean) / std, dtype=torch.float64)
-    y = torch.tensor(y_train)
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(xt.shape[1], len(EMOTIONS)).double()
-    opt = torch.optim.LBFGS(lin.parameters(), max_iter=300, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(lin(xt), y) + weight_decay * lin.weight.pow(2).sum()
-        loss.backward()
-        return loss
-    opt.step(closure)
-    with torch.no_grad():
-        return torch.log_softmax(lin(xs), 1).numpy()
+    """The product's fit (train/voice_stats.py, model.voice_stats): standardised, L2 on the weights."""
+    from avemo.train.voice_stats import fit_linear
+    state = fit_linear(torch.tensor(x_train, dtype=torch.float64), torch.tensor(y_train), weight_decay)
+    xs = (torch.tensor(x_test, dtype=torch.float64) - state["mean"].double()) / state["std"].double()
+    return torch.log_softmax(xs @ state["weight"].double().T + state["bias"].double(), 1).numpy()
 
 
 def add_row(name, n_features, decay, pred, truth, results: dict, rows: list) -> None:

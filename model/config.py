@@ -29,6 +29,11 @@ class ModelConfig:
     pitch: bool = False                           # the voice branch also reads each frame's F0 and periodicity:
     #                                              shards built with audio.pitch=true; its input then carries
     #                                              PITCH_ROWS rows after the n_mels mel bins
+    voice_stats: float = 0.0                      # weight of a late-fused voice classifier on utterance mel statistics
+    #                                              (0 = none; docs/config.md): fitted before training on the train
+    #                                              voices, its log-probabilities x this weight added to the logits
+    #                                              of clips with audio in use (not in training)
+    voice_stats_l2: float = 0.1                   # its L2 penalty (sum of squared weights, per unit mean loss)
     fusion_dim: int = 128                         # width of the fused clip embedding
     dropout: float = 0.3                          # before the classifier
     modality_dropout: float = 0.2                 # per sample, drop one present modality in training
@@ -41,4 +46,5 @@ class ModelConfig:
     def __post_init__(self):
         check((1 <= self.face_train_blocks <= 21, "face_train_blocks must be in 1..21 (MobileFaceNet's blocks)"),
               (self.audio_freq == "mean" or self.n_mels >= 2 ** len(self.audio_channels),
-               "audio_freq=flatten needs n_mels >= 2 ** (audio CNN stages): each stage halves the bands"))
+               "audio_freq=flatten needs n_mels >= 2 ** (audio CNN stages): each stage halves the bands"),
+              (self.voice_stats >= 0 and self.voice_stats_l2 > 0, "voice_stats must be >= 0 and voice_stats_l2 > 0"))

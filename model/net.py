@@ -62,6 +62,43 @@ class StatsPool(nn.Module):
         return self.proj(torch.cat([mean, std], dim=1)) * mask.any(1, keepdim=True).to(x.dtype)
 
 
+class VoiceStats(nn.Module):
+    """model.voice_stats: a linear classifier on a clip's utterance statistics (per mel band, the mean less
+    the clip's overall mean, and the standard deviation, over its valid frames: 2 x n_mels numbers that
+    neither the recording's gain nor the words said set), fitted on the train voices before training
+    (train/voice_stats.py) and kept in buffers: the optimiser never moves it. forward gives its
+    log-probabilities, zero for clips without audio. An unfitted one (all zeros) gives a constant: no vote.
+    The prosody probe (bench/results/prosody_probe.md) found such a classifier, fused late with the trained
+    voice branch, adds what the branch does not take from its mels."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def __init__(self, n_mels: int):
+        super().__init__()
+        self.n_mels = n_mels
+        self.register_buffer("mean", torch.zeros(2 * n_mels))
+        self.register_buffer("std", torch.ones(2 * n_mels))
+        self.register_buffer("weight", torch.zeros(len(EMOTIONS), 2 * n_mels))
+        self.register_buffer("bias", torch.zeros(len(EMOTIONS)))
+
+    def features(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
+        """(B, rows, F) raw log-mel (pitch rows after the bins ignored), (B, F) -> (B, 2 x n_mels)."""
+        mel = mel[:, : self.n_mels].float()
+        w = mel_mask.unsqueeze(1).to(mel.dtype)                      # (B, 1, F)
+        n = w.sum(2).clamp(min=1.0)                                  # (B, 1)
+        mean = (mel * w).sum(2) / n                                  # (B, n_mels)
+        std = (((mel - mean.unsqueeze(2)) ** 2 * w).sum(2) / n).clamp(min=0.0).sqrt()
+        return torch.cat([mean - mean.mean(1, keepdim=True), std], dim=1)
+
+    def forward(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
+        x = (self.features(mel, mel_mask) - self.mean) / self.std
+        logp = torch.log_softmax(F.linear(x, self.weight, self.bias), dim=1)
+        return logp * mel_mask.any(1, keepdim=True).to(logp.dtype)     # (B, 7), 0 without audio
+
+
 def _dynamic_shapes_ok(x: torch.Tensor) -> bool:
     """Eager on a real device: data-dependent shapes (boolean selection of samples) are allowed. Traced,
     scripted or compiled graphs, and the meta device (FLOP counts), take the static dense path."""
@@ -305,6 +342,7 @@ class AVEmotionNet(nn.Module):
         self.audio = AudioEncoder(cfg)
         self.head = nn.Sequential(nn.Linear(2 * cfg.hidden + 2, cfg.fusion_dim), nn.ReLU(inplace=True),
                                   nn.Dropout(cfg.dropout), nn.Linear(cfg.fusion_dim, len(EMOTIONS)))  # the shard contract's label map
+        self.voice_stats = VoiceStats(cfg.n_mels) if cfg.voice_stats > 0 else None
 
     def _modality_dropout(self, face_mask, mel_mask):
         has_face, has_audio = face_mask.any(1), mel_mask.any(1)
@@ -331,7 +369,10 @@ class AVEmotionNet(nn.Module):
         has_audio = mel_mask.any(1, keepdim=True).float()
         f = self.face.pool(emb, face_mask) * has_face                # (B, hidden)
         a = self.audio(mel, mel_mask) * has_audio
-        return self.head(torch.cat([f, a, has_face, has_audio], dim=1))  # (B, 7)
+        logits = self.head(torch.cat([f, a, has_face, has_audio], dim=1))  # (B, 7)
+        if self.voice_stats is not None and not self.training:       # the late-fusion partner, in use only
+            logits = logits + self.cfg.voice_stats * self.voice_stats(mel, mel_mask).to(logits.dtype)
+        return logits
 
 
 def build_model(cfg: ModelConfig, log=print) -> AVEmotionNet:

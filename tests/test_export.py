@@ -126,3 +126,32 @@ def test_export_cli_and_bad_checkpoint(tiny_checkpoint, tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "avemo", "predict", "clip.mp4", "--checkpoint", str(junk)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "not a readable ONNX file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_the_late_fused_voice_classifier_is_exported_with_the_network(tiny_checkpoint, real_batch, tmp_path):
+    """model.voice_stats: its vote is part of the exported graphs (ONNX and TorchScript equal eager)."""
+    from avemo.model.checkpoint import save_checkpoint
+    from avemo.model.net import AVEmotionNet, ModelConfig
+    from avemo.core.config import config_from_dict
+    ckpt = load_checkpoint(tiny_checkpoint)
+    config = dict(ckpt["config"], model=dict(ckpt["config"]["model"], voice_stats=1.0))
+    net = AVEmotionNet(config_from_dict(ModelConfig, dict(config["model"], face_weights="")))
+    net.load_state_dict(ckpt["model"], strict=False)
+    g = torch.Generator().manual_seed(3)
+    net.voice_stats.weight.copy_(torch.randn(net.voice_stats.weight.shape, generator=g))   # a fitted one
+    net.voice_stats.std.mul_(3.0)
+    path = tmp_path / "voted.pt"
+    save_checkpoint(path, **dict(ckpt, model=net.state_dict(), config=config))
+    voted, plain = model_from_checkpoint(load_checkpoint(path)), model_from_checkpoint(ckpt)
+    onnx_path = export(path, "onnx", tmp_path / "voted.onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    module = torch.jit.load(str(export(path, "torchscript", tmp_path / "voted.torchscript.pt")))
+    for b in _variants(real_batch):
+        with torch.inference_mode():
+            ref, without = voted(**b), plain(**b)
+            scripted, _ = module(**b)
+        assert np.abs(_probs(ref) - _probs(without)).max() > 0.01               # the vote moves the answer
+        logits, _ = session.run(OUTPUTS, {k: v.numpy() for k, v in b.items()})
+        np.testing.assert_allclose(_probs(logits), _probs(ref), atol=ATOL)
+        np.testing.assert_allclose(_probs(scripted), _probs(ref), atol=ATOL)

@@ -279,6 +279,35 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(mixed_run, built_s
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["init_from"] == str(mixed_run / "best.pt")
 
 
+def test_voice_stats_is_fitted_on_the_train_voices_alone_and_travels_in_the_checkpoint(mixed_run, voices, faces,
+                                                                                       tmp_path, capsys):
+    import functools
+
+    from avemo.core.config import load_config
+    from avemo.model.checkpoint import load_checkpoint
+    from avemo.train.data import split_shards
+    from avemo.train.loop import class_weights
+    from avemo.train.voice_stats import fit_voice_stats
+    splits = [split_shards(s, "train") for s in (voices, faces)]
+    assert list(splits[0].audio_urls()) == list(splits[0].urls) and list(splits[1].audio_urls()) == []  # images
+    cfg = load_config(TrainConfig, "train", None, [*TINY, "model.voice_stats=1"], {"shards": str(faces), "run": "r"})
+    said: list[str] = []
+    assert fit_voice_stats(splits[1:], cfg, functools.partial(class_weights, mode="none"), said.append) is None
+    assert "is not fitted: 0 train clips with audio" in said[0]
+    run = tmp_path / "voted"
+    # from a run without the classifier (--init-from): the new run fits its own on its train voices
+    code = command("train")(["--shards", str(voices), "--shards", str(faces), "--run", str(run), "--init-from",
+                             str(mixed_run / "best.pt"), *TINY, "optim.epochs=1", "model.voice_stats=1.0"])
+    assert code == 0
+    assert "model.voice_stats: fitted on 4 train clips with audio" in (run / "train.log").read_text()
+    state = load_checkpoint(run / "last.pt")["model"]
+    assert state["voice_stats.weight"].abs().sum() > 0 and state["voice_stats.std"].shape == (128,)
+    capsys.readouterr()
+    assert command("evaluate")(["--shards", str(voices), "--checkpoint", str(run / "last.pt"), "--split", "dev",
+                                "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == 2
+
+
 def test_init_from_a_model_of_other_shapes_is_one_line(mixed_run, built_shards, tmp_path, capsys):
     code = command("train")(["--shards", str(built_shards), "--run", str(tmp_path / "r"), "--init-from",
                              str(mixed_run / "best.pt"), *TINY, "model.hidden=64"])

@@ -109,7 +109,10 @@ def init_source(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
 def init_weights(model, cfg: TrainConfig, source: tuple[dict, torch.nn.Module], say) -> None:
     """A new run starts from another run's model weights (its optimiser and step are not taken)."""
     ckpt, net = source
-    model.load_state_dict(net.state_dict())
+    result = model.load_state_dict(net.state_dict(), strict=False)
+    other = [k for k in result.missing_keys + result.unexpected_keys if not k.startswith("voice_stats.")]
+    if other:   # model.voice_stats may differ (the new run fits its own); every other weight must match
+        model.load_state_dict(net.state_dict())   # strict: raises naming them
     trained_on = ckpt["config"].get("shards") or []
     trained_on = [trained_on] if isinstance(trained_on, str) else trained_on   # checkpoints before multi-set
     say(f"model initialised from {cfg.init_from} (epoch {ckpt.get('epoch')}, trained on "

@@ -57,6 +57,15 @@ class SplitShards:
     n_samples: int
     label_counts: list[int]   # per emotion id, ok rows of the split
     listed: dict[str, frozenset] | None = None   # shard file name -> keys the manifest lists ok in it
+    audio_shards: frozenset | None = None        # shard file names with an ok sample with audio (None: not recorded)
+
+    def audio_urls(self) -> "ShardList":
+        """The shards that hold a voice (a set of images has none): what a pass over the voices reads."""
+        if self.audio_shards is None:
+            return self.urls   # type: ignore[return-value]
+        out = ShardList(u for u in self.urls if str(u).rsplit("/", 1)[-1] in self.audio_shards)
+        out.__dict__.update(getattr(self.urls, "__dict__", {}))   # a URL list's checksums, policy, options
+        return out
 
 
 def present_shards(shard_dir: str, expected: dict[str, str], policy: str, log_fn, hint: str,
@@ -93,11 +102,15 @@ def split_shards(shard_dir: str | Path, split: str, policy: Literal["stop", "ski
     keyed = table.select(["split", "status", "shard", "key"]).to_pylist()
     listed = {name: frozenset(r["key"] for r in keyed if r["split"] == split and r["status"] == "ok"
                               and r["shard"] == name) for name in good}
+    audio = None
+    if "has_audio" in table.column_names:
+        audio = frozenset(r["shard"] for r in table.select(["split", "status", "shard", "has_audio"]).to_pylist()
+                          if r["split"] == split and r["status"] == "ok" and r["has_audio"] and r["shard"] in good)
     urls = ShardList(storage.join(shard_dir, name) for name in sorted(good))
     if remote:
         urls.checksums = {storage.join(shard_dir, name): expected[name] for name in good}
         urls.policy, urls.options, urls.hint = policy, dict(options or {}), hint
-    return SplitShards(urls, len(rows), counts, listed)
+    return SplitShards(urls, len(rows), counts, listed, audio)
 
 
 def read_shards(urls: list[str]):

@@ -10,6 +10,7 @@ re-planned over the new total (the LR at step s is what a run started with the n
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import json
 import math
@@ -44,6 +45,7 @@ from avemo.train.metrics import classification_metrics
 from avemo.train.runs import check_shards_hash, flat_config, manifest_sha256, prepare_run_folder, write_run_config
 from avemo.train.sets import mel_statistics, prepare_data, set_names
 from avemo.train.trackers import Trackers, check_available, parse_report_to
+from avemo.train.voice_stats import fit_voice_stats
 
 
 def class_weights(counts: Sequence[float], mode: str) -> torch.Tensor | None:
@@ -271,6 +273,11 @@ def build_trainer(run: Run, steps_per_epoch: int) -> Trainer:
         model.audio.mel_mean, model.audio.mel_std = on_rank0(mel_statistics, [s.urls for s in run.train_splits], cfg)
     else:   # with an EMA, `model` holds the averaged weights and `train_model` the ones being trained
         model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+    if model.voice_stats is not None and ckpt is None:    # a new run (--init-from too: its own train voices)
+        weigh = functools.partial(class_weights, mode=cfg.imbalance)
+        fitted = on_rank0(fit_voice_stats, run.train_splits, cfg, weigh, say)
+        if fitted is not None:
+            model.voice_stats.load_state_dict(fitted)
     model.to(run.device)
     ema = make_ema(model, cfg.optim.ema_decay)
     if ema is not None and ckpt is not None:

@@ -33,6 +33,16 @@ LR schedule, warmup and evaluation count these epochs. So with sets of 28,709 an
 set: weights say how often each set is seen, `epoch_samples` how much is seen between evaluations. The loss's
 class weights (`imbalance`) come from the *expected* class counts of that mix (each set's class shares times
 its draw probability), so they balance the classes the model actually sees, after the set weights.
+
+**The late-fusion voice classifier (`model.voice_stats`).** With a weight above 0, `avemo train` first reads
+every train clip with audio once (sets of images are skipped), as evaluation sees it, and fits a multinomial
+logistic regression (L2 `model.voice_stats_l2`, each clip weighted for its class as the loss is) on 128
+utterance statistics: per mel band, the mean less the clip's overall mean and the standard deviation, so
+neither the recording's gain nor the words said set them. The network then trains as without it; when the
+model is used (dev scoring, `evaluate`, `predict`, export) each clip with audio gets `voice_stats` x the
+classifier's log-probabilities added to its logits: a second, independent voice model in a late-fusion
+ensemble (equal weight at 1). Its numbers travel in the checkpoint; a resumed run keeps them, an
+`--init-from` run fits its own. It needs no rebuild of the shards.
 """}
 
 

@@ -68,6 +68,8 @@ class VoiceStats(nn.Module):
     neither the recording's gain nor the words said set), fitted on the train voices before training
     (train/voice_stats.py) and kept in buffers: the optimiser never moves it. forward gives its
     log-probabilities, zero for clips without audio. An unfitted one (all zeros) gives a constant: no vote.
+    An emotion without train voices (`present` 0) gets the mean log-probability of the others: no vote
+    against it (its fitted probability would be ~0 and veto it for every clip, whatever the face shows).
     The prosody probe (bench/results/prosody_probe.md) found such a classifier, fused late with the trained
     voice branch, adds what the branch does not take from its mels."""
 
@@ -75,6 +77,7 @@ class VoiceStats(nn.Module):
     std: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor
+    present: torch.Tensor
 
     def __init__(self, n_mels: int):
         super().__init__()
@@ -83,6 +86,11 @@ class VoiceStats(nn.Module):
         self.register_buffer("std", torch.ones(2 * n_mels))
         self.register_buffer("weight", torch.zeros(len(EMOTIONS), 2 * n_mels))
         self.register_buffer("bias", torch.zeros(len(EMOTIONS)))
+        self.register_buffer("present", torch.ones(len(EMOTIONS)))       # 1 = the fit saw voices of it
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "present", torch.ones(len(EMOTIONS)))   # fitted before `present` existed
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def features(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
         """(B, rows, F) raw log-mel (pitch rows after the bins ignored), (B, F) -> (B, 2 x n_mels)."""
@@ -94,9 +102,14 @@ class VoiceStats(nn.Module):
         return torch.cat([mean - mean.mean(1, keepdim=True), std], dim=1)
 
     def forward(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
-        x = (self.features(mel, mel_mask) - self.mean) / self.std
-        logp = torch.log_softmax(F.linear(x, self.weight, self.bias), dim=1)
-        return logp * mel_mask.any(1, keepdim=True).to(logp.dtype)     # (B, 7), 0 without audio
+        with torch.autocast(mel.device.type, enabled=False):           # float32 under AMP too: CPU == GPU
+            x = (self.features(mel, mel_mask) - self.mean) / self.std
+            present = self.present > 0
+            logits = F.linear(x, self.weight, self.bias).masked_fill(~present, -1e4)
+            logp = torch.log_softmax(logits, dim=1)
+            mean = (logp * present).sum(1, keepdim=True) / present.sum().clamp(min=1)
+            logp = torch.where(present, logp, mean)
+            return logp * mel_mask.any(1, keepdim=True).to(logp.dtype)     # (B, 7), 0 without audio
 
 
 def _dynamic_shapes_ok(x: torch.Tensor) -> bool:

@@ -306,6 +306,11 @@ def test_voice_stats_is_fitted_on_the_train_voices_alone_and_travels_in_the_chec
     assert command("evaluate")(["--shards", str(voices), "--checkpoint", str(run / "last.pt"), "--split", "dev",
                                 "--out", str(tmp_path / "eval")]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == 2
+    # from that run onto faces alone: nothing to fit, and the source's classifier is not kept either
+    code = command("train")(["--shards", str(faces), "--run", str(tmp_path / "faces"), "--init-from",
+                             str(run / "last.pt"), *TINY, "optim.epochs=1", "model.voice_stats=1.0"])
+    assert code == 0 and "model.voice_stats is not fitted" in (tmp_path / "faces" / "train.log").read_text()
+    assert load_checkpoint(tmp_path / "faces" / "last.pt")["model"]["voice_stats.weight"].abs().sum() == 0
 
 
 def test_init_from_a_model_of_other_shapes_is_one_line(mixed_run, built_shards, tmp_path, capsys):

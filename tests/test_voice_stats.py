@@ -55,7 +55,7 @@ def _pair(weight: float = 1.0) -> tuple[AVEmotionNet, AVEmotionNet]:
     torch.manual_seed(0)
     voted = AVEmotionNet(ModelConfig(**{**cfg.__dict__, "voice_stats": weight}))
     assert set(voted.state_dict()) - set(plain.state_dict()) == {f"voice_stats.{k}" for k in
-                                                                 ("mean", "std", "weight", "bias")}
+                                                                 ("mean", "std", "weight", "bias", "present")}
     voted.load_state_dict(plain.state_dict(), strict=False)
     return plain, voted
 
@@ -85,3 +85,24 @@ def test_the_vote_counts_in_use_only_and_only_for_clips_with_audio():
         torch.testing.assert_close(out[:2], ref[:2] + 2.0 * vote[:2])           # model.voice_stats x log-probs
         torch.testing.assert_close(out[2], ref[2])                                # no audio: no vote
         torch.testing.assert_close(voted.train()(*x), plain.train()(*x))          # training never sees it
+
+
+def test_an_emotion_without_train_voices_gets_no_vote_against_it():
+    g = torch.Generator().manual_seed(4)
+    y = torch.arange(6).repeat(20)                                                # surprise (6): no voices
+    x = torch.randn(120, 16, generator=g, dtype=torch.float64)
+    x[:, :6] += 3.0 * torch.nn.functional.one_hot(y, 6).double()
+    x[:, 15] = 2.0                                                                # a constant statistic
+    state = fit_linear(x, y, l2=0.01)
+    assert state["present"].tolist() == [1.0] * 6 + [0.0]
+    assert state["weight"][6].abs().sum() == 0 and state["bias"][6] == 0 and state["std"][15] == 1.0
+    head = VoiceStats(8)
+    head.load_state_dict(state)
+    mel = torch.randn(4, 8, 50, generator=g)
+    mel[:, :, 0] += 40.0                                                          # far from the train voices
+    logp = head(mel, torch.ones(4, 50, dtype=torch.bool))
+    torch.testing.assert_close(logp[:, 6], logp[:, :6].mean(1))                   # the mean: no veto
+    assert torch.isfinite(logp).all()
+    old = VoiceStats(8)
+    old.load_state_dict({k: v for k, v in state.items() if k != "present"})      # fitted before `present`
+    assert old.present.tolist() == [1.0] * 7

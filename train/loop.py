@@ -34,7 +34,7 @@ from avemo.core.logfile import tee
 from avemo.core.memory import allocator_in_use, keep_heap
 from avemo.core.paths import writable_dir
 from avemo.model.checkpoint import load_checkpoint, save_checkpoint
-from avemo.model.net import build_model, count_parameters, flops_per_clip
+from avemo.model.net import VoiceStats, build_model, count_parameters, flops_per_clip
 from avemo.train.checkpoint import (check_resume, check_same_sets, init_source, init_weights, replan_schedule,
                                     rng_state, set_rng_state)
 from avemo.train.config import OptimConfig, TrainConfig
@@ -276,8 +276,8 @@ def build_trainer(run: Run, steps_per_epoch: int) -> Trainer:
     if model.voice_stats is not None and ckpt is None:    # a new run (--init-from too: its own train voices)
         weigh = functools.partial(class_weights, mode=cfg.imbalance)
         fitted = on_rank0(fit_voice_stats, run.train_splits, cfg, weigh, say)
-        if fitted is not None:
-            model.voice_stats.load_state_dict(fitted)
+        # none fitted: an unfitted one (no vote), not the --init-from source's
+        model.voice_stats.load_state_dict(fitted if fitted is not None else VoiceStats(cfg.model.n_mels).state_dict())
     model.to(run.device)
     ema = make_ema(model, cfg.optim.ema_decay)
     if ema is not None and ckpt is not None:

@@ -4,8 +4,9 @@ once, before training; the fitted numbers travel in every checkpoint as the mode
 One pass over the train splits' shards that hold a voice (a set of images is not read), every clip as
 evaluation sees it (no augmentation, the mel cropped from its start to data.max_mel_frames), then a
 multinomial logistic regression on the standardised utterance statistics: L-BFGS in float64, L2 on the
-weights (model.voice_stats_l2), each clip's loss weighted for its class as the network's loss is
-(train.imbalance). A closed convex problem, so the same clips give the same classifier on any machine.
+weights (model.voice_stats_l2), each clip's loss weighted for its class by train.imbalance's rule applied to
+the voice clips' own class counts. A convex problem, so the same clips give the same classifier on any
+machine. Emotions without a train voice are left out of the fit (VoiceStats.present).
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def voice_features(splits: Sequence[SplitShards], cfg: TrainConfig,
                 n += int(keep.sum())
             if n >= max_clips:
                 break
+        if n >= max_clips:
+            break
     if not feats:
         return torch.zeros(0, 2 * cfg.model.n_mels, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
     return torch.cat(feats)[:max_clips], torch.cat(labels)[:max_clips]
@@ -47,10 +50,13 @@ def voice_features(splits: Sequence[SplitShards], cfg: TrainConfig,
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, l2: float,
                class_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Multinomial logistic regression on standardised x: VoiceStats's buffers (mean, std, weight, bias)."""
+    """Multinomial logistic regression on standardised x: VoiceStats's buffers (mean, std, weight, bias,
+    present); a class absent from y keeps a zero row and bias and present 0."""
     x, y = x.double(), y.long()
-    mean, std = x.mean(0), x.std(0, unbiased=False) + 1e-8
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    std = torch.where(std < 1e-3, torch.ones_like(std), std)     # a constant statistic: left unscaled
     xs = (x - mean) / std
+    present = torch.bincount(y, minlength=len(EMOTIONS)) > 0
     weight = torch.zeros(len(EMOTIONS), x.shape[1], dtype=torch.float64, requires_grad=True)  # no RNG drawn:
     bias = torch.zeros(len(EMOTIONS), dtype=torch.float64, requires_grad=True)              # training's stays
     cw = None if class_weight is None else class_weight.double()
@@ -58,12 +64,14 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, l2: float,
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xs @ weight.T + bias, y, weight=cw) + l2 * weight.pow(2).sum()
+        logits = (xs @ weight.T + bias).masked_fill(~present, -1e4)        # no voices: not fitted
+        loss = torch.nn.functional.cross_entropy(logits, y, weight=cw) + l2 * weight.pow(2).sum()
         loss.backward()
         return loss
     with torch.enable_grad():
         opt.step(closure)
-    return {"mean": mean.float(), "std": std.float(), "weight": weight.detach().float(), "bias": bias.detach().float()}
+    return {"mean": mean.float(), "std": std.float(), "weight": weight.detach().float(), "bias": bias.detach().float(),
+            "present": present.float()}
 
 
 def fit_voice_stats(splits: Sequence[SplitShards], cfg: TrainConfig,
@@ -77,7 +85,8 @@ def fit_voice_stats(splits: Sequence[SplitShards], cfg: TrainConfig,
             f"({sum(c > 0 for c in counts)} emotions): it gives no vote")
         return None
     state = fit_linear(x, y, cfg.model.voice_stats_l2, weigh(counts))
-    logits = ((x.float() - state["mean"]) / state["std"]) @ state["weight"].T + state["bias"]
+    logits = (((x.float() - state["mean"]) / state["std"]) @ state["weight"].T + state["bias"]).masked_fill(
+        state["present"] == 0, -1e4)
     accuracy = float((logits.argmax(1) == y).float().mean())
     say(f"model.voice_stats: fitted on {len(y)} train clips with audio (train accuracy {accuracy:.3f})")
     return state

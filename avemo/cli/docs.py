@@ -36,9 +36,10 @@ its draw probability), so they balance the classes the model actually sees, afte
 
 **The late-fusion voice classifier (`model.voice_stats`).** With a weight above 0, `avemo train` first reads
 every train clip with audio once (sets of images are skipped), as evaluation sees it, and fits a multinomial
-logistic regression (L2 `model.voice_stats_l2`, each clip weighted for its class as the loss is) on 128
-utterance statistics: per mel band, the mean less the clip's overall mean and the standard deviation, so
-neither the recording's gain nor the words said set them. The network then trains as without it; when the
+logistic regression (L2 `model.voice_stats_l2`; class weights by the `imbalance` rule on the voice clips' own
+class counts; emotions without train voices get no vote) on 2 x `model.n_mels` utterance statistics: per mel
+band, the mean less the clip's overall mean and the standard deviation, so neither the recording's gain nor
+the words said set them. The network then trains as without it; when the
 model is used (dev scoring, `evaluate`, `predict`, export) each clip with audio gets `voice_stats` x the
 classifier's log-probabilities added to its logits: a second, independent voice model in a late-fusion
 ensemble (equal weight at 1). Its numbers travel in the checkpoint; a resumed run keeps them, an

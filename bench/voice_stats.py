@@ -26,8 +26,8 @@ from real_emotion import evaluate, summarise  # noqa: E402
 from avemo.model.checkpoint import load_checkpoint  # noqa: E402
 
 
-def attach(run: Path, checkpoint: str, weight: float, out: Path) -> tuple[Path, str]:
-    """RUN/CHECKPOINT with the classifier fitted on the run's train shards -> OUT/CHECKPOINT (+ a log line)."""
+def attach(ckpt: dict, checkpoint: str, weight: float, out: Path) -> tuple[Path, str]:
+    """A run's checkpoint with the classifier fitted on its train shards -> OUT/CHECKPOINT (+ a log line)."""
     import functools
 
     from avemo.core.config import config_from_dict
@@ -37,7 +37,6 @@ def attach(run: Path, checkpoint: str, weight: float, out: Path) -> tuple[Path, 
     from avemo.train.data import split_shards
     from avemo.train.loop import class_weights
     from avemo.train.voice_stats import fit_voice_stats
-    ckpt = load_checkpoint(run / checkpoint)
     cfg = config_from_dict(TrainConfig, ckpt["config"])
     cfg = replace(cfg, model=replace(cfg.model, voice_stats=weight))
     splits = [split_shards(s, cfg.train_split) for s in cfg.shards]
@@ -73,16 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     record = new_record(args)
     record.update(machine=machine(), load={"before": loadavg()})
     start = time.perf_counter()
-    copy, fit_line = attach(run, args.checkpoint, args.weight, out / "run")
+    ckpt = load_checkpoint(run / args.checkpoint)
+    copy, fit_line = attach(ckpt, args.checkpoint, args.weight, out / "run")
     fit_s = time.perf_counter() - start
     shards = {k: data / "shards" / k for k in ("paired", "fer", "ravdess")}
     results = {}
-    trained = load_checkpoint(run / args.checkpoint)["config"]["model"].get("voice_stats", 0.0)
-    for label, ckpt in (("run", run / args.checkpoint), ("copy", copy)):
+    trained = ckpt["config"]["model"].get("voice_stats", 0.0)
+    for label, path in (("run", run / args.checkpoint), ("copy", copy)):
         ev = out / f"eval_{label}"   # the run's checkpoint as trained, and its copy
-        results[label] = summarise(evaluate(shards["paired"], ckpt, ev / "paired", args.config, True),
-                                   evaluate(shards["fer"], ckpt, ev / "fer", args.config, False),
-                                   evaluate(shards["ravdess"], ckpt, ev / "ravdess", args.config, False))
+        results[label] = summarise(evaluate(shards["paired"], path, ev / "paired", args.config, True),
+                                   evaluate(shards["fer"], path, ev / "fer", args.config, False),
+                                   evaluate(shards["ravdess"], path, ev / "ravdess", args.config, False))
     rows = [[name, m["n"], round(m["accuracy"], 3), round(results["copy"][name]["accuracy"], 3),
              f"{results['copy'][name]['accuracy'] - m['accuracy']:+.3f}",
              round(m["weighted_f1"], 3), round(results["copy"][name]["weighted_f1"], 3)]

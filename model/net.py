@@ -101,14 +101,17 @@ class VoiceStats(nn.Module):
         std = (((mel - mean.unsqueeze(2)) ** 2 * w).sum(2) / n).clamp(min=0.0).sqrt()
         return torch.cat([mean - mean.mean(1, keepdim=True), std], dim=1)
 
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, 2 x n_mels) features -> (B, 7) log-probabilities; absent emotions get the others' mean."""
+        present = self.present > 0
+        logits = F.linear((features - self.mean) / self.std, self.weight, self.bias).masked_fill(~present, -1e4)
+        logp = torch.log_softmax(logits, dim=1)
+        mean = (logp * present).sum(1, keepdim=True) / present.sum().clamp(min=1)
+        return torch.where(present, logp, mean)
+
     def forward(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
         with torch.autocast(mel.device.type, enabled=False):           # float32 under AMP too: CPU == GPU
-            x = (self.features(mel, mel_mask) - self.mean) / self.std
-            present = self.present > 0
-            logits = F.linear(x, self.weight, self.bias).masked_fill(~present, -1e4)
-            logp = torch.log_softmax(logits, dim=1)
-            mean = (logp * present).sum(1, keepdim=True) / present.sum().clamp(min=1)
-            logp = torch.where(present, logp, mean)
+            logp = self.classify(self.features(mel, mel_mask))
             return logp * mel_mask.any(1, keepdim=True).to(logp.dtype)     # (B, 7), 0 without audio
 
 

@@ -85,8 +85,9 @@ def fit_voice_stats(splits: Sequence[SplitShards], cfg: TrainConfig,
             f"({sum(c > 0 for c in counts)} emotions): it gives no vote")
         return None
     state = fit_linear(x, y, cfg.model.voice_stats_l2, weigh(counts))
-    logits = (((x.float() - state["mean"]) / state["std"]) @ state["weight"].T + state["bias"]).masked_fill(
-        state["present"] == 0, -1e4)
-    accuracy = float((logits.argmax(1) == y).float().mean())
+    head = VoiceStats(cfg.model.n_mels)
+    head.load_state_dict(state)
+    with torch.no_grad():
+        accuracy = float((head.classify(x.float()).argmax(1) == y).float().mean())
     say(f"model.voice_stats: fitted on {len(y)} train clips with audio (train accuracy {accuracy:.3f})")
     return state

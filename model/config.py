@@ -18,6 +18,8 @@ class ModelConfig:
     face_train_blocks: int = 4                    # with face_trainable=last: how many of MobileFaceNet's 21 blocks
     face_colour: Literal["rgb", "grey"] = "rgb"   # "grey": every face read as grey (luma), in training and in use
     #                                              (a model that learnt from grey FER2013 faces sees colour ones alike)
+    face_flip_tta: bool = False                   # in use only: each face read as is and mirrored, embeddings averaged
+    #                                              (test-time augmentation; 2x the face CNN's cost per frame)
     n_mels: int = 64                              # mel bins: must match the shards' audio.n_mels
     mel_norm: Literal["global", "utterance"] = "global"  # log-mel scaling: train set's or each clip's per-bin mean/std
     audio_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # audio CNN stage widths

@@ -292,6 +292,7 @@ class FaceEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(FACE_MEAN).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(FACE_STD).view(1, 3, 1, 1) * 255)
         self.grey = cfg.face_colour == "grey"          # not in the state dict: checkpoints load either way
+        self.flip_tta = cfg.face_flip_tta              # in use only; not in the state dict either
         self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True):
@@ -325,10 +326,19 @@ class FaceEncoder(nn.Module):
         if self.grey:                                                # colour -> luma in all 3 channels
             x = (x * self.luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)
         x = (x - self.mean) / self.std
-        x = x.contiguous(memory_format=torch.channels_last)
+        flip = self.flip_tta and not self.training                   # in use: each face read as is and mirrored
+        if flip:
+            x = torch.cat([x, x.flip(-1)])
+        x = self.cnn_embed(x.contiguous(memory_format=torch.channels_last))
+        if flip:
+            x = (x[: b * t] + x[b * t:]) / 2                         # the mean of the two embeddings
+        return x.reshape(b, t, -1)                                   # (B, T, 128)
+
+    def cnn_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised (N, 3, 112, 112) -> (N, 128), the frozen blocks without autograd."""
         if self.split in (0, len(self.cnn.blocks())):
             with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-                return self.cnn(x).view(b, t, -1)                    # (B, T, 128)
+                return self.cnn(x)
         blocks = self.cnn.blocks()
         with torch.no_grad():
             if x.shape[0] > FROZEN_CHUNK and _dynamic_shapes_ok(x):   # traced / compiled: one pass (static)
@@ -337,7 +347,7 @@ class FaceEncoder(nn.Module):
                 x = self.frozen(x, blocks)
         for block in blocks[self.split:]:
             x = block(x)
-        return x.reshape(b, t, -1)                                   # (B, T, 128)
+        return x.reshape(x.shape[0], -1)
 
     def frozen(self, x: torch.Tensor, blocks) -> torch.Tensor:
         for block in blocks[: self.split]:

@@ -155,3 +155,28 @@ def test_the_late_fused_voice_classifier_is_exported_with_the_network(tiny_check
         logits, _ = session.run(OUTPUTS, {k: v.numpy() for k, v in b.items()})
         np.testing.assert_allclose(_probs(logits), _probs(ref), atol=ATOL)
         np.testing.assert_allclose(_probs(scripted), _probs(ref), atol=ATOL)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_mirrored_faces_are_exported_with_the_network(tiny_checkpoint, real_batch, tmp_path):
+    """model.face_flip_tta: the exported graphs read each face as is and mirrored, as eager does in use."""
+    from avemo.model.checkpoint import save_checkpoint
+    ckpt = load_checkpoint(tiny_checkpoint)
+    path = tmp_path / "flip.pt"
+    save_checkpoint(path, **dict(ckpt, config=dict(ckpt["config"], model=dict(ckpt["config"]["model"],
+                                                                                 face_flip_tta=True))))
+    flip, plain = model_from_checkpoint(load_checkpoint(path)), model_from_checkpoint(ckpt)
+    onnx_path = export(path, "onnx", tmp_path / "flip.onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    module = torch.jit.load(str(export(path, "torchscript", tmp_path / "flip.torchscript.pt")))
+    for b in _variants(real_batch):
+        with torch.inference_mode():
+            ref, without = flip(**b), plain(**b)
+            mirrored = flip(**dict(b, faces=b["faces"].flip(-1)))
+            scripted, _ = module(**b)
+        assert np.abs(_probs(ref) - _probs(without)).max() > 2e-4   # the mirror moves the answer (the tiny model
+        #                                                             is near-uniform: float noise is ~1e-7)
+        np.testing.assert_allclose(_probs(mirrored), _probs(ref), atol=ATOL)   # and a mirrored face reads alike
+        logits, _ = session.run(OUTPUTS, {k: v.numpy() for k, v in b.items()})
+        np.testing.assert_allclose(_probs(logits), _probs(ref), atol=ATOL)
+        np.testing.assert_allclose(_probs(scripted), _probs(ref), atol=ATOL)

@@ -1,0 +1,74 @@
+"""model.face_flip_tta on trained runs: the same checkpoint scored with each face read once, and read as is and
+mirrored (the two embeddings averaged).
+
+The setting acts in use only (training never sees it), so its worth on a finished run is measured without
+retraining: copy the run's checkpoint with model.face_flip_tta=true in its config (the weights untouched) and
+score both with `avemo evaluate` on the real_emotion dev sets (paired dev in three modes, FER half B,
+RAVDESS actors 19-21 as the control: no faces there, so it must not move). Paired: the same weights and clips.
+
+    .venv/bin/python bench/face_tta.py --run bench/out/real_vs/run --data bench/out/data --name face_tta_vs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import loadavg, machine, new_record, table, write_results  # noqa: E402
+from real_emotion import evaluate, summarise  # noqa: E402
+
+from avemo.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="a finished bench/real_emotion.py run folder (OUT/run)")
+    p.add_argument("--data", required=True, help="its data folder (shards/{paired,fer,ravdess})")
+    p.add_argument("--checkpoint", default="best.pt")
+    p.add_argument("--config", default="real")
+    p.add_argument("--out", help="where the copy and the evaluations go (default RUN/../face_tta)")
+    p.add_argument("--name", default="face_tta")
+    args = p.parse_args(argv)
+    run, data = Path(args.run).resolve(), Path(args.data).resolve()
+    out = Path(args.out).resolve() if args.out else run.parent / "face_tta"
+    record = new_record(args)
+    record.update(machine=machine(), load={"before": loadavg()})
+    ckpt = load_checkpoint(run / args.checkpoint)
+    variants = {}
+    for flip in (False, True):
+        copy = out / f"run_flip{int(flip)}" / args.checkpoint
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        config = dict(ckpt["config"], model=dict(ckpt["config"]["model"], face_flip_tta=flip))
+        save_checkpoint(copy, **dict(ckpt, config=config))
+        variants[flip] = copy
+    shards = {k: data / "shards" / k for k in ("paired", "fer", "ravdess")}
+    results, seconds = {}, {}
+    for flip, path in variants.items():
+        ev = out / f"eval_flip{int(flip)}"
+        start = time.perf_counter()
+        results[flip] = summarise(evaluate(shards["paired"], path, ev / "paired", args.config, True),
+                                  evaluate(shards["fer"], path, ev / "fer", args.config, False),
+                                  evaluate(shards["ravdess"], path, ev / "ravdess", args.config, False))
+        seconds[flip] = round(time.perf_counter() - start, 1)
+    rows = [[name, m["n"], round(m["accuracy"], 3), round(results[True][name]["accuracy"], 3),
+             f"{results[True][name]['accuracy'] - m['accuracy']:+.3f}",
+             round(m["weighted_f1"], 3), round(results[True][name]["weighted_f1"], 3)]
+            for name, m in results[False].items()]
+    record.update(load=dict(record["load"], after=loadavg()),
+                  results={f"flip={k}": v for k, v in results.items()},
+                  evaluate_s={f"flip={k}": v for k, v in seconds.items()})
+    body = (f"Run: `{run}` ({args.checkpoint}); the same weights with model.face_flip_tta false and true. "
+            f"The three evaluations took {seconds[False]:.0f} s without and {seconds[True]:.0f} s with it "
+            "(process start-up included).\n\n"
+            + table(["dev set, modality", "clips", "accuracy, one read", "accuracy, + mirrored", "change",
+                     "weighted F1, one read", "weighted F1, + mirrored"], rows) + "\n")
+    write_results(args.name, "Faces read as is and mirrored, in use (model.face_flip_tta)", record, body)
+    print(json.dumps({f"flip={k}": {n: round(m["accuracy"], 3) for n, m in v.items()} for k, v in results.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

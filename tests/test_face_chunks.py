@@ -33,7 +33,8 @@ class _Embed(torch.nn.Module):
 
 def _widths(enc: FaceEncoder) -> list[int]:
     widths: list[int] = []
-    enc.cnn.blocks()[0].register_forward_hook(lambda m, i, o: widths.append(i[0].shape[0]))
+    frozen = enc.frozen
+    enc.frozen = lambda x, blocks: widths.append(x.shape[0]) or frozen(x, blocks)   # type: ignore[method-assign]
     return widths
 
 

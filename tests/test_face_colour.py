@@ -31,10 +31,11 @@ def _pair():
 def _cnn_input(net: AVEmotionNet, faces: torch.Tensor) -> torch.Tensor:
     """What MobileFaceNet receives (after the grey conversion and the normalisation)."""
     seen = []
-    hook = net.face.cnn.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    cnn_embed = net.face.cnn_embed
+    net.face.cnn_embed = lambda x: seen.append(x.clone()) or cnn_embed(x)   # type: ignore[method-assign]
     with torch.no_grad():
         net.embed_faces(faces)
-    hook.remove()
+    del net.face.cnn_embed                                            # the method again
     return seen[0]
 
 

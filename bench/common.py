@@ -145,6 +145,23 @@ def write_results(name: str, title: str, record: dict, body: str) -> Path:
     return RESULTS / f"{name}.md"
 
 
+def trained_run_arguments(p, name: str) -> None:
+    """The arguments of a benchmark that scores copies of a finished bench/real_emotion.py run's checkpoint
+    (bench/voice_stats.py, bench/face_tta.py); trained_run_paths resolves them."""
+    p.add_argument("--run", required=True, help="a finished bench/real_emotion.py run folder (OUT/run)")
+    p.add_argument("--data", required=True, help="its data folder (shards/{paired,fer,ravdess})")
+    p.add_argument("--checkpoint", default="best.pt")
+    p.add_argument("--config", default="real")
+    p.add_argument("--out", help=f"where the copies and the evaluations go (default RUN/../{name})")
+    p.add_argument("--name", default=name, help="results name in bench/results")
+
+
+def trained_run_paths(args, name: str) -> tuple[Path, Path, Path]:
+    """-> (run, data, out) folders, absolute."""
+    run, data = Path(args.run).resolve(), Path(args.data).resolve()
+    return run, data, Path(args.out).resolve() if args.out else run.parent / name
+
+
 def new_record(args) -> dict:
     return {"command": command_line(), "args": vars(args), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": machine(), "load": {"before": loadavg()}}

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import loadavg, machine, new_record, table, write_results  # noqa: E402
+from common import (loadavg, machine, new_record, table, trained_run_arguments, trained_run_paths,  # noqa: E402
+                    write_results)
 from real_emotion import evaluate, summarise  # noqa: E402
 
 from avemo.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
@@ -25,15 +26,9 @@ from avemo.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E40
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", required=True, help="a finished bench/real_emotion.py run folder (OUT/run)")
-    p.add_argument("--data", required=True, help="its data folder (shards/{paired,fer,ravdess})")
-    p.add_argument("--checkpoint", default="best.pt")
-    p.add_argument("--config", default="real")
-    p.add_argument("--out", help="where the copy and the evaluations go (default RUN/../face_tta)")
-    p.add_argument("--name", default="face_tta")
+    trained_run_arguments(p, "face_tta")
     args = p.parse_args(argv)
-    run, data = Path(args.run).resolve(), Path(args.data).resolve()
-    out = Path(args.out).resolve() if args.out else run.parent / "face_tta"
+    run, data, out = trained_run_paths(args, "face_tta")
     record = new_record(args)
     record.update(machine=machine(), load={"before": loadavg()})
     ckpt = load_checkpoint(run / args.checkpoint)

@@ -20,7 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import loadavg, machine, new_record, table, write_results  # noqa: E402
+from common import (loadavg, machine, new_record, table, trained_run_arguments, trained_run_paths,  # noqa: E402
+                    write_results)
 from real_emotion import evaluate, summarise  # noqa: E402
 
 from avemo.model.checkpoint import load_checkpoint  # noqa: E402
@@ -59,16 +60,10 @@ def attach(ckpt: dict, checkpoint: str, weight: float, out: Path) -> tuple[Path,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", required=True, help="a finished bench/real_emotion.py run folder (OUT/run)")
-    p.add_argument("--data", required=True, help="its data folder (shards/{paired,fer,ravdess})")
-    p.add_argument("--checkpoint", default="best.pt")
+    trained_run_arguments(p, "voice_stats")
     p.add_argument("--weight", type=float, default=1.0, help="model.voice_stats (1: equal-weight late fusion)")
-    p.add_argument("--config", default="real")
-    p.add_argument("--out", help="where the copy and the evaluations go (default RUN/../voice_stats)")
-    p.add_argument("--name", default="voice_stats")
     args = p.parse_args(argv)
-    run, data = Path(args.run).resolve(), Path(args.data).resolve()
-    out = Path(args.out).resolve() if args.out else run.parent / "voice_stats"
+    run, data, out = trained_run_paths(args, "voice_stats")
     record = new_record(args)
     record.update(machine=machine(), load={"before": loadavg()})
     start = time.perf_counter()

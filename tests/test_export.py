@@ -128,6 +128,21 @@ def test_export_cli_and_bad_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert proc.returncode == 2 and "not a readable ONNX file" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def _exported(path, tmp_path):
+    """`path` exported to ONNX and TorchScript -> check(batch, ref): both give eager's probabilities `ref`."""
+    session = ort.InferenceSession(str(export(path, "onnx", tmp_path / f"{path.stem}.onnx")),
+                                   providers=["CPUExecutionProvider"])
+    module = torch.jit.load(str(export(path, "torchscript", tmp_path / f"{path.stem}.torchscript.pt")))
+
+    def check(batch: dict, ref) -> None:
+        logits, _ = session.run(OUTPUTS, {k: v.numpy() for k, v in batch.items()})
+        with torch.inference_mode():
+            scripted, _ = module(**batch)
+        np.testing.assert_allclose(_probs(logits), _probs(ref), atol=ATOL)
+        np.testing.assert_allclose(_probs(scripted), _probs(ref), atol=ATOL)
+    return check
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_the_late_fused_voice_classifier_is_exported_with_the_network(tiny_checkpoint, real_batch, tmp_path):
     """model.voice_stats: its vote is part of the exported graphs (ONNX and TorchScript equal eager)."""
@@ -144,17 +159,12 @@ def test_the_late_fused_voice_classifier_is_exported_with_the_network(tiny_check
     path = tmp_path / "voted.pt"
     save_checkpoint(path, **dict(ckpt, model=net.state_dict(), config=config))
     voted, plain = model_from_checkpoint(load_checkpoint(path)), model_from_checkpoint(ckpt)
-    onnx_path = export(path, "onnx", tmp_path / "voted.onnx")
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    module = torch.jit.load(str(export(path, "torchscript", tmp_path / "voted.torchscript.pt")))
+    exported_agree = _exported(path, tmp_path)
     for b in _variants(real_batch):
         with torch.inference_mode():
             ref, without = voted(**b), plain(**b)
-            scripted, _ = module(**b)
         assert np.abs(_probs(ref) - _probs(without)).max() > 0.01               # the vote moves the answer
-        logits, _ = session.run(OUTPUTS, {k: v.numpy() for k, v in b.items()})
-        np.testing.assert_allclose(_probs(logits), _probs(ref), atol=ATOL)
-        np.testing.assert_allclose(_probs(scripted), _probs(ref), atol=ATOL)
+        exported_agree(b, ref)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -166,17 +176,12 @@ def test_mirrored_faces_are_exported_with_the_network(tiny_checkpoint, real_batc
     save_checkpoint(path, **dict(ckpt, config=dict(ckpt["config"], model=dict(ckpt["config"]["model"],
                                                                                  face_flip_tta=True))))
     flip, plain = model_from_checkpoint(load_checkpoint(path)), model_from_checkpoint(ckpt)
-    onnx_path = export(path, "onnx", tmp_path / "flip.onnx")
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    module = torch.jit.load(str(export(path, "torchscript", tmp_path / "flip.torchscript.pt")))
+    exported_agree = _exported(path, tmp_path)
     for b in _variants(real_batch):
         with torch.inference_mode():
             ref, without = flip(**b), plain(**b)
             mirrored = flip(**dict(b, faces=b["faces"].flip(-1)))
-            scripted, _ = module(**b)
         assert np.abs(_probs(ref) - _probs(without)).max() > 2e-4   # the mirror moves the answer (the tiny model
         #                                                             is near-uniform: float noise is ~1e-7)
         np.testing.assert_allclose(_probs(mirrored), _probs(ref), atol=ATOL)   # and a mirrored face reads alike
-        logits, _ = session.run(OUTPUTS, {k: v.numpy() for k, v in b.items()})
-        np.testing.assert_allclose(_probs(logits), _probs(ref), atol=ATOL)
-        np.testing.assert_allclose(_probs(scripted), _probs(ref), atol=ATOL)
+        exported_agree(b, ref)

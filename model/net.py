@@ -374,9 +374,10 @@ class FaceEncoder(nn.Module):
         (load_state_dict, .to(): data_ptr) or written in place (copy_, an optimiser step: a tensor's _version
         counts its in-place writes)."""
         blocks = self.cnn.blocks()[:n]
-        if not self.fold_frozen_bn:
-            return blocks
-        key = [(t, t._version, t.data_ptr()) for block in blocks for t in (*block.parameters(), *block.buffers())]
+        tensors = [t for block in blocks for t in (*block.parameters(), *block.buffers())]
+        if not self.fold_frozen_bn or any(t.is_inference() for t in tensors):
+            return blocks             # weights made under inference_mode count no writes: never cache those
+        key = [(t, t._version, t.data_ptr()) for t in tensors]
         cached = self._folded
         if (cached is None or len(cached[0]) != len(key)
                 or any(a[0] is not b[0] or a[1:] != b[1:] for a, b in zip(key, cached[0]))):

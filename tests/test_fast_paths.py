@@ -144,3 +144,15 @@ def test_audio_relu_after_the_pool_is_exact(monkeypatch):
     assert len(grads[0]) == len(grads[1]) > 0
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_model_made_under_inference_mode_runs_unfolded():
+    """Inference tensors count no in-place writes, so a cache keyed on them could go stale: not folded."""
+    faces = _faces(2)
+    with torch.inference_mode():
+        enc = _encoder().eval()
+        out = enc.embed(faces)
+        assert enc._folded is None
+        with torch.no_grad():
+            enc.cnn.bn.bias.add_(1.0)                                  # the last BatchNorm, in place
+        torch.testing.assert_close(enc.embed(faces), out + 1.0)        # the write is seen

@@ -307,6 +307,7 @@ class FaceEncoder(nn.Module):
         super().train(mode)
         for block in self.cnn.blocks()[: self.split]:
             block.eval()  # frozen blocks keep their BatchNorm statistics
+        self._folded = None   # frozen_blocks folds afresh in the new mode
         return self
 
     def forward(self, faces: torch.Tensor, face_mask: torch.Tensor) -> torch.Tensor:
@@ -370,14 +371,20 @@ class FaceEncoder(nn.Module):
     def frozen_blocks(self, n: int) -> list[nn.Module]:
         """MobileFaceNet's first n blocks to run without autograd: with fold_frozen_bn, copies with BatchNorm
         folded into the convolutions (mobilefacenet.fold_batchnorm, the same function ~1.6x faster on a CPU),
-        kept between calls and rebuilt when any of the blocks' tensors was replaced, given new storage
-        (load_state_dict, .to(): data_ptr) or written in place (copy_, an optimiser step: a tensor's _version
-        counts its in-place writes)."""
+        kept between calls. They are dropped at every train() / eval() (a fused optimiser's writes are not
+        counted by _version), and rebuilt when a tensor of the blocks was replaced or given new storage
+        (load_state_dict, .to(): identity, data_ptr) or written in place (copy_, an EMA update: _version). In
+        training, in-place writes to the frozen blocks' BatchNorm statistics are not counted: DDP copies rank
+        0's into every rank's before each forward (broadcast_buffers), the same values, since frozen blocks
+        never update them. Weights made under inference_mode count no writes at all: those blocks run as
+        they are."""
         blocks = self.cnn.blocks()[:n]
-        tensors = [t for block in blocks for t in (*block.parameters(), *block.buffers())]
-        if not self.fold_frozen_bn or any(t.is_inference() for t in tensors):
-            return blocks             # weights made under inference_mode count no writes: never cache those
-        key = [(t, t._version, t.data_ptr()) for t in tensors]
+        params = [t for block in blocks for t in block.parameters()]
+        buffers = [t for block in blocks for t in block.buffers()]
+        if not self.fold_frozen_bn or any(t.is_inference() for t in params + buffers):
+            return blocks
+        key = ([(t, t.data_ptr(), t._version) for t in params]
+               + [(t, t.data_ptr(), -1 if self.training else t._version) for t in buffers])
         cached = self._folded
         if (cached is None or len(cached[0]) != len(key)
                 or any(a[0] is not b[0] or a[1:] != b[1:] for a, b in zip(key, cached[0]))):

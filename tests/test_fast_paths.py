@@ -156,3 +156,50 @@ def test_a_model_made_under_inference_mode_runs_unfolded():
         with torch.no_grad():
             enc.cnn.bn.bias.add_(1.0)                                  # the last BatchNorm, in place
         torch.testing.assert_close(enc.embed(faces), out + 1.0)        # the write is seen
+
+
+def test_every_mode_switch_folds_afresh_so_fused_optimiser_steps_are_seen():
+    """A fused AdamW writes the weights without counting them in _version: the copies are dropped at each
+    train() / eval() (and the in-use copies cover other blocks than the training ones), so scoring after
+    training steps folds the stepped weights."""
+    faces = _faces(3)
+    enc = _encoder().eval()
+    with torch.inference_mode():
+        enc.embed(faces)
+    assert enc._folded is not None
+    enc.train()
+    assert enc._folded is None
+    opt = torch.optim.AdamW([p for p in enc.parameters() if p.requires_grad], lr=0.05, fused=True)
+    for _ in range(2):
+        opt.zero_grad()
+        enc.embed(_faces(4, seed=5)).square().mean().backward()
+        opt.step()
+    enc.eval()
+    with torch.inference_mode():
+        got = enc.embed(faces)
+    FaceEncoder.fold_frozen_bn = False
+    try:
+        with torch.inference_mode():
+            want = enc.embed(faces)
+    finally:
+        FaceEncoder.fold_frozen_bn = True
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_in_training_a_copy_of_the_same_statistics_keeps_the_folded_blocks():
+    """DDP copies rank 0's buffers into every rank's before each training forward: the frozen blocks'
+    statistics keep their values, and the folded copies are kept rather than rebuilt every step."""
+    enc = _encoder().train()
+    enc.embed(_faces(2))
+    kept = enc._folded
+    assert kept is not None
+    with torch.no_grad():
+        for block in enc.cnn.blocks()[: enc.split]:
+            for t in block.buffers():
+                t.copy_(t.clone())                                  # what broadcast_buffers does
+    enc.embed(_faces(2))
+    assert enc._folded is kept
+    with torch.no_grad():
+        enc.cnn.conv1[0].weight.mul_(1.5)                          # a frozen weight written in place
+    enc.embed(_faces(2))
+    assert enc._folded is not kept

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (loadavg, machine, new_record, table, trained_run_arguments, trained_run_paths,  # noqa: E402
                     write_results)
-from real_emotion import evaluate, summarise  # noqa: E402
+from real_emotion import comparison_rows, score_dev_sets  # noqa: E402
 
 from avemo.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
@@ -39,19 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         config = dict(ckpt["config"], model=dict(ckpt["config"]["model"], face_flip_tta=flip))
         save_checkpoint(copy, **dict(ckpt, config=config))
         variants[flip] = copy
-    shards = {k: data / "shards" / k for k in ("paired", "fer", "ravdess")}
     results, seconds = {}, {}
     for flip, path in variants.items():
-        ev = out / f"eval_flip{int(flip)}"
         start = time.perf_counter()
-        results[flip] = summarise(evaluate(shards["paired"], path, ev / "paired", args.config, True),
-                                  evaluate(shards["fer"], path, ev / "fer", args.config, False),
-                                  evaluate(shards["ravdess"], path, ev / "ravdess", args.config, False))
+        results[flip] = score_dev_sets(data, path, out / f"eval_flip{int(flip)}", args.config)
         seconds[flip] = round(time.perf_counter() - start, 1)
-    rows = [[name, m["n"], round(m["accuracy"], 3), round(results[True][name]["accuracy"], 3),
-             f"{results[True][name]['accuracy'] - m['accuracy']:+.3f}",
-             round(m["weighted_f1"], 3), round(results[True][name]["weighted_f1"], 3)]
-            for name, m in results[False].items()]
+    rows = comparison_rows(results[False], results[True])
     record.update(load=dict(record["load"], after=loadavg()),
                   results={f"flip={k}": v for k, v in results.items()},
                   evaluate_s={f"flip={k}": v for k, v in seconds.items()})

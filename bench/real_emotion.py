@@ -136,6 +136,23 @@ def summarise(paired: dict, fer: dict, rav: dict) -> dict:
     return rows
 
 
+def score_dev_sets(data: Path, checkpoint: Path, out: Path, config: str) -> dict:
+    """`avemo evaluate` of a checkpoint on DATA/shards' dev sets (paired in three modes, FER half B, RAVDESS
+    19-21), evaluations under OUT -> summarise's rows."""
+    shards = data / "shards"
+    return summarise(evaluate(shards / "paired", checkpoint, out / "paired", config, True),
+                     evaluate(shards / "fer", checkpoint, out / "fer", config, False),
+                     evaluate(shards / "ravdess", checkpoint, out / "ravdess", config, False))
+
+
+def comparison_rows(before: dict, after: dict) -> list[list]:
+    """Two score_dev_sets results of the same sets -> table rows: set, clips, accuracy before / after /
+    change, weighted F1 before / after."""
+    return [[name, m["n"], round(m["accuracy"], 3), round(after[name]["accuracy"], 3),
+             f"{after[name]['accuracy'] - m['accuracy']:+.3f}", round(m["weighted_f1"], 3),
+             round(after[name]["weighted_f1"], 3)] for name, m in before.items()]
+
+
 def report(record: dict, name: str, quick: bool) -> Path:
     rows = record["results"]
     body = ["Held-out speakers (RAVDESS actors 19-21) and faces (FER2013 PublicTest half B); trained on actors "

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (loadavg, machine, new_record, table, trained_run_arguments, trained_run_paths,  # noqa: E402
                     write_results)
-from real_emotion import evaluate, summarise  # noqa: E402
+from real_emotion import comparison_rows, score_dev_sets  # noqa: E402
 
 from avemo.model.checkpoint import load_checkpoint  # noqa: E402
 
@@ -70,18 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = load_checkpoint(run / args.checkpoint)
     copy, fit_line = attach(ckpt, args.checkpoint, args.weight, out / "run")
     fit_s = time.perf_counter() - start
-    shards = {k: data / "shards" / k for k in ("paired", "fer", "ravdess")}
-    results = {}
     trained = ckpt["config"]["model"].get("voice_stats", 0.0)
-    for label, path in (("run", run / args.checkpoint), ("copy", copy)):
-        ev = out / f"eval_{label}"   # the run's checkpoint as trained, and its copy
-        results[label] = summarise(evaluate(shards["paired"], path, ev / "paired", args.config, True),
-                                   evaluate(shards["fer"], path, ev / "fer", args.config, False),
-                                   evaluate(shards["ravdess"], path, ev / "ravdess", args.config, False))
-    rows = [[name, m["n"], round(m["accuracy"], 3), round(results["copy"][name]["accuracy"], 3),
-             f"{results['copy'][name]['accuracy'] - m['accuracy']:+.3f}",
-             round(m["weighted_f1"], 3), round(results["copy"][name]["weighted_f1"], 3)]
-            for name, m in results["run"].items()]
+    results = {label: score_dev_sets(data, path, out / f"eval_{label}", args.config)   # as trained, and its copy
+               for label, path in (("run", run / args.checkpoint), ("copy", copy))}
+    rows = comparison_rows(results["run"], results["copy"])
     record.update(load=dict(record["load"], after=loadavg()), results=results, fit=fit_line, fit_s=round(fit_s, 1))
     body = (f"Run: `{run}` ({args.checkpoint}, trained with model.voice_stats={trained}); its copy with "
             f"model.voice_stats={args.weight}. {fit_line}; {fit_s:.0f} s to make the copy (reading the train shards "

@@ -35,7 +35,10 @@ from avemo.core import storage
 from avemo.shards.format import encode_sample
 from avemo.shards.manifest import make_table, write_table
 
-TAR_MTIME = 0.0  # fixed member mtimes: the same inputs give byte-identical shards
+# fixed member mtimes: the same inputs give byte-identical shards. An int: tarfile (PAX format by default, and
+# webdataset 1.0.2's TarWriter does not pass its `format` on) writes a float mtime as an extended header per
+# member, which doubled the headers a loader parses and made small-member shards a third larger
+TAR_MTIME = 0
 MIN_WINDOW_S = 1e-3   # a media list's part shorter than this is too_short whatever probe.min_duration_s says
 META_FIELDS = ("split", "dialogue_id", "utterance_id", "label", "emotion", "sentiment", "sentiment_id",
                "speaker", "utterance", "season", "episode", "start_s", "end_s", "csv_file", "csv_line")

@@ -56,6 +56,19 @@ def test_tar_lists_the_documented_members(built_shards):
                          for n in names)
 
 
+def test_members_are_plain_ustar_without_extended_headers(built_shards):
+    """Each member is one 512-byte header and its data: no PAX header per member (a float mtime wrote one),
+    which the training loader would parse for every member of every epoch."""
+    import tarfile
+    shard = sorted(built_shards.glob("train-*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    assert members and all(m.pax_headers == {} and m.mtime == 0 for m in members)
+    assert all(b.offset_data - b.offset == tarfile.BLOCKSIZE for b in members)
+    assert all(a.offset_data + -(-a.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE == b.offset
+               for a, b in zip(members, members[1:]))
+
+
 def test_real_videos_faces_and_audio_policy(built_shards):
     rows = _by_key(built_shards)
     single, crying, noface, silent, leaving = (rows[f"dia{900 + i}_utt0"] for i in range(5))

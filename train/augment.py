@@ -1,6 +1,7 @@
 """Per-clip augmentation on tensors, in the DataLoader workers (train split only).
 
-faces (T, 3, 112, 112) uint8: one flip / colour jitter / small affine per clip, so time stays coherent.
+faces (B, T, 3, 112, 112) uint8, a whole collated batch at once: one flip / colour jitter / small affine per
+clip, so time stays coherent.
 mel (n_mels, F) float32 log-power (natural log): speed perturbation (a time stretch of the log-mel), random
 gain, stationary noise at a random SNR, then SpecAugment frequency and time masks.
 Draws come from torch's global RNG, which DataLoader seeds per worker from the main process's RNG, so a
@@ -11,8 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torchaudio.functional as AF
-import torchvision.transforms.v2.functional as TF
+import torch.nn.functional as F
 
 from avemo.train.config import AugmentConfig
 
@@ -21,18 +21,93 @@ def _uniform(lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand(()))
 
 
-def augment_faces(faces: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    if float(torch.rand(())) < cfg.flip_p:
-        faces = faces.flip(-1)
-    if cfg.grey_p and float(torch.rand(())) < cfg.grey_p:
-        faces = TF.rgb_to_grayscale(faces, num_output_channels=3)
-    faces = TF.adjust_brightness(faces, _uniform(1 - cfg.brightness, 1 + cfg.brightness))
-    faces = TF.adjust_contrast(faces, _uniform(1 - cfg.contrast, 1 + cfg.contrast))
-    faces = TF.adjust_saturation(faces, _uniform(1 - cfg.saturation, 1 + cfg.saturation))
-    size = faces.shape[-1]
-    shift = [round(_uniform(-cfg.translate, cfg.translate) * size) for _ in range(2)]
-    return TF.affine(faces, angle=_uniform(-cfg.rotate_deg, cfg.rotate_deg), translate=shift,
-                     scale=_uniform(1 - cfg.scale, 1 + cfg.scale), shear=[0.0, 0.0])
+_GREY = (0.2989, 0.587, 0.114)   # torchvision's rgb_to_grayscale weights
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """(n, T, 3, H, W) float -> (n, T, 1, H, W): one matrix product over the channels."""
+    n, t, _, h, w = x.shape
+    return (torch.tensor(_GREY) @ x.reshape(n * t, 3, h * w)).view(n, t, 1, h, w)
+
+
+def face_draws(n: int, cfg: AugmentConfig) -> dict[str, torch.Tensor]:
+    """One draw per clip of n: flip and grey (bool), brightness/contrast/saturation factors, rotation in
+    degrees, zoom, and shift in whole pixels as fractions of the size (n, 2: x, y)."""
+    u = torch.rand(n, 9)
+    lerp = lambda amount, col: (1 - amount) + 2 * amount * u[:, col]   # noqa: E731  factor in 1 +- amount
+    return {"flip": u[:, 0] < cfg.flip_p, "grey": u[:, 1] < cfg.grey_p,
+            "brightness": lerp(cfg.brightness, 2), "contrast": lerp(cfg.contrast, 3),
+            "saturation": lerp(cfg.saturation, 4), "angle": cfg.rotate_deg * (2 * u[:, 5] - 1),
+            "scale": lerp(cfg.scale, 6), "shift": cfg.translate * (2 * u[:, 7:9] - 1)}
+
+
+def transform_faces(faces: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(n, T, 3, H, W) uint8 and face_draws(n) -> the transformed clips, uint8: flip, grey, brightness,
+    contrast (towards each frame's mean grey), saturation (towards each pixel's grey), then the affine about
+    the centre (nearest, zero fill), in torchvision's order and definitions; in float until one rounding.
+    The colour steps are per pixel (contrast: per frame), so the flip is folded into the affine's sampling
+    grid, and a clip's frames are sampled as channels of one image through its one grid."""
+    n, t, c, h, w = faces.shape
+    view = (n, 1, 1, 1, 1)
+    x = faces.float()                      # in place from here: each step writes over the last
+    if draws["grey"].any():
+        x = torch.where(draws["grey"].view(view), _grey(x).expand_as(x), x)
+    x.mul_(draws["brightness"].view(view)).clamp_(0, 255)
+    contrast = draws["contrast"].view(view)
+    mean = _grey(x).mean(dim=(-3, -2, -1), keepdim=True)          # each frame's mean grey
+    x.mul_(contrast).add_((1 - contrast) * mean).clamp_(0, 255)
+    saturation = draws["saturation"].view(view)
+    x = torch.lerp(_grey(x).expand_as(x), x, saturation).clamp_(0, 255)
+    # output pixel p reads input R(angle)^-1 (p - shift) / scale, then mirrored if flipped, in grid_sample's
+    # [-1, 1] pixel-centre coordinates (align_corners=False), where a whole-pixel shift s is 2 s / size;
+    # torchvision's positive angle turns the picture anticlockwise
+    size = torch.tensor([w, h], dtype=torch.float32)
+    shift = torch.round(draws["shift"] * size) * 2 / size
+    angle = torch.deg2rad(draws["angle"])
+    cos, sin = torch.cos(angle) / draws["scale"], torch.sin(angle) / draws["scale"]
+    rot = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)   # (n, 2, 2)
+    rot[:, 0] *= torch.where(draws["flip"], -1.0, 1.0)[:, None]
+    offset = -(rot @ shift[:, :, None])[:, :, 0]                                     # (n, 2)
+    xs = (torch.arange(w, dtype=torch.float32) * 2 + 1) / w - 1
+    ys = (torch.arange(h, dtype=torch.float32) * 2 + 1) / h - 1
+    # grid[k, i, j] = rot[k] @ (xs[j], ys[i]) + offset[k]: by broadcasting, not affine_grid's batched matmul
+    # over a (n, H, W, 3) base (5x the time on one thread)
+    grid = (rot[:, None, None, :, 0] * xs[None, None, :, None] + rot[:, None, None, :, 1] * ys[None, :, None, None]
+            + offset[:, None, None, :])                                               # (n, H, W, 2)
+    x = F.grid_sample(x.reshape(n, t * c, h, w), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return x.reshape(n, t, c, h, w).round_().to(torch.uint8)
+
+
+def augment_faces(faces: torch.Tensor, cfg: AugmentConfig, face_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """faces (B, T, 3, H, W) or one clip's (T, 3, H, W) uint8 -> the same, augmented: per clip one horizontal
+    flip, grey, brightness/contrast/saturation and affine (rotation, shift, zoom; nearest, zero fill) draw,
+    applied to all its frames so time stays coherent. face_mask (B, T): only clips with a face are drawn and
+    computed, and frames without one stay zero.
+
+    The whole batch at once: one affine_grid/grid_sample over its frames and broadcast colour factors, in
+    float until one rounding at the end. The same transforms as torchvision's per-image functional ops
+    (adjust_brightness/contrast/saturation, affine), which cost 4x more per clip called one clip at a time in
+    the loader workers, and rounded to uint8 after every step (tests/test_augment.py compares the two)."""
+    if faces.dim() == 4:
+        return augment_faces(faces[None], cfg, None if face_mask is None else face_mask[None])[0]
+    b, t, c, h, w = faces.shape
+    mask = torch.ones(b, t, dtype=torch.bool) if face_mask is None else face_mask.bool()
+    rows = mask.any(1).nonzero().flatten()
+    n = int(rows.numel())
+    if n == 0 or t == 0:
+        return faces
+    x = transform_faces(faces[rows], face_draws(n, cfg))
+    out = faces.clone()
+    out[rows] = x * mask[rows].view(n, t, 1, 1, 1)                     # frames without a face stay empty
+    return out
+
+
+def augment_batch(batch: dict, cfg: AugmentConfig) -> dict:
+    """A collated training batch -> the same with its faces augmented (augment_faces); its log-mels were
+    augmented per clip before batching (augment_sample), as their lengths differ."""
+    if not cfg.enabled:
+        return batch
+    return dict(batch, faces=augment_faces(batch["faces"], cfg, batch["face_mask"]))
 
 
 def augment_mel(mel: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
@@ -63,20 +138,31 @@ def augment_audio(mel: torch.Tensor, pitch: torch.Tensor | None, cfg: AugmentCon
         noise = power - snr_db / 10.0 * math.log(10.0) + 0.5 * torch.randn(mel.shape[0], 1)  # coloured a little
         mel = torch.logaddexp(mel, noise.expand_as(mel))
     fill = float(mel.mean())
+    mel = mel.clone() if cfg.freq_masks or cfg.time_masks else mel
     for _ in range(cfg.freq_masks):
-        mel = AF.mask_along_axis(mel.unsqueeze(0), cfg.freq_mask_width, fill, axis=1).squeeze(0)
+        mask_band(mel, cfg.freq_mask_width, fill, dim=0)
     for _ in range(cfg.time_masks):
         width = min(cfg.time_mask_width, mel.shape[-1] // 4)
         if width > 0:
-            mel = AF.mask_along_axis(mel.unsqueeze(0), width, fill, axis=2).squeeze(0)
+            mask_band(mel, width, fill, dim=1)
     return mel, pitch
+
+
+def mask_band(mel: torch.Tensor, max_width: int, fill: float, dim: int) -> None:
+    """SpecAugment's mask of (n_mels, F) in place: a band of dim (0: mel bins, 1: frames) up to max_width wide
+    set to fill. The draws and the band are torchaudio.functional.mask_along_axis's (tests/test_augment.py),
+    written as a slice: that builds a full-size mask and a new tensor per call, 0.2 ms each, four per clip."""
+    width = torch.rand(1) * max_width
+    start = torch.rand(1) * (mel.shape[dim] - width)
+    lo = int(start.long())
+    mel.narrow(dim, lo, int(width.long())).fill_(fill)
 
 
 def augment_sample(sample: dict, cfg: AugmentConfig) -> dict:
     if not cfg.enabled:
         return sample
     mel, pitch = augment_audio(sample["mel"], sample.get("pitch"), cfg)
-    out = dict(sample, faces=augment_faces(sample["faces"], cfg), mel=mel)
+    out = dict(sample, mel=mel)          # its faces: augment_batch, after collation
     if pitch is not None:
         out["pitch"] = pitch
     return out

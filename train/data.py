@@ -1,7 +1,7 @@
 """Streaming WebDataset loaders over verified shards, written as one visible list of stages:
 
     shard list -> detshuffle(epoch) -> split_by_node -> split_by_worker -> tar -> shuffle buffer
-    -> safe decode -> augment -> batch with padding and masks
+    -> safe decode -> augment log-mels -> batch with padding and masks -> augment faces (whole batch)
 
 Epoch arithmetic is explicit: each rank takes `steps = train samples // (batch x ranks)` batches per
 epoch from an endless, per-epoch-seeded stream, so all ranks step together and resume is exact.
@@ -31,7 +31,7 @@ from avemo.shards.labels import EMOTIONS
 from avemo.shards.manifest import CorruptShardError, read_manifest, shards_for_split, verify_shards
 from avemo.shards.streaming import verified_samples
 from avemo.shards.tar_reader import bounded_tarfile_to_samples
-from avemo.train.augment import augment_sample
+from avemo.train.augment import augment_batch, augment_sample
 from avemo.train.config import AugmentConfig, DataConfig
 
 TRAIN_HINT = "set data.corrupt_shards=skip to train without it"   # ends a corrupt-shard error
@@ -292,6 +292,7 @@ def train_loader(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch
         # partial: a worker whose pass over its shards holds fewer samples than a batch still yields one
         # (otherwise its pass is empty and webdataset stops repeating it: a silently short epoch)
         wds.batched(data.batch_size, collation_fn=collate, partial=True),
+        wds.map(functools.partial(augment_batch, cfg=aug)),   # faces: the whole batch at once
     ).with_epoch(per_worker)
     return _train_web_loader(dataset, workers, steps, data, epoch, seed), steps
 
@@ -358,6 +359,7 @@ def mixed_train_loader(splits: list[SplitShards], data: DataConfig, aug: Augment
     dataset = wds.DataPipeline(
         MixedSets(sources, mix_weights(splits, data.weights), seed, epoch),
         wds.batched(data.batch_size, collation_fn=collate, partial=True),
+        wds.map(functools.partial(augment_batch, cfg=aug)),   # faces: the whole batch at once
     ).with_epoch(per_worker)
     return _train_web_loader(dataset, workers, steps, data, epoch, seed), steps
 

@@ -1,0 +1,112 @@
+"""Face augmentation of a whole batch at once (train/augment.py) against torchvision's per-image functional
+ops, which it replaces in the loader, and its per-clip contract: one draw per clip for all its frames, frames
+without a face left empty, clips without one untouched."""
+from __future__ import annotations
+
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from avemo.train.augment import augment_batch, augment_faces, face_draws, transform_faces
+from avemo.train.config import AugmentConfig
+
+SIZE = 112
+
+
+def smooth_face(seed: int) -> torch.Tensor:
+    """(3, 112, 112) uint8: smooth colour waves, so nearest sampling and rounding differ by a level or two."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    f = 5 + 10 * torch.rand(3, generator=g)
+    return torch.stack([128 + 90 * torch.sin(xx / f[0] + yy / 23), 128 + 90 * torch.cos(yy / f[1]),
+                        128 + 60 * torch.sin((xx + yy) / f[2])]).round().to(torch.uint8)
+
+
+def torchvision_clip(frames: torch.Tensor, d: dict, i: int) -> torch.Tensor:
+    """The per-clip pipeline the loader ran before, with clip i's draws."""
+    x = frames.flip(-1) if d["flip"][i] else frames
+    if d["grey"][i]:
+        x = TF.rgb_to_grayscale(x, num_output_channels=3)
+    x = TF.adjust_brightness(x, float(d["brightness"][i]))
+    x = TF.adjust_contrast(x, float(d["contrast"][i]))
+    x = TF.adjust_saturation(x, float(d["saturation"][i]))
+    shift = [round(float(d["shift"][i, 0]) * SIZE), round(float(d["shift"][i, 1]) * SIZE)]
+    return TF.affine(x, angle=float(d["angle"][i]), translate=shift, scale=float(d["scale"][i]), shear=[0.0, 0.0])
+
+
+def test_batch_transform_equals_torchvision_per_clip():
+    torch.manual_seed(0)
+    cfg = AugmentConfig(grey_p=0.3, brightness=0.4, contrast=0.4, saturation=0.4, rotate_deg=10, translate=0.08,
+                        scale=0.1)
+    n, t = 12, 2
+    faces = torch.stack([torch.stack([smooth_face(2 * i), smooth_face(2 * i + 1)]) for i in range(n)])
+    d = face_draws(n, cfg)
+    assert d["flip"].any() and (~d["flip"]).any() and d["grey"].any()
+    ours = transform_faces(faces, d)
+    assert ours.shape == (n, t, 3, SIZE, SIZE) and ours.dtype == torch.uint8
+    for i in range(n):
+        ref = torchvision_clip(faces[i], d, i)
+        diff = ours[i].int() - ref.int()
+        # torchvision rounds down to uint8 after each of its four colour steps, the batch rounds once at the
+        # end: ours is up to 4 levels above torchvision's, hardly ever below or further
+        # (nearest sampling: a pixel centre that falls on a tie between two source pixels may go either way)
+        assert ((diff < 0) | (diff > 4)).float().mean() < 0.01, i
+        assert (diff.abs() > 6).float().mean() < 0.001 and 0 <= diff.float().mean() <= 3, (i, diff.float().mean())
+
+
+def test_the_geometry_alone_matches_torchvision():
+    cfg = AugmentConfig(brightness=0, contrast=0, saturation=0, rotate_deg=10, translate=0.08, scale=0.1, flip_p=0.5)
+    torch.manual_seed(1)
+    faces = torch.stack([smooth_face(i)[None] for i in range(8)])
+    d = face_draws(8, cfg)
+    ours = transform_faces(faces, d)
+    assert d["flip"].any() and (~d["flip"]).any()
+    for i in range(8):   # the same pixels, but for the odd nearest-sampling tie that float order breaks apart
+        assert (ours[i] == torchvision_clip(faces[i], d, i)).float().mean() > 0.999, i
+
+
+def test_one_draw_per_clip_empty_frames_stay_empty_and_faceless_clips_untouched():
+    torch.manual_seed(2)
+    face = smooth_face(7)
+    faces = torch.zeros(4, 3, 3, SIZE, SIZE, dtype=torch.uint8)
+    mask = torch.tensor([[True, True, False], [True, True, True], [False, False, False], [True, True, False]])
+    faces[mask] = face                     # the same face in every frame that has one
+    out = augment_faces(faces, AugmentConfig(), mask)
+    assert torch.equal(out[2], faces[2])                        # no face: not drawn, not touched
+    assert not out[:, 2][~mask[:, 2]].any()                      # frames without a face stay zero
+    for clip in (0, 1, 3):                                       # one draw for all frames of a clip
+        frames = out[clip][mask[clip]]
+        assert all(torch.equal(frames[0], f) for f in frames[1:])
+        assert not torch.equal(frames[0], face)
+    assert not torch.equal(out[0, 0], out[1, 0])                 # clips draw apart
+    one = augment_faces(faces[1], AugmentConfig())               # one clip (T, 3, H, W) works alike
+    assert one.shape == faces[1].shape and one.dtype == torch.uint8
+
+
+def test_augment_batch_leaves_the_rest_of_the_batch_and_obeys_enabled():
+    torch.manual_seed(3)
+    faces = torch.stack([smooth_face(1)[None], smooth_face(2)[None]])
+    batch = {"faces": faces, "face_mask": torch.ones(2, 1, dtype=torch.bool), "mel": torch.randn(2, 64, 64),
+             "label": torch.tensor([1, 2])}
+    out = augment_batch(batch, AugmentConfig())
+    assert out["mel"] is batch["mel"] and out["label"] is batch["label"]
+    assert not torch.equal(out["faces"], faces) and torch.equal(batch["faces"], faces)   # input not modified
+    assert augment_batch(batch, AugmentConfig(enabled=False)) is batch
+
+
+def test_mask_band_is_torchaudio_mask_along_axis():
+    """The same draws mask the same band as torchaudio's SpecAugment mask, on both axes."""
+    import torchaudio.functional as AF
+
+    from avemo.train.augment import mask_band
+    mel = torch.randn(64, 300)
+    masked = 0
+    for seed in range(40):
+        for dim, width in ((0, 8), (1, 25)):
+            torch.manual_seed(seed)
+            ref = AF.mask_along_axis(mel[None], width, -7.0, axis=dim + 1)[0]
+            torch.manual_seed(seed)
+            ours = mel.clone()
+            mask_band(ours, width, -7.0, dim)
+            assert torch.equal(ours, ref), (seed, dim)
+            masked += not torch.equal(ours, mel)
+    assert masked > 60                                            # most draws mask a band at all

@@ -84,10 +84,11 @@ def augment_faces(faces: torch.Tensor, cfg: AugmentConfig, face_mask: torch.Tens
     applied to all its frames so time stays coherent. face_mask (B, T): only clips with a face are drawn and
     computed, and frames without one stay zero.
 
-    The whole batch at once: one affine_grid/grid_sample over its frames and broadcast colour factors, in
-    float until one rounding at the end. The same transforms as torchvision's per-image functional ops
-    (adjust_brightness/contrast/saturation, affine), which cost 4x more per clip called one clip at a time in
-    the loader workers, and rounded to uint8 after every step (tests/test_augment.py compares the two)."""
+    The whole batch at once (transform_faces): broadcast colour factors and one nearest sampling grid per
+    clip, in float until one rounding at the end. The same transforms as torchvision's per-image functional
+    ops (adjust_brightness/contrast/saturation, affine; tests/test_augment.py compares the two), which the
+    loader called one clip at a time: 2.4x the time per batch (bench/results/loader_cpu.md), rounding to
+    uint8 after every step."""
     if faces.dim() == 4:
         return augment_faces(faces[None], cfg, None if face_mask is None else face_mask[None])[0]
     b, t, c, h, w = faces.shape

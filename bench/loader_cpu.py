@@ -6,7 +6,8 @@ RAVDESS voices and FER faces), before and after two loader changes, interleaved 
             the same members rewritten as plain ustar, as build-shards writes them now (int mtime):
             microseconds per member and bytes per shard
   faces     face augmentation of real collated batches: torchvision's functional ops one clip at a time (as
-            the loader did, in augment_sample) vs train/augment.py's augment_faces over the whole batch
+            the loader did, in augment_sample, faceless clips included) vs train/augment.py's augment_faces
+            over the whole batch (which skips clips without a face)
   loader    the whole training loader in this process (data.workers=0, 1 torch thread, as in a worker):
             CPU ms per batch, before (faces augmented per clip with torchvision, SpecAugment masks by
             torchaudio's mask_along_axis) vs now (faces per batch, the masks as slices: train/augment.py),
@@ -42,15 +43,18 @@ from avemo.train.config import AugmentConfig, TrainConfig  # noqa: E402
 SETS = ("paired", "ravdess", "fer")
 
 
-def as_ustar(tar_bytes: bytes) -> bytes:
-    """The same members in the same order, each with one plain ustar header (mtime 0, no extended header)."""
+def rewritten(tar_bytes: bytes, pax: bool) -> bytes:
+    """The same members in the same order, written as build-shards wrote them before (pax: tarfile's default
+    format with the float mtime 0.0, one extended header per member) or writes them now (mtime 0: one plain
+    ustar header each); checked, so the two rows measure what they say whatever the shards on disk are."""
     out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as src, \
-            tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst:
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as src, tarfile.open(fileobj=out, mode="w") as dst:
         for info in src.getmembers():
             data = src.extractfile(info).read()
-            info.mtime, info.pax_headers = 0, {}
+            info.mtime, info.pax_headers = (0.0 if pax else 0), {}
             dst.addfile(info, io.BytesIO(data))
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as check:
+        assert all(bool(m.pax_headers) == pax for m in check.getmembers())
     return out.getvalue()
 
 
@@ -85,8 +89,8 @@ def tar_stage(shards: Path, per_set: int, repeats: int) -> dict:
     for name in SETS:
         for path in sorted((shards / name).glob("train-*.tar"))[:per_set]:
             raw = path.read_bytes()
-            blobs["pax"].append(raw)
-            blobs["ustar"].append(as_ustar(raw))
+            blobs["pax"].append(rewritten(raw, pax=True))
+            blobs["ustar"].append(rewritten(raw, pax=False))
 
     def read(kind: str):
         def run() -> dict:
@@ -112,14 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="loader_cpu")
     args = p.parse_args(argv)
     shards = Path(args.data).resolve() / "shards"
-    record = new_record(args)
     torch.set_num_threads(1)                                   # as in a loader worker
+    record = new_record(args)
     cfg = load_config(TrainConfig, "train", args.config,
                       overrides=[f"shards=[{','.join(str(shards / s) for s in SETS)}]", "data.workers=0"])
     splits = [train_data.split_shards(str(s), "train") for s in cfg.shards]
 
     print("tar stage")
     tar = tar_stage(shards, args.tar_shards, args.repeats)
+    with tarfile.open(sorted((shards / SETS[-1]).glob("train-*.tar"))[0]) as first:
+        tar["on_disk_pax"] = any(m.pax_headers for m in first.getmembers())
 
     def loader(kind: str):
         """Loader passes with the face augmentation of `kind`, patched into train/data.py's stages."""
@@ -196,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             "## Face augmentation of a batch\n\n"
             + table(["faces augmented", "ms per batch (min)", "ms per batch (median)", "speed x per_clip (median)"],
                     face_rows)
-            + "\n\n## The whole loader in one process (shards as on disk)\n\n"
+            + f"\n\nper_clip augments all {cfg.data.batch_size} clips of a batch, as the loader did (the voice-only "
+              f"ones' empty frames included); batch only the {faces_per_batch} with a face, so "
+              f"{cfg.data.batch_size / faces_per_batch:.2f}x of the ratio is work skipped, the rest the batched "
+              "maths.\n\n## The whole loader in one process (shards as on disk: "
+              f"{'one PAX header per member, as built before' if tar['on_disk_pax'] else 'plain ustar'})\n\n"
             + table(["augmentation", "CPU ms per batch (min)", "CPU ms per batch (median)",
                      "wall ms per batch (median)"], loader_rows)
             + f"\n\nThe loader's CPU per batch now: {cpu_ms['now']['median'] / cpu_ms['before']['median']:.2f}x "

@@ -110,3 +110,68 @@ def test_mask_band_is_torchaudio_mask_along_axis():
             assert torch.equal(ours, ref), (seed, dim)
             masked += not torch.equal(ours, mel)
     assert masked > 60                                            # most draws mask a band at all
+
+
+def test_non_square_geometry_matches_torchvision():
+    cfg = AugmentConfig(brightness=0, contrast=0, saturation=0, rotate_deg=15, translate=0.08, scale=0.1)
+    torch.manual_seed(4)
+    face = smooth_face(3)[:, :64, :]                             # 64 x 112
+    faces = face[None, None].repeat(6, 1, 1, 1, 1)
+    d = face_draws(6, cfg)
+    ours = transform_faces(faces, d)
+    for i in range(6):
+        x = face.flip(-1) if d["flip"][i] else face
+        shift = [round(float(d["shift"][i, 0]) * 112), round(float(d["shift"][i, 1]) * 64)]
+        ref = TF.affine(x, angle=float(d["angle"][i]), translate=shift, scale=float(d["scale"][i]), shear=[0.0, 0.0])
+        assert (ours[i, 0] == ref).float().mean() > 0.999, i
+
+
+def test_contrast_pulls_each_frame_to_its_own_mean():
+    """A dark and a bright frame of one clip: each moves towards its own mean grey, not the clip's."""
+    cfg = AugmentConfig(flip_p=0, brightness=0, contrast=0.5, saturation=0, rotate_deg=0, translate=0, scale=0)
+    torch.manual_seed(5)
+    dark, bright = smooth_face(1) // 4, 255 - smooth_face(2) // 4
+    faces = torch.stack([torch.stack([dark, bright])] * 4)
+    d = face_draws(4, cfg)
+    ours = transform_faces(faces, d)
+    for i in range(4):
+        for frame in range(2):
+            ref = TF.adjust_contrast(faces[i, frame], float(d["contrast"][i]))
+            assert (ours[i, frame].int() - ref.int()).abs().max() <= 1, (i, frame)
+
+
+def test_faceless_clips_take_no_draws_and_chunking_changes_nothing(monkeypatch):
+    import avemo.train.augment as augment
+    faces = torch.stack([torch.stack([smooth_face(i), smooth_face(i + 50)]) for i in range(5)])
+    mask = torch.ones(5, 2, dtype=torch.bool)
+    torch.manual_seed(6)
+    whole = augment_faces(faces, AugmentConfig(), mask)
+    with_faceless = torch.cat([faces[:2], torch.zeros_like(faces[:1]), faces[2:]])
+    mask_faceless = torch.cat([mask[:2], torch.zeros(1, 2, dtype=torch.bool), mask[2:]])
+    torch.manual_seed(6)
+    out = augment_faces(with_faceless, AugmentConfig(), mask_faceless)
+    assert torch.equal(torch.cat([out[:2], out[3:]]), whole) and not out[2].any()
+    monkeypatch.setattr(augment, "CHUNK_FRAMES", 4)              # two clips of two frames per chunk
+    torch.manual_seed(6)
+    assert torch.equal(augment_faces(faces, AugmentConfig(), mask), whole)
+
+
+def test_mask_band_wider_than_the_axis_and_zero_width_as_torchaudio():
+    import torchaudio.functional as AF
+
+    from avemo.train.augment import mask_band
+    mel = torch.randn(6, 40)
+    for seed in range(30):
+        torch.manual_seed(seed)
+        ref = AF.mask_along_axis(mel[None], 9, 0.0, axis=1)[0]     # 9 > 6 mel bins
+        after_ref = torch.rand(())
+        torch.manual_seed(seed)
+        ours = mel.clone()
+        mask_band(ours, 9, 0.0, 0)
+        assert torch.equal(ours, ref) and torch.equal(torch.rand(()), after_ref), seed   # same draws taken
+    torch.manual_seed(0)
+    ours = mel.clone()
+    mask_band(ours, 0, 0.0, 1)
+    after = torch.rand(())
+    torch.manual_seed(0)
+    assert torch.equal(ours, mel) and torch.equal(torch.rand(()), after)   # nothing drawn, nothing masked

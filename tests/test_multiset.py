@@ -380,3 +380,30 @@ def test_a_wrong_init_from_is_one_line_before_the_run_folder_is_touched(built_sh
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "nope.pt does not exist" in err[0]
     assert not run.exists() or not any(run.iterdir())
+
+
+def test_both_training_loaders_augment_every_clip_with_a_face_and_no_other(built_shards, voices, faces):
+    """Augmentation on vs off, the same stream: each clip with a face gets other face pixels, frames without a
+    face stay empty, and voice-only clips keep no face at all (train_loader and the mixed loader alike)."""
+    from avemo.train.config import DataConfig
+    from avemo.train.data import mixed_train_loader, split_shards, train_loader
+    splits = [split_shards(s, "train") for s in (built_shards, voices, faces)]
+    data = DataConfig(batch_size=4, workers=0, max_frames=4, max_mel_frames=300, shuffle_buffer=8, pin_memory=False)
+
+    def clips(make, enabled):
+        torch.manual_seed(0)
+        loader, _ = make(AugmentConfig(enabled=enabled))
+        return {k: (b["faces"][i], b["face_mask"][i]) for b in loader for i, k in enumerate(b["key"])}
+
+    for mixed, make in ((False, lambda aug: train_loader(splits[0], data, aug, 0, 0)),
+                        (True, lambda aug: mixed_train_loader(splits, data, aug, 0, 0))):
+        on, off = clips(make, True), clips(make, False)
+        assert on.keys() == off.keys() and len(on) >= 4
+        assert any(m.any() for _f, m in off.values())
+        assert any(not m.any() for _f, m in off.values()) or not mixed      # the voices: clips without a face
+        for key, (face_off, mask) in off.items():
+            face_on = on[key][0]
+            assert torch.equal(on[key][1], mask)
+            assert not face_on[~mask].any() and not face_off[~mask].any()       # no face: an empty frame
+            if mask.any():
+                assert not torch.equal(face_on[mask], face_off[mask]), key     # augmented

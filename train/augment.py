@@ -1,11 +1,12 @@
-"""Per-clip augmentation on tensors, in the DataLoader workers (train split only).
+"""Training augmentation on tensors, in the DataLoader workers (train split only), one draw per clip.
 
-faces (B, T, 3, 112, 112) uint8, a whole collated batch at once: one flip / colour jitter / small affine per
-clip, so time stays coherent.
-mel (n_mels, F) float32 log-power (natural log): speed perturbation (a time stretch of the log-mel), random
-gain, stationary noise at a random SNR, then SpecAugment frequency and time masks.
-Draws come from torch's global RNG, which DataLoader seeds per worker from the main process's RNG, so a
-run resumed from a checkpoint (which restores that RNG) draws the same augmentations.
+faces (B, T, 3, 112, 112) uint8, a whole collated batch at once (augment_batch, after collation): one flip /
+colour jitter / small affine per clip, for all its frames, so time stays coherent.
+mel (n_mels, F) float32 log-power (natural log), per clip before collation (augment_sample): speed
+perturbation (a time stretch of the log-mel), random gain, stationary noise at a random SNR, then SpecAugment
+frequency and time masks.
+Draws come from torch's global RNG, which train/data.py seeds in each worker from (seed, epoch, rank, worker)
+at every epoch, so a run resumed at an epoch draws the augmentations an uninterrupted one draws.
 """
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ def _uniform(lo: float, hi: float) -> float:
 
 
 _GREY = (0.2989, 0.587, 0.114)   # torchvision's rgb_to_grayscale weights
+CHUNK_FRAMES = 64   # face frames transformed at once: ~10 MB of float per copy at 112 px (a MELD batch of 32
+#                     clips x 16 frames whole would be 77 MB per copy, several copies per loader worker)
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
     """(n, T, 3, H, W) float -> (n, T, 1, H, W): one matrix product over the channels."""
     n, t, _, h, w = x.shape
-    return (torch.tensor(_GREY) @ x.reshape(n * t, 3, h * w)).view(n, t, 1, h, w)
+    return (torch.tensor(_GREY, device=x.device) @ x.reshape(n * t, 3, h * w)).view(n, t, 1, h, w)
 
 
 def face_draws(n: int, cfg: AugmentConfig) -> dict[str, torch.Tensor]:
@@ -49,7 +52,8 @@ def transform_faces(faces: torch.Tensor, draws: dict[str, torch.Tensor]) -> torc
     grid, and a clip's frames are sampled as channels of one image through its one grid."""
     n, t, c, h, w = faces.shape
     view = (n, 1, 1, 1, 1)
-    x = faces.float()                      # in place from here: each step writes over the last
+    draws = {k: v.to(faces.device) for k, v in draws.items()}
+    x = faces.to(torch.float32, copy=True)   # in place from here: each step writes over the last
     if draws["grey"].any():
         x = torch.where(draws["grey"].view(view), _grey(x).expand_as(x), x)
     x.mul_(draws["brightness"].view(view)).clamp_(0, 255)
@@ -58,18 +62,19 @@ def transform_faces(faces: torch.Tensor, draws: dict[str, torch.Tensor]) -> torc
     x.mul_(contrast).add_((1 - contrast) * mean).clamp_(0, 255)
     saturation = draws["saturation"].view(view)
     x = torch.lerp(_grey(x).expand_as(x), x, saturation).clamp_(0, 255)
-    # output pixel p reads input R(angle)^-1 (p - shift) / scale, then mirrored if flipped, in grid_sample's
-    # [-1, 1] pixel-centre coordinates (align_corners=False), where a whole-pixel shift s is 2 s / size;
-    # torchvision's positive angle turns the picture anticlockwise
-    size = torch.tensor([w, h], dtype=torch.float32)
+    # output pixel p reads input R(angle)^-1 (p - shift) / scale in pixels about the centre, then mirrored if
+    # flipped; in grid_sample's [-1, 1] pixel-centre coordinates (align_corners=False) a whole-pixel shift s
+    # is 2 s / size and the rotation's off-diagonal terms take the aspect ratio; torchvision's positive angle
+    # turns the picture anticlockwise
+    size = torch.tensor([w, h], dtype=torch.float32, device=faces.device)
     shift = torch.round(draws["shift"] * size) * 2 / size
     angle = torch.deg2rad(draws["angle"])
     cos, sin = torch.cos(angle) / draws["scale"], torch.sin(angle) / draws["scale"]
-    rot = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)   # (n, 2, 2)
+    rot = torch.stack([torch.stack([cos, sin * h / w], 1), torch.stack([-sin * w / h, cos], 1)], 1)   # (n, 2, 2)
     rot[:, 0] *= torch.where(draws["flip"], -1.0, 1.0)[:, None]
     offset = -(rot @ shift[:, :, None])[:, :, 0]                                     # (n, 2)
-    xs = (torch.arange(w, dtype=torch.float32) * 2 + 1) / w - 1
-    ys = (torch.arange(h, dtype=torch.float32) * 2 + 1) / h - 1
+    xs = (torch.arange(w, dtype=torch.float32, device=faces.device) * 2 + 1) / w - 1
+    ys = (torch.arange(h, dtype=torch.float32, device=faces.device) * 2 + 1) / h - 1
     # grid[k, i, j] = rot[k] @ (xs[j], ys[i]) + offset[k]: by broadcasting, not affine_grid's batched matmul
     # over a (n, H, W, 3) base (5x the time on one thread)
     grid = (rot[:, None, None, :, 0] * xs[None, None, :, None] + rot[:, None, None, :, 1] * ys[None, :, None, None]
@@ -87,19 +92,24 @@ def augment_faces(faces: torch.Tensor, cfg: AugmentConfig, face_mask: torch.Tens
     The whole batch at once (transform_faces): broadcast colour factors and one nearest sampling grid per
     clip, in float until one rounding at the end. The same transforms as torchvision's per-image functional
     ops (adjust_brightness/contrast/saturation, affine; tests/test_augment.py compares the two), which the
-    loader called one clip at a time: 2.4x the time per batch (bench/results/loader_cpu.md), rounding to
-    uint8 after every step."""
+    loader called one clip at a time, rounding to uint8 after every step and on faceless clips too: 2.4x the
+    time per batch of the real recipe, of which ~1.3x is the faceless clips now skipped
+    (bench/results/loader_cpu.md)."""
     if faces.dim() == 4:
         return augment_faces(faces[None], cfg, None if face_mask is None else face_mask[None])[0]
     b, t, c, h, w = faces.shape
-    mask = torch.ones(b, t, dtype=torch.bool) if face_mask is None else face_mask.bool()
+    mask = torch.ones(b, t, dtype=torch.bool, device=faces.device) if face_mask is None else face_mask.bool()
     rows = mask.any(1).nonzero().flatten()
     n = int(rows.numel())
     if n == 0 or t == 0:
         return faces
-    x = transform_faces(faces[rows], face_draws(n, cfg))
+    draws = face_draws(n, cfg)               # all clips' draws first: the chunking below does not change them
     out = faces.clone()
-    out[rows] = x * mask[rows].view(n, t, 1, 1, 1)                     # frames without a face stay empty
+    step = max(1, CHUNK_FRAMES // t)         # clips per chunk: a bounded float working set at any clip length
+    for lo in range(0, n, step):
+        part = rows[lo: lo + step]
+        x = transform_faces(faces[part], {k: v[lo: lo + len(part)] for k, v in draws.items()})
+        out[part] = x * mask[part].view(len(part), t, 1, 1, 1)       # frames without a face stay empty
     return out
 
 
@@ -138,8 +148,7 @@ def augment_audio(mel: torch.Tensor, pitch: torch.Tensor | None, cfg: AugmentCon
         power = torch.logsumexp(mel, dim=(0, 1)) - math.log(mel.numel())     # log of the mean power
         noise = power - snr_db / 10.0 * math.log(10.0) + 0.5 * torch.randn(mel.shape[0], 1)  # coloured a little
         mel = torch.logaddexp(mel, noise.expand_as(mel))
-    fill = float(mel.mean())
-    mel = mel.clone() if cfg.freq_masks or cfg.time_masks else mel
+    fill = float(mel.mean())                 # mel is this function's own tensor since the gain: masked in place
     for _ in range(cfg.freq_masks):
         mask_band(mel, cfg.freq_mask_width, fill, dim=0)
     for _ in range(cfg.time_masks):
@@ -152,11 +161,17 @@ def augment_audio(mel: torch.Tensor, pitch: torch.Tensor | None, cfg: AugmentCon
 def mask_band(mel: torch.Tensor, max_width: int, fill: float, dim: int) -> None:
     """SpecAugment's mask of (n_mels, F) in place: a band of dim (0: mel bins, 1: frames) up to max_width wide
     set to fill. The draws and the band are torchaudio.functional.mask_along_axis's (tests/test_augment.py),
-    written as a slice: that builds a full-size mask and a new tensor per call, 0.2 ms each, four per clip."""
+    written as a slice: that builds a full-size mask and a new tensor per call, 0.2 ms each, four per clip.
+    Like it, a max_width under 1 draws nothing, and a band wider than the axis masks what lies on it."""
+    if max_width < 1:
+        return
     width = torch.rand(1) * max_width
     start = torch.rand(1) * (mel.shape[dim] - width)
-    lo = int(start.long())
-    mel.narrow(dim, lo, int(width.long())).fill_(fill)
+    lo = int(start.long())                  # towards zero, as torchaudio's .long()
+    hi = min(lo + int(width.long()), mel.shape[dim])
+    lo = max(lo, 0)
+    if hi > lo:
+        mel.narrow(dim, lo, hi - lo).fill_(fill)
 
 
 def augment_sample(sample: dict, cfg: AugmentConfig) -> dict:

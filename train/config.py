@@ -58,6 +58,7 @@ class AugmentConfig:
                    self.gain_db) >= 0, "jitter amounts must be >= 0"),
               (0 <= self.grey_p <= 1 and 0 <= self.noise_p <= 1, "grey_p and noise_p must be in [0, 1]"),
               (0 <= self.speed < 1, "speed must be in [0, 1)"),
+              (self.scale < 1, "scale must be in [0, 1): a zoom of 1 - scale must stay above 0"),
               (min(self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width) >= 0,
                "SpecAugment mask counts and widths must be >= 0"))
 

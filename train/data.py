@@ -225,7 +225,8 @@ def effective_workers(n_shards: int, world: int, wanted: int, what: str = "") ->
 
 def _sample_stages(split: SplitShards, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch, seed: int,
                    n_mels: int | None, pitch: bool = False) -> list:
-    """shard list -> augmented samples: the stages of one set's training stream, before batching."""
+    """shard list -> samples with augmented log-mels: the stages of one set's training stream, before batching
+    (its faces are augmented per batch, after it: augment_batch)."""
     return [
         wds.SimpleShardList(split.urls),
         _EpochShardShuffle(len(split.urls), seed, epoch),
@@ -335,7 +336,7 @@ def mixed_label_counts(splits: list[SplitShards], probs: list[float]) -> list[fl
 
 def _set_stream(split: SplitShards, index: int, data: DataConfig, aug: AugmentConfig, epoch: int | SharedEpoch,
                 seed: int, n_mels: int | None, pitch: bool = False):
-    """One set's endless stream of augmented samples (train_loader's stages, without batching)."""
+    """One set's endless stream of samples, log-mels augmented (train_loader's stages, without batching)."""
     return wds.DataPipeline(*_sample_stages(split, data, aug, epoch, seed + 1009 * index, n_mels, pitch)).repeat()
 
 

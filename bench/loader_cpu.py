@@ -18,7 +18,6 @@ RAVDESS voices and FER faces), before and after two loader changes, interleaved 
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import json
 import sys

@@ -5,7 +5,10 @@ real batches of the real recipe (configs/real.yaml's mix of paired clips, RAVDES
             convolutions (FaceEncoder.fold_frozen_bn)
   relu      each audio CNN stage's ReLU after its max-pool instead of before (AudioEncoder.relu_after_pool)
 
-Variants: before (neither), fold, relu, both (what the model does now). Per variant: the median time of a
+  stride2   model.audio_time_stride=2: the audio CNN's first convolution steps 2 mel frames (not exact: a
+            recipe choice, measured on dev by bench/real_emotion.py; here its speed on the same weights)
+
+Variants: before (neither), fold, relu, both (what the model does now), stride2 (both + stride 2). Per variant: the median time of a
 whole train_step (forward, loss, backward, clipping, AdamW) over the same batches, repeated and interleaved
 (A B C D D C B A ...), and the in-use face embedding of 64 faces (evaluate, predict) with and without folding.
 The batches are drawn once and kept, so the loader is not part of the timing.
@@ -32,12 +35,17 @@ from avemo.train.config import TrainConfig  # noqa: E402
 from avemo.train.data import mixed_train_loader, split_shards  # noqa: E402
 from avemo.train.loop import train_step  # noqa: E402
 
-VARIANTS = {"before": (False, False), "fold": (True, False), "relu": (False, True), "both": (True, True)}
+VARIANTS = {"before": (False, False, 1), "fold": (True, False, 1), "relu": (False, True, 1), "both": (True, True, 1),
+            "stride2": (True, True, 2)}
 
 
-def set_variant(fold: bool, relu: bool) -> None:
+def set_variant(fold: bool, relu: bool, net: torch.nn.Module | None = None, time_stride: int = 1) -> None:
     FaceEncoder.fold_frozen_bn = fold
     AudioEncoder.relu_after_pool = relu
+    if net is not None:   # model.audio_time_stride on the same weights (the stride changes no shape)
+        conv = net.audio.cnn[0]
+        conv.stride = (1, time_stride)
+        net.audio.time_stride = net.audio.stride * time_stride
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=10, help="batches per timed pass (after 2 warm-up steps)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--baseline", default="before", choices=list(VARIANTS), help="the variant the ratios are to")
     p.add_argument("--name", default="train_step")
     args = p.parse_args(argv)
     shards = Path(args.data).resolve() / "shards"
@@ -70,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     net = build_model(cfg.model, log=lambda _m: None).train()
     optimizer = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=1e-5)
 
-    def steps(fold: bool, relu: bool):
+    def steps(fold: bool, relu: bool, time_stride: int):
         def run() -> dict:
-            set_variant(fold, relu)
+            set_variant(fold, relu, net, time_stride)
             net.train()
             for b in batches[:2]:
                 train_step(net, optimizer, None, b, cfg.optim)
@@ -82,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             return {"seconds": time.perf_counter() - start, "items": args.batches * cfg.data.batch_size}
         return run
 
-    variants = ["before", *[v for v in args.variants if v != "before"]]     # the baseline first
+    base = args.baseline
+    variants = [base, *[v for v in args.variants if v != base]]             # the baseline first
     runs = interleave({k: steps(*VARIANTS[k]) for k in variants}, args.repeats, alternate=True)
     summary = summarize(runs)
     faces = torch.cat([b["faces"][b["face_mask"]] for b in batches])[:64][None]
@@ -100,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     in_use = summarize(interleave({"unfolded": embed(False), "folded": embed(True)}, args.repeats, alternate=True))
-    set_variant(True, True)
+    set_variant(True, True, net, 1)
     rows = [[k, f"{summary[k]['min']:.1f}", f"{summary[k]['median']:.1f}", f"{summary[k]['max']:.1f}",
              f"{1000 * cfg.data.batch_size / summary[k]['median']:.0f}",
-             f"{ratio(summary[k], summary['before'])['median']:.3f}"] for k in variants]
+             f"{ratio(summary[k], summary[base])['median']:.3f}"] for k in variants]
     use_rows = [[k, f"{in_use[k]['min']:.1f}", f"{in_use[k]['median']:.1f}",
                  f"{ratio(in_use[k], in_use['unfolded'])['median']:.3f}"] for k in ("unfolded", "folded")]
     record.update(load=dict(record["load"], after=loadavg()), shapes=shapes, train_step=summary, in_use=in_use,
@@ -111,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     body = (f"Real batches of `--config {args.config}` from `{shards}` ({json.dumps(shapes)}); "
             f"{args.batches} timed steps per pass, {args.repeats} interleaved passes per variant.\n\n"
             "## Training step (samples/s over the timed steps)\n\n"
-            + table(["variant", "min", "median", "max", "ms per step (median)", "x before (median)"], rows)
+            + table(["variant", "min", "median", "max", "ms per step (median)", f"x {base} (median)"], rows)
             + "\n\n## In use: face embeddings of 64 faces under inference_mode (faces/s)\n\n"
             + table(["face CNN", "min", "median", "x unfolded (median)"], use_rows) + "\n")
     write_results(args.name, "Training step: BatchNorm folded into the frozen face blocks, ReLU after the pool",

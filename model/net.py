@@ -194,12 +194,14 @@ class AudioEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         layers, inp = [], 1
-        for ch in cfg.audio_channels:
-            layers += [nn.Conv2d(inp, ch, 3, padding=1, bias=False), MaskedBatchNorm2d(ch), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+        for i, ch in enumerate(cfg.audio_channels):
+            stride = (1, cfg.audio_time_stride) if i == 0 else 1   # model.audio_time_stride: time only
+            layers += [nn.Conv2d(inp, ch, 3, stride=stride, padding=1, bias=False), MaskedBatchNorm2d(ch),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             inp = ch
         self.cnn = nn.Sequential(*layers)   # stages of (conv, norm, relu, pool); the mask runs beside them
-        self.stride = 2 ** len(cfg.audio_channels)
+        self.stride = 2 ** len(cfg.audio_channels)             # mel bands per CNN output band
+        self.time_stride = self.stride * cfg.audio_time_stride  # mel frames per CNN output frame
         self.flatten = cfg.audio_freq == "flatten"
         width = inp * (cfg.n_mels // self.stride) if self.flatten else inp   # the bands left after the pools
         self.n_mels = cfg.n_mels
@@ -250,18 +252,21 @@ class AudioEncoder(nn.Module):
         x = x.unsqueeze(1) * m                                       # (B, 1, n_mels, F), padding = 0
         for i in range(0, len(self.cnn), 4):
             conv, norm, act, pool = (self.cnn[j] for j in range(i, i + 4))
-            x = norm(conv(x), m)                                     # the norm leaves padding at 0
+            x = conv(x)
+            if conv.stride[1] > 1:                                   # frame j read 2j-1..2j+1: valid where 2j was
+                m = m[..., :: conv.stride[1]]
+            x = norm(x, m)                                           # the norm leaves padding at 0
             # max-pooling and ReLU commute (ReLU is monotone): the same values, ReLU on a quarter of them
             x = act(pool(x)) if self.relu_after_pool else pool(act(x))
-            m = F.max_pool2d(m, (1, 2))                              # (B, 1, 1, F / 2^stage)
-        if self.flatten:   # (B, C, n_mels/8, F/8) -> (B, F/8, C * n_mels/8): which band a pattern is in stays
+            m = F.max_pool2d(m, (1, 2))                              # (B, 1, 1, F / (stride x 2^stage))
+        if self.flatten:   # (B, C, n_mels/8, F/k) -> (B, F/k, C * n_mels/8): which band a pattern is in stays
             x = x.flatten(1, 2).transpose(1, 2)
         else:
-            x = x.mean(2).transpose(1, 2)                            # (B, F/8, C)
-        mask = m[:, 0, 0, : x.shape[1]] > 0                          # (B, F/8)
+            x = x.mean(2).transpose(1, 2)                            # (B, F/k, C), k = time_stride
+        mask = m[:, 0, 0, : x.shape[1]] > 0                          # (B, F/k)
         if pitch is not None and self.prosody is not None:
             x = torch.cat([x, self.prosody(self._pitch_features(pitch, mel_mask, x.shape[1]))], dim=2)
-        out, _ = self.lstm(self.norm(x))                             # (B, F/8, hidden)
+        out, _ = self.lstm(self.norm(x))                             # (B, F/k, hidden)
         return _masked_mean(out, mask) if self.pool is None else self.pool(out, mask)
 
     def _pitch_features(self, pitch: torch.Tensor, mel_mask: torch.Tensor, frames: int) -> torch.Tensor:
@@ -270,7 +275,7 @@ class AudioEncoder(nn.Module):
         without voicing (or padding) gives zeros."""
         w = pitch[:, 1] * mel_mask.to(pitch.dtype)                   # (B, F), 0 on padding and silence
         f0w = pitch[:, 0] * w
-        k = self.stride
+        k = self.time_stride
         voiced = F.avg_pool1d(w[:, None], k, k)[:, 0, :frames]       # (B, frames)
         f0 = F.avg_pool1d(f0w[:, None], k, k)[:, 0, :frames] / voiced.clamp(min=1e-3)
         clip = f0w.sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1e-3)

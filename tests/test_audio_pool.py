@@ -100,3 +100,51 @@ def test_attention_weights_learn_which_frames_count():
         w = torch.softmax(pool.score(x), dim=1)[..., 0]      # (4, 20)
     assert float(w[:, :3].sum(1).min()) > 3 / 20 * 2, w[:, :3].sum(1)   # > twice the uniform share
     assert loss.item() < 0.3
+
+
+def test_time_stride_2_halves_the_frames_and_keeps_padding_out():
+    """model.audio_time_stride=2: the first convolution steps two mel frames, so the LSTM reads a frame per
+    16 mel frames (8 at stride 1); padding, junk past a clip's end and absent audio still change nothing,
+    and the weights are the stride-1 model's (the stride changes no shape: a checkpoint of either loads)."""
+    torch.manual_seed(0)
+    one = AudioEncoder(ModelConfig(mel_norm="utterance")).eval()
+    two = AudioEncoder(ModelConfig(mel_norm="utterance", audio_time_stride=2)).eval()
+    two.load_state_dict(one.state_dict(), strict=True)
+    assert two.cnn[0].stride == (1, 2) and two.time_stride == 16 and one.time_stride == 8
+    frames = []
+    two.lstm.register_forward_hook(lambda _m, inp, _out: frames.append(inp[0].shape[1]))
+    one.lstm.register_forward_hook(lambda _m, inp, _out: frames.append(inp[0].shape[1]))
+    mel, mask = _batch()
+    mask[1, :96] = True                 # a multiple of the stride 16 (as the loaders' padding to 64 is)
+    junk = mel.clone()
+    junk[1, :, 96:] = 40.0
+    with torch.no_grad():
+        a, b = two(mel, mask), two(junk, mask)
+        alone = two(mel[1:2, :, :96], mask[1:2, :96])
+        ref = one(mel, mask)
+    assert frames == [160 // 16, 160 // 16, 96 // 16, 160 // 8]
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a[1:2], alone, atol=1e-5, rtol=1e-4)
+    assert a[2].abs().max() == 0 and a[0].abs().max() > 0
+    assert not torch.allclose(a[:2], ref[:2], atol=1e-3)    # the same weights read the voice differently
+
+
+def test_time_stride_must_be_1_or_2():
+    from avemo.core.config import ConfigError
+    with pytest.raises(ConfigError, match="audio_time_stride must be 1 or 2"):
+        ModelConfig(audio_time_stride=3)
+
+
+def test_time_stride_2_with_the_pitch_track_pools_it_to_the_cnn_frames():
+    """model.pitch at stride 2: the pitch features are averaged over the 16 mel frames of each CNN frame."""
+    torch.manual_seed(0)
+    enc = AudioEncoder(ModelConfig(mel_norm="utterance", pitch=True, audio_time_stride=2)).eval()
+    pitch = torch.stack([torch.full((3, 160), 7.5), torch.ones(3, 160)], dim=1)   # log2 F0, periodicity
+    mel, mask = _batch()
+    feats = enc._pitch_features(pitch, mask, 160 // 16)
+    assert feats.shape == (3, 10, 3)
+    torch.testing.assert_close(feats[0, :, 0], torch.full((10,), 7.5))
+    assert (feats[1, 6:] == 0).all() and (feats[1, :5, 2] == 1).all()    # 88 valid frames: 5.5 CNN frames
+    with torch.no_grad():
+        out = enc(torch.cat([mel, pitch], dim=1), mask)
+    assert out.shape == (3, enc.hidden) and out[2].abs().max() == 0

@@ -35,20 +35,22 @@ def _with_face_only_clips_and_more_padding(mel, mask):
     return big, big_mask, [1, 3]
 
 
-def _train_audio(mel_norm: str) -> AudioEncoder:
+def _train_audio(mel_norm: str, time_stride: int = 1) -> AudioEncoder:
     torch.manual_seed(0)
-    return AudioEncoder(ModelConfig(mel_norm=mel_norm)).train()
+    return AudioEncoder(ModelConfig(mel_norm=mel_norm, audio_time_stride=time_stride)).train()
 
 
-@pytest.mark.parametrize("mel_norm", ["utterance", "global"])
+@pytest.mark.parametrize("mel_norm,time_stride", [("utterance", 1), ("global", 1), ("utterance", 2)])
 @pytest.mark.parametrize("path", ["sparse", "dense"])
-def test_face_only_clips_and_padding_leave_the_audio_branch_of_clips_with_audio_unchanged(mel_norm, path):
+def test_face_only_clips_and_padding_leave_the_audio_branch_of_clips_with_audio_unchanged(mel_norm, time_stride,
+                                                                                          path):
     """Train mode (batch statistics): each clip's audio embedding, and the running statistics the batch
     leaves, are the same alone and in a batch with face-only clips and more padding. `sparse`: eager, only
-    clips with audio run; `dense`: every clip runs, as when traced or compiled."""
+    clips with audio run; `dense`: every clip runs, as when traced or compiled. With model.audio_time_stride
+    2 the norm's mask follows the strided frames (a clip of an odd 75 frames included)."""
     mel, mask = _clips()
     big, big_mask, rows = _with_face_only_clips_and_more_padding(mel, mask)
-    alone, mixed = _train_audio(mel_norm), _train_audio(mel_norm)
+    alone, mixed = _train_audio(mel_norm, time_stride), _train_audio(mel_norm, time_stride)
     run = (lambda enc, *a: enc(*a)) if path == "sparse" else (lambda enc, *a: enc.encode(*a))
     out_alone = run(alone, mel, mask)
     out_mixed = run(mixed, big, big_mask)
@@ -123,10 +125,10 @@ def test_eager_traced_and_onnx_outputs_agree_on_a_batch_with_absent_modalities()
     import onnxruntime as ort
     from avemo.inference.export import ExportNet, to_onnx_bytes, OUTPUTS
     torch.manual_seed(0)
-    # attentive statistics pooling, the bands kept apart and grey faces ride along: the exported graph must
-    # hold them too (the default mean pooling and RGB faces are exported by tests/test_export.py)
+    # attentive statistics pooling, the bands kept apart, the strided first audio convolution and grey faces
+    # ride along: the exported graph must hold them too (the defaults are exported by tests/test_export.py)
     net = AVEmotionNet(ModelConfig(face_trainable="last", mel_norm="utterance", audio_pool="attention",
-                                   audio_freq="flatten", face_colour="grey"))
+                                   audio_freq="flatten", face_colour="grey", audio_time_stride=2))
     net.train()
     for _ in range(2):                                       # non-trivial running statistics
         net(*_mixed_batch())

@@ -8,7 +8,11 @@ real batches of the real recipe (configs/real.yaml's mix of paired clips, RAVDES
   stride2   model.audio_time_stride=2: the audio CNN's first convolution steps 2 mel frames (not exact: a
             recipe choice, measured on dev by bench/real_emotion.py; here its speed on the same weights)
 
-Variants: before (neither), fold, relu, both (what the model does now), stride2 (both + stride 2). Per variant: the median time of a
+  no-audio  both, on the same batches with every clip's audio masked out (what the voice branch costs)
+  no-faces  both, on the same batches with every face masked out (what the face branch costs)
+
+Variants: before (neither), fold, relu, both (what the model does now), stride2 (both + stride 2), no-audio,
+no-faces. Per variant: the median time of a
 whole train_step (forward, loss, backward, clipping, AdamW) over the same batches, repeated and interleaved
 (A B C D D C B A ...), and the in-use face embedding of 64 faces (evaluate, predict) with and without folding.
 The batches are drawn once and kept, so the loader is not part of the timing.
@@ -36,7 +40,8 @@ from avemo.train.data import mixed_train_loader, split_shards  # noqa: E402
 from avemo.train.loop import train_step  # noqa: E402
 
 VARIANTS = {"before": (False, False, 1), "fold": (True, False, 1), "relu": (False, True, 1), "both": (True, True, 1),
-            "stride2": (True, True, 2)}
+            "stride2": (True, True, 2), "no-audio": (True, True, 1), "no-faces": (True, True, 1)}
+MASKED = {"no-audio": "mel_mask", "no-faces": "face_mask"}    # the batch key those variants set all-false
 
 
 def set_variant(fold: bool, relu: bool, net: torch.nn.Module | None = None, time_stride: int = 1) -> None:
@@ -79,21 +84,25 @@ def main(argv: list[str] | None = None) -> int:
     net = build_model(cfg.model, log=lambda _m: None).train()
     optimizer = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=1e-5)
 
-    def steps(fold: bool, relu: bool, time_stride: int):
+    def steps(name: str):
+        fold, relu, time_stride = VARIANTS[name]
+        data = batches if name not in MASKED else \
+            [dict(b, **{MASKED[name]: torch.zeros_like(b[MASKED[name]])}) for b in batches]
+
         def run() -> dict:
             set_variant(fold, relu, net, time_stride)
             net.train()
-            for b in batches[:2]:
+            for b in data[:2]:
                 train_step(net, optimizer, None, b, cfg.optim)
             start = time.perf_counter()
-            for b in batches[2:]:
+            for b in data[2:]:
                 train_step(net, optimizer, None, b, cfg.optim)
             return {"seconds": time.perf_counter() - start, "items": args.batches * cfg.data.batch_size}
         return run
 
     base = args.baseline
     variants = [base, *[v for v in args.variants if v != base]]             # the baseline first
-    runs = interleave({k: steps(*VARIANTS[k]) for k in variants}, args.repeats, alternate=True)
+    runs = interleave({k: steps(k) for k in variants}, args.repeats, alternate=True)
     summary = summarize(runs)
     faces = torch.cat([b["faces"][b["face_mask"]] for b in batches])[:64][None]
 

@@ -1,5 +1,5 @@
-"""Training-step and in-use speed of the two exact speed-ups in model/net.py, interleaved in one process on
-real batches of the real recipe (configs/real.yaml's mix of paired clips, RAVDESS voices and FER faces):
+"""Training-step and in-use speed of the two exact speed-ups in model/net.py, the strided audio CNN and what
+each branch costs, interleaved in one process on real batches of the real recipe (configs/real.yaml's mix of paired clips, RAVDESS voices and FER faces):
 
   fold      the face blocks that need no gradient run as copies with BatchNorm folded into their
             convolutions (FaceEncoder.fold_frozen_bn)
@@ -11,8 +11,8 @@ real batches of the real recipe (configs/real.yaml's mix of paired clips, RAVDES
   no-audio  both, on the same batches with every clip's audio masked out (what the voice branch costs)
   no-faces  both, on the same batches with every face masked out (what the face branch costs)
 
-Variants: before (neither), fold, relu, both (what the model does now), stride2 (both + stride 2), no-audio,
-no-faces. Per variant: the median time of a
+Variants: before (neither), fold, relu, both (both speed-ups, audio stride 1), stride2 (both + stride 2: what
+configs/real.yaml uses), no-audio, no-faces. Per variant: the median time of a
 whole train_step (forward, loss, backward, clipping, AdamW) over the same batches, repeated and interleaved
 (A B C D D C B A ...), and the in-use face embedding of 64 faces (evaluate, predict) with and without folding.
 The batches are drawn once and kept, so the loader is not part of the timing.
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             + table(["variant", "min", "median", "max", "ms per step (median)", f"x {base} (median)"], rows)
             + "\n\n## In use: face embeddings of 64 faces under inference_mode (faces/s)\n\n"
             + table(["face CNN", "min", "median", "x unfolded (median)"], use_rows) + "\n")
-    write_results(args.name, "Training step: BatchNorm folded into the frozen face blocks, ReLU after the pool",
+    write_results(args.name, "Training step: folded face blocks, ReLU after the pool, the audio CNN's stride, "
+                  "what each branch costs",
                   record, body)
     print(json.dumps({"train_step": {k: round(v["median"], 2) for k, v in summary.items()},
                       "in_use": {k: round(v["median"], 1) for k, v in in_use.items()}}))

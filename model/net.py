@@ -276,6 +276,9 @@ class AudioEncoder(nn.Module):
         w = pitch[:, 1] * mel_mask.to(pitch.dtype)                   # (B, F), 0 on padding and silence
         f0w = pitch[:, 0] * w
         k = self.time_stride
+        short = frames * k - w.shape[1]       # the CNN rounds its strided frames up: pad as a batch's padding would
+        if short > 0:
+            w, f0w = F.pad(w, (0, short)), F.pad(f0w, (0, short))
         voiced = F.avg_pool1d(w[:, None], k, k)[:, 0, :frames]       # (B, frames)
         f0 = F.avg_pool1d(f0w[:, None], k, k)[:, 0, :frames] / voiced.clamp(min=1e-3)
         clip = f0w.sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1e-3)

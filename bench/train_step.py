@@ -1,5 +1,6 @@
 """Training-step and in-use speed of the two exact speed-ups in model/net.py, the strided audio CNN and what
-each branch costs, interleaved in one process on real batches of the real recipe (configs/real.yaml's mix of paired clips, RAVDESS voices and FER faces):
+each branch costs, interleaved in one process on real batches of the real recipe (configs/real.yaml's mix of
+paired clips, RAVDESS voices and FER faces):
 
   fold      the face blocks that need no gradient run as copies with BatchNorm folded into their
             convolutions (FaceEncoder.fold_frozen_bn)
@@ -48,9 +49,7 @@ def set_variant(fold: bool, relu: bool, net: torch.nn.Module | None = None, time
     FaceEncoder.fold_frozen_bn = fold
     AudioEncoder.relu_after_pool = relu
     if net is not None:   # model.audio_time_stride on the same weights (the stride changes no shape)
-        conv = net.audio.cnn[0]
-        conv.stride = (1, time_stride)
-        net.audio.time_stride = net.audio.stride * time_stride
+        net.audio.cnn[0].stride = (1, time_stride)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -201,7 +201,6 @@ class AudioEncoder(nn.Module):
             inp = ch
         self.cnn = nn.Sequential(*layers)   # stages of (conv, norm, relu, pool); the mask runs beside them
         self.stride = 2 ** len(cfg.audio_channels)             # mel bands per CNN output band
-        self.time_stride = self.stride * cfg.audio_time_stride  # mel frames per CNN output frame
         self.flatten = cfg.audio_freq == "flatten"
         width = inp * (cfg.n_mels // self.stride) if self.flatten else inp   # the bands left after the pools
         self.n_mels = cfg.n_mels
@@ -268,6 +267,11 @@ class AudioEncoder(nn.Module):
             x = torch.cat([x, self.prosody(self._pitch_features(pitch, mel_mask, x.shape[1]))], dim=2)
         out, _ = self.lstm(self.norm(x))                             # (B, F/k, hidden)
         return _masked_mean(out, mask) if self.pool is None else self.pool(out, mask)
+
+    @property
+    def time_stride(self) -> int:
+        """Mel frames per CNN output frame: the pools' 2 per stage x the first convolution's time stride."""
+        return self.stride * self.cnn[0].stride[1]
 
     def _pitch_features(self, pitch: torch.Tensor, mel_mask: torch.Tensor, frames: int) -> torch.Tensor:
         """(B, 2, F) log2 F0 / periodicity, (B, F) -> (B, frames, 3) on the CNN's frames (stride mel frames

@@ -4,6 +4,7 @@ file store) read back after a real run."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import math
@@ -16,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import command
+from conftest import command, pin_torch_threads
 from avemo.core.atomic import sha256_file
 from avemo.model.checkpoint import load_checkpoint
 
@@ -25,9 +26,11 @@ TINY = ["device=cpu", "data.batch_size=4", "data.workers=0", "data.max_frames=4"
 
 
 def train(shards, run, *args: str) -> tuple[int, str, str]:
+    pin_torch_threads()   # a module fixture's run too: a build just before may have left 1 thread (not bit-equal)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = command("train")(["--shards", str(shards), "--run", str(run), *TINY, *args])
+        gc.collect()     # what an interrupted run left behind (a progress bar) has written by now, if it ever will
     return code, out.getvalue(), err.getvalue()
 
 

@@ -128,10 +128,9 @@ def run_evaluate(cfg: EvalConfig, log=print) -> dict:
     modes = tuple(MODES) if cfg.ablation else ("both",)
     log(f"evaluating {cfg.checkpoint} (epoch {ckpt.get('epoch')}) on {cfg.split}: {split.n_samples} clips, "
         f"{len(split.urls)} shards, {device}")
-    bar = tqdm(loader, total=-(-split.n_samples // cfg.batch_size), desc=f"evaluate {cfg.split}", unit="batch",
-               dynamic_ncols=True)
-    results = predict(model, bar, device, modes, bf16)
-    bar.close()
+    with tqdm(loader, total=-(-split.n_samples // cfg.batch_size), desc=f"evaluate {cfg.split}", unit="batch",
+              dynamic_ncols=True) as bar:   # closed on Ctrl-C too: no bar redrawn after the error line
+        results = predict(model, bar, device, modes, bf16)
     keys, labels, probs = results["both"]
     preds = probs.argmax(1)
     metrics = classification_metrics(labels, preds)

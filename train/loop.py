@@ -351,29 +351,31 @@ def train_epoch(run: Run, trainer: Trainer, stream: Stream, epoch: int, logger: 
     cfg, t, progress = run.cfg, trainer, trainer.progress
     t.net.train()
     stream.epoch.set_value(epoch)
-    bar = tqdm(stream.loader, total=stream.steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-               disable=not run.main, dynamic_ncols=True)
     # running sums stay on the device: reading them (.item()) waits for the device, so that happens only
     # every log_every steps (rank 0) and at the end of the epoch
     seen, t0 = 0, time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
     correct = torch.zeros((), dtype=torch.int64, device=run.device)
-    for batch in bar:
-        batch = to_device(batch, run.device)
-        loss, logits, grad_norm = train_step(t.net, t.optimizer, t.scheduler, batch, cfg.optim, t.weights,
-                                             t.autocast)
-        if t.ema is not None:
-            t.ema.update_parameters(t.model)
-        progress["step"] += 1
-        n = batch["label"].shape[0]
-        seen += n
-        loss_sum += loss.detach().double() * n
-        correct += (logits.detach().argmax(1) == batch["label"]).sum()
-        if logger is not None and progress["step"] % cfg.log_every == 0:
-            step_loss, norm, loss_total, n_correct = torch.stack(
-                [loss.detach().double(), grad_norm.detach().double(), loss_sum, correct.double()]).tolist()
-            logger.log(progress["step"], loss=step_loss, lr=t.scheduler.get_last_lr()[0], grad_norm=norm)
-            bar.set_postfix(loss=f"{loss_total / seen:.3f}", acc=f"{n_correct / seen:.3f}")
+    # `with`: the bar is closed however the epoch ends; a bar left open by Ctrl-C is redrawn when it is garbage
+    # collected, after the interrupt's advice, as the last line on the terminal
+    with tqdm(stream.loader, total=stream.steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+              disable=not run.main, dynamic_ncols=True) as bar:
+        for batch in bar:
+            batch = to_device(batch, run.device)
+            loss, logits, grad_norm = train_step(t.net, t.optimizer, t.scheduler, batch, cfg.optim, t.weights,
+                                                 t.autocast)
+            if t.ema is not None:
+                t.ema.update_parameters(t.model)
+            progress["step"] += 1
+            n = batch["label"].shape[0]
+            seen += n
+            loss_sum += loss.detach().double() * n
+            correct += (logits.detach().argmax(1) == batch["label"]).sum()
+            if logger is not None and progress["step"] % cfg.log_every == 0:
+                step_loss, norm, loss_total, n_correct = torch.stack(
+                    [loss.detach().double(), grad_norm.detach().double(), loss_sum, correct.double()]).tolist()
+                logger.log(progress["step"], loss=step_loss, lr=t.scheduler.get_last_lr()[0], grad_norm=norm)
+                bar.set_postfix(loss=f"{loss_total / seen:.3f}", acc=f"{n_correct / seen:.3f}")
     elapsed = time.perf_counter() - t0
     loss_total, n_correct = loss_sum.item(), int(correct.item())
     check_epoch(epoch + 1, seen, loss_total)   # before anything is saved: no broken or untrained best.pt

@@ -35,6 +35,9 @@ LIVE_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "rtp://", "udp://", "srt://",
 PIPE_HEAD_BYTES = 1 << 20      # bytes of stdin read ahead to probe a pipe (doubled up to PIPE_HEAD_MAX)
 PIPE_HEAD_MAX = 32 << 20
 AUDIO_READ_BYTES = 1 << 14
+# A stream counts as stalled (ffmpeg blocked writing the other, full one) once it has brought nothing new for
+# this long; before that a full buffer on one side is only the other side arriving a little later
+STALL_S = 0.5
 PIPE_HINT = ("; over a pipe use a streaming container (ffmpeg ... -c copy -f mpegts -) or an mp4 "
              "with its moov atom first (-movflags +faststart)")
 
@@ -128,6 +131,7 @@ class _Track:
         self.first = self.end = 0
         self.eof = self.waiting = self.closed = False
         self.dropped = self.peak = 0
+        self.last_push = self.waiting_since = time.perf_counter()
 
     @property
     def size(self) -> int:
@@ -136,7 +140,8 @@ class _Track:
     def push(self, chunk: np.ndarray) -> None:
         with self.cond:
             while not self.drop and not self.closed and self.chunks and self.size + len(chunk) > self.capacity:
-                self.waiting = True          # back-pressure: ffmpeg waits for us, nothing is lost
+                if not self.waiting:         # back-pressure: ffmpeg waits for us, nothing is lost
+                    self.waiting, self.waiting_since = True, time.perf_counter()
                 self.cond.notify_all()
                 self.cond.wait()
             self.waiting = False
@@ -147,7 +152,13 @@ class _Track:
             self.chunks.append(chunk)
             self.end += len(chunk)
             self.peak = max(self.peak, self.size)
+            self.last_push = time.perf_counter()
             self.cond.notify_all()
+
+    def holds_up(self, other: "_Track", now: float) -> bool:
+        """This track is full and waits to be read, and `other` has brought nothing new for STALL_S since it
+        began to wait: ffmpeg is blocked writing this one and cannot write `other` (caller holds the lock)."""
+        return self.waiting and now - max(self.waiting_since, other.last_push) >= STALL_S
 
     def finish(self) -> None:
         with self.cond:
@@ -174,6 +185,7 @@ class _Track:
             else:
                 self.chunks[0] = head[cut:]
             self.first += cut
+        self.waiting = False   # there may be room now: a push that still finds none waits anew
         self.cond.notify_all()
 
 
@@ -292,11 +304,13 @@ class StreamDecoder:
 
     def _ready(self, i1: int, a1: int, end: float) -> bool:
         """Window [.., end) can be cut: each stream covers it (all its frames are in, the audio reaches
-        it), has ended, or must stop waiting because the other one is blocked on a full buffer; and the
-        input is known to be at least `end` long (else only the end of both streams decides)."""
-        v, a = self.video, self.audio
-        video_done = v.eof or v.end >= i1 or (a is not None and a.waiting)
-        audio_done = a is None or a.eof or a.end >= a1 or v.waiting
+        it), has ended, or can bring no more because ffmpeg is blocked writing the other one (that one's
+        buffer is full and this one has stalled); and the input is known to be at least `end` long (else only
+        the end of both streams decides). A full buffer alone is not enough: the other stream may only be
+        arriving a little later (a busy machine), and cutting then gave a window short of frames or audio."""
+        v, a, now = self.video, self.audio, time.perf_counter()
+        video_done = v.eof or v.end >= i1 or (a is not None and a.holds_up(v, now))
+        audio_done = a is None or a.eof or a.end >= a1 or v.holds_up(a, now)
         return video_done and audio_done and end <= self.duration() + 1e-6
 
     def windows(self, window_s: float, hop_s: float) -> Iterator[Window]:
@@ -309,7 +323,7 @@ class StreamDecoder:
             t0 = time.perf_counter()
             with self.cond:
                 while not self._ready(i1, a1, end) and not self._ended():
-                    self.cond.wait(timeout=1.0)
+                    self.cond.wait(timeout=STALL_S / 5)   # a stall is noticed by time, not by a notify
                 wait_s = time.perf_counter() - t0
                 if self._ended():
                     duration = self.duration()

@@ -224,7 +224,7 @@ def mixed_run(tmp_path_factory, built_shards, voices, faces) -> Path:
     code = command("train")(["--shards", str(built_shards), "--shards", str(voices), "--shards", str(faces),
                              "--run", str(run), *TINY, "optim.epochs=1", "data.weights=[2,1,1]",
                              "model.face_trainable=last", "model.face_train_blocks=2", "augment.grey_p=0.5",
-                             "augment.speed=0.1", "augment.noise_p=0.3"])
+                             "augment.speed=0.1", "augment.noise_p=0.3", "augment.mixup=0.4"])
     assert code == 0
     return run
 
@@ -351,8 +351,8 @@ def test_stream_seeds_are_the_same_in_every_process():
 def test_a_resumed_mixed_run_equals_the_uninterrupted_one(built_shards, voices, tmp_path):
     full, parts = tmp_path / "full", tmp_path / "parts"
     args = ["--shards", str(built_shards), "--shards", str(voices), *TINY, "optim.epochs=2", "data.weights=[1,1]",
-            "augment.speed=0.1", "augment.noise_p=0.5", "data.workers=2", "model.face_trainable=last",
-            "model.face_train_blocks=2"]   # loader workers (their seeds) and a learning face CNN
+            "augment.speed=0.1", "augment.noise_p=0.5", "augment.mixup=0.4", "data.workers=2",
+            "model.face_trainable=last", "model.face_train_blocks=2"]   # loader workers' seeds; a learning face CNN
     assert command("train")([*args, "--run", str(full)]) == 0
     assert command("train")([*args, "--run", str(parts), "stop_after_epochs=1"]) == 0
     assert command("train")([*args, "--run", str(parts), "--resume"]) == 0

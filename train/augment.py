@@ -114,11 +114,41 @@ def augment_faces(faces: torch.Tensor, cfg: AugmentConfig, face_mask: torch.Tens
 
 
 def augment_batch(batch: dict, cfg: AugmentConfig) -> dict:
-    """A collated training batch -> the same with its faces augmented (augment_faces); its log-mels were
-    augmented per clip before batching (augment_sample), as their lengths differ."""
+    """A collated training batch -> the same with its faces augmented (augment_faces), then mixed (mixup,
+    when cfg.mixup > 0); its log-mels were augmented per clip before batching (augment_sample), as their
+    lengths differ."""
     if not cfg.enabled:
         return batch
-    return dict(batch, faces=augment_faces(batch["faces"], cfg, batch["face_mask"]))
+    batch = dict(batch, faces=augment_faces(batch["faces"], cfg, batch["face_mask"]))
+    return mixup(batch, cfg.mixup) if cfg.mixup > 0 else batch
+
+
+def mixup(batch: dict, alpha: float) -> dict:
+    """Mixup (Zhang et al. 2018) within a batch, among clips with the same modalities: each clip is mixed
+    with a partner drawn from the clips that have a face if it has one and a voice if it has one (a voice
+    is mixed with a voice, a face with a face; a face-only FER image never gains a voice), with one weight
+    lam ~ Beta(alpha, alpha) for the batch, folded to >= 0.5 so every clip stays mostly itself. Faces and
+    log-mels (and any pitch rows) are mixed as lam * own + (1 - lam) * partner; a mask is the union of the
+    two (the shorter clip's padding counts as silence at the mean level, 0 after utterance normalisation
+    in the model). The batch gains `mix_index` (B,) (each clip's partner; itself when it has none) and
+    `mix_lam` (a 0-d tensor): the loss is lam * CE(label) + (1 - lam) * CE(label[mix_index]) (train_step).
+    Draws come from torch's global RNG, like every augmentation here."""
+    face_mask, mel_mask = batch["face_mask"], batch["mel_mask"]
+    b = face_mask.shape[0]
+    group = face_mask.any(1).long() * 2 + mel_mask.any(1).long()          # 0..3: which modalities a clip has
+    # two random orders that both sort by group: position k holds a clip of the same group in each, so
+    # pairing them gives every clip a random partner of its own group (possibly itself)
+    first = torch.argsort(group * 2 + torch.rand(b))
+    second = torch.argsort(group * 2 + torch.rand(b))
+    index = torch.empty(b, dtype=torch.long)
+    index[first] = second
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    lam = max(lam, 1.0 - lam)
+    faces = batch["faces"]
+    mixed_faces = (lam * faces.float() + (1 - lam) * faces[index].float()).round_().to(faces.dtype)
+    return dict(batch, faces=mixed_faces, face_mask=face_mask | face_mask[index],
+                mel=lam * batch["mel"] + (1 - lam) * batch["mel"][index], mel_mask=mel_mask | mel_mask[index],
+                mix_index=index, mix_lam=torch.tensor(lam))
 
 
 def augment_mel(mel: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:

@@ -92,11 +92,17 @@ def make_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, steps_pe
 def train_step(net, optimizer, scheduler, batch: dict, optim: OptimConfig, weights: torch.Tensor | None = None,
                autocast=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimisation step: forward (under `autocast`), cross-entropy with class `weights` and
-    optim.label_smoothing, backward, clip to optim.grad_clip, AdamW, LR schedule (when a scheduler is given).
+    optim.label_smoothing (a mixup batch: each clip's two labels weighted lam, 1 - lam), backward, clip to
+    optim.grad_clip, AdamW, LR schedule (when a scheduler is given).
     -> (loss, logits, grad_norm) as device tensors: nothing here waits for the device."""
     with autocast or nullcontext():
         logits = net(batch["faces"], batch["face_mask"], batch["mel"], batch["mel_mask"])
     loss = F.cross_entropy(logits.float(), batch["label"], weight=weights, label_smoothing=optim.label_smoothing)
+    if "mix_lam" in batch:   # a mixup batch (train/augment.py mixup): each clip's partner's label, weighted
+        lam = batch["mix_lam"].to(loss.dtype)
+        partner = F.cross_entropy(logits.float(), batch["label"][batch["mix_index"]], weight=weights,
+                                  label_smoothing=optim.label_smoothing)
+        loss = lam * loss + (1 - lam) * partner
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), optim.grad_clip)

@@ -30,7 +30,7 @@ def _batch(n: int = 24) -> dict:
             "label": torch.arange(n) % 7, "key": [f"c{i}" for i in range(n)]}
 
 
-def test_partners_share_the_modalities_and_the_mix_is_lam_weighted():
+def test_partners_share_the_modalities_and_both_clips_data_is_mixed_where_both_have_it():
     torch.manual_seed(1)
     batch = _batch()
     out = mixup(batch, 0.4)
@@ -41,12 +41,17 @@ def test_partners_share_the_modalities_and_the_mix_is_lam_weighted():
     assert sorted(idx.tolist()) == list(range(24))                   # a permutation: every clip is a partner once
     assert (idx != torch.arange(24)).sum() >= 12                    # most clips are mixed with another one
     assert 0.5 <= lam <= 1.0
-    torch.testing.assert_close(out["mel"], lam * batch["mel"] + (1 - lam) * batch["mel"][idx])
+    mel_both = (batch["mel_mask"] & batch["mel_mask"][idx])[:, None].expand_as(batch["mel"])
+    torch.testing.assert_close(out["mel"][mel_both], (lam * batch["mel"] + (1 - lam) * batch["mel"][idx])[mel_both])
+    assert torch.equal(out["mel"][~mel_both], batch["mel"][~mel_both])   # own data and own padding elsewhere
+    assert (batch["mel_mask"] & ~batch["mel_mask"][idx]).any()          # some clips outlast their partner
+    face_both = batch["face_mask"] & batch["face_mask"][idx]
     want = (lam * batch["faces"].float() + (1 - lam) * batch["faces"][idx].float()).round().to(torch.uint8)
-    assert out["faces"].dtype == torch.uint8 and torch.equal(out["faces"], want)
-    assert torch.equal(out["mel_mask"], batch["mel_mask"] | batch["mel_mask"][idx])
-    assert torch.equal(out["face_mask"], batch["face_mask"] | batch["face_mask"][idx])
-    assert not out["mel_mask"][~voice].any() and not out["face_mask"][~face].any()   # no modality gained
+    assert out["faces"].dtype == torch.uint8 and torch.equal(out["faces"][face_both], want[face_both])
+    assert torch.equal(out["faces"][~face_both], batch["faces"][~face_both])
+    assert (batch["face_mask"] & ~batch["face_mask"][idx]).any()        # a 2-frame clip with a 1-frame partner
+    assert out["mel_mask"] is batch["mel_mask"] and out["face_mask"] is batch["face_mask"]   # masks stay own
+    assert (out["mel"] != batch["mel"]).any() and (out["faces"] != batch["faces"]).any()
     assert out["label"] is batch["label"] and out["key"] is batch["key"]
 
 
@@ -79,6 +84,8 @@ def test_the_loss_weighs_both_labels_by_lam():
     batch = mixup(_batch(), 1.0)
     lam, idx = float(batch["mix_lam"]), batch["mix_index"]
     net = _Linear()
+    with torch.no_grad():
+        net.fc.weight.mul_(30.0)                                      # confident logits: the label matters
     weights = torch.linspace(0.5, 1.5, 7)
     optim = OptimConfig(label_smoothing=0.1)
     with torch.no_grad():

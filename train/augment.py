@@ -127,12 +127,14 @@ def mixup(batch: dict, alpha: float) -> dict:
     """Mixup (Zhang et al. 2018) within a batch, among clips with the same modalities: each clip is mixed
     with a partner drawn from the clips that have a face if it has one and a voice if it has one (a voice
     is mixed with a voice, a face with a face; a face-only FER image never gains a voice), with one weight
-    lam ~ Beta(alpha, alpha) for the batch, folded to >= 0.5 so every clip stays mostly itself. Faces and
-    log-mels (and any pitch rows) are mixed as lam * own + (1 - lam) * partner; a mask is the union of the
-    two (the shorter clip's padding counts as silence at the mean level, 0 after utterance normalisation
-    in the model). The batch gains `mix_index` (B,) (each clip's partner; itself when it has none) and
-    `mix_lam` (a 0-d tensor): the loss is lam * CE(label) + (1 - lam) * CE(label[mix_index]) (train_step).
-    Draws come from torch's global RNG, like every augmentation here."""
+    lam ~ Beta(alpha, alpha) for the batch, folded to >= 0.5 so every clip stays mostly itself. Where both
+    clips have data (face frames both hold, log-mel frames within both lengths) it becomes lam * own +
+    (1 - lam) * partner; elsewhere the clip keeps its own data and its masks stay its own (a partner's
+    padding is not silence: raw log-mel 0 is loud, and marking it valid would skew the clip's utterance
+    statistics). Pitch rows, when the shards carry them, are mixed with the mel rows. The batch gains
+    `mix_index` (B,) (each clip's partner; itself when it has none) and `mix_lam` (a 0-d tensor): the loss is
+    lam * CE(label) + (1 - lam) * CE(label[mix_index]) (train_step). Draws come from torch's global RNG, like
+    every augmentation here."""
     face_mask, mel_mask = batch["face_mask"], batch["mel_mask"]
     b = face_mask.shape[0]
     group = face_mask.any(1).long() * 2 + mel_mask.any(1).long()          # 0..3: which modalities a clip has
@@ -144,11 +146,16 @@ def mixup(batch: dict, alpha: float) -> dict:
     index[first] = second
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     lam = max(lam, 1.0 - lam)
-    faces = batch["faces"]
-    mixed_faces = (lam * faces.float() + (1 - lam) * faces[index].float()).round_().to(faces.dtype)
-    return dict(batch, faces=mixed_faces, face_mask=face_mask | face_mask[index],
-                mel=lam * batch["mel"] + (1 - lam) * batch["mel"][index], mel_mask=mel_mask | mel_mask[index],
-                mix_index=index, mix_lam=torch.tensor(lam))
+    src = batch["faces"]
+    faces = src.clone()
+    both = (face_mask & face_mask[index]).nonzero()                       # (N, 2): clip, frame
+    for lo in range(0, len(both), CHUNK_FRAMES):                          # a bounded float working set
+        clip, frame = both[lo: lo + CHUNK_FRAMES].unbind(1)
+        mixed = src[clip, frame].float().mul_(lam).add_(src[index[clip], frame].float(), alpha=1 - lam)
+        faces[clip, frame] = mixed.round_().to(src.dtype)
+    mel = batch["mel"]
+    mel = torch.where((mel_mask & mel_mask[index]).unsqueeze(1), lam * mel + (1 - lam) * mel[index], mel)
+    return dict(batch, faces=faces, mel=mel, mix_index=index, mix_lam=torch.tensor(lam))
 
 
 def augment_mel(mel: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:

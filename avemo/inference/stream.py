@@ -132,6 +132,7 @@ class _Track:
         self.eof = self.waiting = self.closed = False
         self.dropped = self.peak = 0
         self.last_push = self.waiting_since = time.perf_counter()
+        self.stall_seen: float | None = None    # `other.last_push` when a stall was last seen (holds_up)
 
     @property
     def size(self) -> int:
@@ -157,8 +158,18 @@ class _Track:
 
     def holds_up(self, other: "_Track", now: float) -> bool:
         """This track is full and waits to be read, and `other` has brought nothing new for STALL_S since it
-        began to wait: ffmpeg is blocked writing this one and cannot write `other` (caller holds the lock)."""
-        return self.waiting and now - max(self.waiting_since, other.last_push) >= STALL_S
+        began to wait: ffmpeg is blocked writing this one and cannot write `other` (caller holds the lock).
+        Once seen, the stall holds without a new wait until `other` brings something. (A file whose streams
+        lie further apart than the buffer's slack, buffer_s - window_s, while the other still trickles in
+        costs STALL_S per window: its windows are cut short; a larger buffer_s gives them whole.)"""
+        if not self.waiting:
+            return False
+        if other.last_push == self.stall_seen:      # nothing from `other` since the stall was seen
+            return True
+        if now - max(self.waiting_since, other.last_push) >= STALL_S:
+            self.stall_seen = other.last_push
+            return True
+        return False
 
     def finish(self) -> None:
         with self.cond:

@@ -42,6 +42,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                 ["model.audio_freq=flatten"]),
     "pitch": ("F0 and periodicity per frame beside the mel (YIN; shards built with audio.pitch=true)",
               ["model.pitch=true"]),
+    "trim": ("each clip's quiet ends (35 dB below its loudest frame) left out of the voice branch",
+             ["model.voice_trim_db=35"]),
 }
 # variants that need their own RAVDESS shards: build-shards settings on top of bench/real_data.py's
 BUILDS: dict[str, list[str]] = {"mels128": ["audio.n_mels=128", "audio.n_fft=800"], "pitch": ["audio.pitch=true"]}

@@ -22,6 +22,10 @@ class ModelConfig:
     #                                              (test-time augmentation; 2x the face CNN's cost per frame)
     n_mels: int = 64                              # mel bins: must match the shards' audio.n_mels
     mel_norm: Literal["global", "utterance"] = "global"  # log-mel scaling: train set's or each clip's per-bin mean/std
+    voice_trim_db: float = 0.0                    # > 0: the voice branch skips each clip's quiet ends (0 = off)
+    #                                              (leading and trailing frames more than this many dB below the
+    #                                              clip's loudest: left out of its norm statistics and pooling as
+    #                                              padding is), so 1 s or no silence around the words read alike
     audio_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # audio CNN stage widths
     audio_time_stride: int = 1                    # the audio CNN's first convolution steps this many mel frames
     #                                              (1 or 2): 2 reads the voice at 50 frames/s after a learnt
@@ -53,4 +57,5 @@ class ModelConfig:
               (self.audio_freq == "mean" or self.n_mels >= 2 ** len(self.audio_channels),
                "audio_freq=flatten needs n_mels >= 2 ** (audio CNN stages): each stage halves the bands"),
               (self.audio_time_stride in (1, 2), "audio_time_stride must be 1 or 2"),
+              (self.voice_trim_db >= 0, "voice_trim_db must be >= 0 (0 = off)"),
               (self.voice_stats >= 0 and self.voice_stats_l2 > 0, "voice_stats must be >= 0 and voice_stats_l2 > 0"))

@@ -11,6 +11,7 @@ clips' empty mels nor padding skew them, and padding is zero before every convol
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -212,6 +213,7 @@ class AudioEncoder(nn.Module):
         self.lstm = nn.LSTM(width, cfg.hidden, batch_first=True)
         self.pool = None if cfg.audio_pool == "mean" else StatsPool(cfg.hidden, cfg.audio_pool == "attention")
         self.utterance_norm = cfg.mel_norm == "utterance"
+        self.trim_ln = cfg.voice_trim_db * math.log(10.0) / 10.0     # dB of power -> natural log (the log-mel's)
         self.hidden = cfg.hidden
         self.register_buffer("mel_mean", torch.zeros(cfg.n_mels))
         self.register_buffer("mel_std", torch.ones(cfg.n_mels))
@@ -219,7 +221,10 @@ class AudioEncoder(nn.Module):
     def forward(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, F), (B, F) -> (B, hidden); clips without audio give zero rows. In eager mode only the
         clips with audio go through the CNN (face-only clips cost nothing); traced or compiled, all of them
-        (static shapes): the masked norm makes both give the same outputs and statistics."""
+        (static shapes): the masked norm makes both give the same outputs and statistics. With
+        model.voice_trim_db, each clip's quiet ends are cut off first (speech_span)."""
+        if self.trim_ln > 0:
+            mel, mel_mask = self.speech_span(mel, mel_mask)
         if _dynamic_shapes_ok(mel):
             index = mel_mask.any(1).nonzero().squeeze(1)
             if index.numel() < mel.shape[0]:
@@ -231,6 +236,25 @@ class AudioEncoder(nn.Module):
                     out = out.to(enc.dtype).index_copy(0, index, enc)
                 return out
         return self.encode(mel, mel_mask)
+
+    def speech_span(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, rows, F), (B, F) -> the same with each clip's leading and trailing frames whose power is more
+        than model.voice_trim_db below its loudest frame cut off: its first loud frame moved to frame 0 and
+        the frames after its last loud one made padding, so a clip reads exactly as its tightly cut copy
+        would (that frame always stays: a clip with audio keeps at least one; pauses between the words stay).
+        Static shapes: traces and exports."""
+        power = torch.logsumexp(mel[:, : self.n_mels].float(), dim=1)          # (B, F): ln of each frame's power
+        power = power.masked_fill(~mel_mask, float("-inf"))
+        loud = (power >= power.amax(1, keepdim=True) - self.trim_ln) & mel_mask
+        before_last = loud.flip(1).to(torch.int32).cumsum(1).flip(1) > 0    # at or before the last loud frame
+        start = (loud.to(torch.int32).cumsum(1) == 0).sum(1, keepdim=True)  # (B, 1): frames before the first
+        frames = mel.shape[2]
+        index = torch.arange(frames, device=mel.device)[None] + start       # (B, F): where each frame comes from
+        inside = index < frames
+        index = index.clamp(max=frames - 1)
+        mask = (mel_mask & before_last).gather(1, index) & inside
+        mel = mel.gather(2, index[:, None].expand(-1, mel.shape[1], -1)) * mask[:, None].to(mel.dtype)
+        return mel, mask
 
     def encode(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
         """The dense path: every clip, padding zeroed before each convolution and left out of the norm."""

@@ -1,0 +1,93 @@
+"""How much a trained voice branch depends on the silence around the words (issue 19: other corpora).
+
+RAVDESS files hold about a second of room tone around each sentence; other corpora are cut close to the words
+(or hold more), and a predict window may hold none. A voice branch that pools and normalises over the whole
+clip reads the same words differently with a different share of silence. This scores each checkpoint's voice
+alone (no face) on RAVDESS actors 19-21 (156 utterances, the recipe's voice dev split), each file three ways:
+
+- recorded: as the file is (what the shards hold);
+- cut tight: cut to its words: from the first to the last 10 ms frame within 30 dB of its loudest, plus 50 ms
+  each side (an independent cut: the model's own model.voice_trim_db is not used to make it);
+- more room tone: the file's own first 0.25 s (its room tone) repeated before it for 0.5 s and after it for
+  1 s (evaluate crops each clip's first max_mel_frames: more before would cut words off).
+
+Per checkpoint and way: accuracy and the share of utterances whose answer is the recorded one's.
+
+    .venv/bin/python bench/voice_shift.py --checkpoint shipped=RUN1/best.pt --checkpoint trim=RUN2/best.pt
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, loadavg, machine, new_record, table, write_results  # noqa: E402
+from prosody_probe import RATE, model_log_probs, read_voice  # noqa: E402
+
+from avemo.pipeline.config import AudioConfig  # noqa: E402
+from avemo.shards.labels import EMOTIONS  # noqa: E402
+
+FRAME = RATE // 100          # 10 ms
+
+
+def cut_tight(audio: np.ndarray, top_db: float = 30.0, margin_s: float = 0.05) -> np.ndarray:
+    """The file from its first to its last 10 ms frame within top_db of its loudest frame, margin_s each side."""
+    n = len(audio) // FRAME
+    power = (audio[: n * FRAME].reshape(n, FRAME).astype(np.float64) ** 2).mean(1) + 1e-12
+    db = 10 * np.log10(power / power.max())
+    loud = np.flatnonzero(db >= -top_db)
+    margin = int(margin_s * RATE)
+    return audio[max(0, loud[0] * FRAME - margin): min(len(audio), (loud[-1] + 1) * FRAME + margin)]
+
+
+def more_room_tone(audio: np.ndarray, before_s: float = 0.5, after_s: float = 1.0, tone_s: float = 0.25) -> np.ndarray:
+    tone = audio[: int(tone_s * RATE)]
+    reps = int(np.ceil(max(before_s, after_s) / tone_s))
+    tiled = np.tile(tone, reps)
+    return np.concatenate([tiled[: int(before_s * RATE)], audio, tiled[: int(after_s * RATE)]])
+
+
+WAYS = {"recorded": lambda a: a, "cut tight": cut_tight, "more room tone": more_room_tone}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", action="append", required=True, metavar="NAME=PATH")
+    p.add_argument("--ravdess", default=str(Path(os.environ.get("AVEMO_SHARED", REPO.parent / "shared"))
+                                            / "data" / "ravdess"))
+    p.add_argument("--name", default="voice_shift")
+    args = p.parse_args(argv)
+    root = Path(args.ravdess)
+    if not (root / "labels.csv").is_file():
+        print(f"voice_shift: no RAVDESS at {root} (labels.csv)", file=sys.stderr)
+        return 2
+    record = new_record(args)
+    record.update(machine=machine(), load={"before": loadavg()})
+    rows = [r for r in csv.DictReader(open(root / "labels.csv")) if r["label7"] and r["split"] == "dev"]
+    voices = [read_voice(root / r["path"]) for r in rows]
+    y = np.array([EMOTIONS.index(r["label7"]) for r in rows])
+    lengths = {w: float(np.mean([len(f(a)) for a in voices])) / RATE for w, f in WAYS.items()}
+    cfg, results, out = AudioConfig(), {}, []
+    for spec in args.checkpoint:
+        name, path = spec.split("=", 1)
+        preds = {w: model_log_probs(path, [f(a) for a in voices], cfg).argmax(1) for w, f in WAYS.items()}
+        for w, pred in preds.items():
+            acc, same = float(np.mean(pred == y)), float(np.mean(pred == preds["recorded"]))
+            results[f"{name}/{w}"] = {"accuracy": round(acc, 4), "same_as_recorded": round(same, 4)}
+            out.append([name, w, f"{lengths[w]:.2f}", f"{acc:.3f}", f"{same:.3f}"])
+    record.update(load=dict(record["load"], after=loadavg()), results=results, utterances=len(rows),
+                  checkpoints=args.checkpoint)
+    body = (f"RAVDESS actors 19-21, {len(rows)} utterances, the voice alone (no face). Checkpoints: "
+            + ", ".join(f"`{c}`" for c in args.checkpoint) + ".\n\n"
+            + table(["model", "the files", "mean length s", "accuracy", "same answer as recorded"], out) + "\n")
+    write_results(args.name, "Voice alone with more or less silence around the words", record, body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

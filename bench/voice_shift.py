@@ -8,10 +8,12 @@ alone (no face) on RAVDESS actors 19-21 (156 utterances, the recipe's voice dev 
 - recorded: as the file is (what the shards hold);
 - cut tight: cut to its words: from the first to the last 10 ms frame within 30 dB of its loudest, plus 50 ms
   each side (an independent cut: the model's own model.voice_trim_db is not used to make it);
-- more room tone: the file's own first 0.25 s (its room tone) repeated before it for 0.5 s and after it for
-  1 s (evaluate crops each clip's first max_mel_frames: more before would cut words off).
+- more room tone: the file's own first 0.25 s (its room tone) repeated before it for 0.75 s.
 
-Per checkpoint and way: accuracy and the share of utterances whose answer is the recorded one's.
+Every way is then cut to what the model reads, evaluate's crop (the checkpoint's data.max_mel_frames from the
+start; the recipe's 4 s take a third of these files short of their end): the table's length and silence share
+are those of the crop. Per checkpoint and way: accuracy and the share of utterances whose answer is the
+recorded one's.
 
     .venv/bin/python bench/voice_shift.py --checkpoint shipped=RUN1/best.pt --checkpoint trim=RUN2/best.pt
 """
@@ -45,11 +47,16 @@ def cut_tight(audio: np.ndarray, top_db: float = 30.0, margin_s: float = 0.05) -
     return audio[max(0, loud[0] * FRAME - margin): min(len(audio), (loud[-1] + 1) * FRAME + margin)]
 
 
-def more_room_tone(audio: np.ndarray, before_s: float = 0.5, after_s: float = 1.0, tone_s: float = 0.25) -> np.ndarray:
+def more_room_tone(audio: np.ndarray, before_s: float = 0.75, tone_s: float = 0.25) -> np.ndarray:
     tone = audio[: int(tone_s * RATE)]
-    reps = int(np.ceil(max(before_s, after_s) / tone_s))
-    tiled = np.tile(tone, reps)
-    return np.concatenate([tiled[: int(before_s * RATE)], audio, tiled[: int(after_s * RATE)]])
+    return np.concatenate([np.tile(tone, int(np.ceil(before_s / tone_s)))[: int(before_s * RATE)], audio])
+
+
+def silence_share(audio: np.ndarray, top_db: float = 30.0) -> float:
+    """The share of 10 ms frames more than top_db below the loudest."""
+    n = len(audio) // FRAME
+    power = (audio[: n * FRAME].reshape(n, FRAME).astype(np.float64) ** 2).mean(1) + 1e-12
+    return float(np.mean(10 * np.log10(power / power.max()) < -top_db))
 
 
 WAYS = {"recorded": lambda a: a, "cut tight": cut_tight, "more room tone": more_room_tone}
@@ -71,20 +78,28 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in csv.DictReader(open(root / "labels.csv")) if r["label7"] and r["split"] == "dev"]
     voices = [read_voice(root / r["path"]) for r in rows]
     y = np.array([EMOTIONS.index(r["label7"]) for r in rows])
-    lengths = {w: float(np.mean([len(f(a)) for a in voices])) / RATE for w, f in WAYS.items()}
-    cfg, results, out = AudioConfig(), {}, []
+    from avemo.model.checkpoint import load_checkpoint
+    results, out = {}, []
     for spec in args.checkpoint:
         name, path = spec.split("=", 1)
-        preds = {w: model_log_probs(path, [f(a) for a in voices], cfg).argmax(1) for w, f in WAYS.items()}
+        config = load_checkpoint(path)["config"]
+        cfg = AudioConfig(n_mels=config["model"]["n_mels"])                # the build's defaults otherwise
+        crop = config["data"]["max_mel_frames"] * cfg.hop_length          # samples: what evaluate reads
+        ways = {w: [f(a)[:crop] for a in voices] for w, f in WAYS.items()}
+        preds = {w: model_log_probs(path, clips, cfg).argmax(1) for w, clips in ways.items()}
         for w, pred in preds.items():
             acc, same = float(np.mean(pred == y)), float(np.mean(pred == preds["recorded"]))
-            results[f"{name}/{w}"] = {"accuracy": round(acc, 4), "same_as_recorded": round(same, 4)}
-            out.append([name, w, f"{lengths[w]:.2f}", f"{acc:.3f}", f"{same:.3f}"])
+            length = float(np.mean([len(c) for c in ways[w]])) / RATE
+            quiet = float(np.mean([silence_share(c) for c in ways[w]]))
+            results[f"{name}/{w}"] = {"accuracy": round(acc, 4), "same_as_recorded": round(same, 4),
+                                      "length_s": round(length, 3), "silence_share": round(quiet, 3)}
+            out.append([name, w, f"{length:.2f}", f"{quiet:.2f}", f"{acc:.3f}", f"{same:.3f}"])
     record.update(load=dict(record["load"], after=loadavg()), results=results, utterances=len(rows),
                   checkpoints=args.checkpoint)
     body = (f"RAVDESS actors 19-21, {len(rows)} utterances, the voice alone (no face). Checkpoints: "
             + ", ".join(f"`{c}`" for c in args.checkpoint) + ".\n\n"
-            + table(["model", "the files", "mean length s", "accuracy", "same answer as recorded"], out) + "\n")
+            + table(["model", "the files", "mean length read, s", "silence share (30 dB)", "accuracy",
+                    "same answer as recorded"], out) + "\n")
     write_results(args.name, "Voice alone with more or less silence around the words", record, body)
     return 0
 

@@ -242,7 +242,10 @@ class AudioEncoder(nn.Module):
         than model.voice_trim_db below its loudest frame cut off: its first loud frame moved to frame 0 and
         the frames after its last loud one made padding, so a clip reads exactly as its tightly cut copy
         would (that frame always stays: a clip with audio keeps at least one; pauses between the words stay).
-        Static shapes: traces and exports."""
+        Static shapes: traces and exports. It cuts what the model is given: after the loader's crop to
+        data.max_mel_frames (leading silence still takes its share of a long clip's crop) and, in training,
+        after the noise and SpecAugment, so a noisy clip is cut only where its noise floor lies below the
+        threshold, as a noisy recording is in use. model.voice_stats reads every frame."""
         power = torch.logsumexp(mel[:, : self.n_mels].float(), dim=1)          # (B, F): ln of each frame's power
         power = power.masked_fill(~mel_mask, float("-inf"))
         loud = (power >= power.amax(1, keepdim=True) - self.trim_ln) & mel_mask

@@ -146,3 +146,26 @@ def test_eager_traced_and_onnx_agree_with_the_trim():
     session = ort.InferenceSession(to_onnx_bytes(net, {"labels": []}), providers=["CPUExecutionProvider"])
     logits, _ = session.run(OUTPUTS, dict(zip(["faces", "face_mask", "mel", "mel_mask"], (t.numpy() for t in inputs))))
     np.testing.assert_allclose(logits, eager.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_each_clip_of_a_batch_is_cut_by_its_own_loudness():
+    """Three voices at levels 20 dB apart, with quiet ends of their own lengths, and the pitch rows of
+    model.pitch after the mel bins: each row of the batch comes out as that clip does alone (its own
+    threshold, its own start), the pitch rows moved with the mel."""
+    g = torch.Generator().manual_seed(3)
+    enc = _encoder(35.0, pitch=True)
+    rows, frames = 64 + 2, 140
+    mel = torch.zeros(3, rows, frames)
+    mask = torch.zeros(3, frames, dtype=torch.bool)
+    for i, (level, start, stop, length) in enumerate([(0.0, 10, 90, 120), (-4.6, 33, 70, 100), (-9.2, 0, 130, 140)]):
+        mel[i, :64, :length] = level + QUIET + 0.1 * torch.randn(64, length, generator=g)
+        mel[i, :64, start:stop] = level + torch.randn(64, stop - start, generator=g)
+        mel[i, 64:, :length] = torch.randn(2, length, generator=g)
+        mask[i, :length] = True
+    out, out_mask = enc.speech_span(mel, mask)
+    for i in range(3):
+        alone, alone_mask = enc.speech_span(mel[i:i + 1], mask[i:i + 1])
+        torch.testing.assert_close(out[i:i + 1], alone)
+        assert torch.equal(out_mask[i:i + 1], alone_mask)
+    assert out_mask.sum(1).tolist() == [80, 37, 130]
+    torch.testing.assert_close(out[1, 64:, :37], mel[1, 64:, 33:70])

@@ -91,15 +91,19 @@ def main(argv: list[str] | None = None) -> int:
             acc, same = float(np.mean(pred == y)), float(np.mean(pred == preds["recorded"]))
             length = float(np.mean([len(c) for c in ways[w]])) / RATE
             quiet = float(np.mean([silence_share(c) for c in ways[w]]))
+            counts = np.bincount(pred, minlength=len(EMOTIONS))
+            top = int(counts.argmax())
             results[f"{name}/{w}"] = {"accuracy": round(acc, 4), "same_as_recorded": round(same, 4),
-                                      "length_s": round(length, 3), "silence_share": round(quiet, 3)}
-            out.append([name, w, f"{length:.2f}", f"{quiet:.2f}", f"{acc:.3f}", f"{same:.3f}"])
+                                      "length_s": round(length, 3), "silence_share": round(quiet, 3),
+                                      "answers": {e: int(c) for e, c in zip(EMOTIONS, counts)}}
+            out.append([name, w, f"{length:.2f}", f"{quiet:.2f}", f"{acc:.3f}", f"{same:.3f}",
+                        f"{EMOTIONS[top]} {counts[top] / len(pred):.2f}"])
     record.update(load=dict(record["load"], after=loadavg()), results=results, utterances=len(rows),
                   checkpoints=args.checkpoint)
     body = (f"RAVDESS actors 19-21, {len(rows)} utterances, the voice alone (no face). Checkpoints: "
             + ", ".join(f"`{c}`" for c in args.checkpoint) + ".\n\n"
             + table(["model", "the files", "mean length read, s", "silence share (30 dB)", "accuracy",
-                    "same answer as recorded"], out) + "\n")
+                    "same answer as recorded", "most given answer (its share; the largest class holds 0.15)"], out) + "\n")
     write_results(args.name, "Voice alone with more or less silence around the words", record, body)
     return 0
 

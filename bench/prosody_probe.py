@@ -38,6 +38,17 @@ from avemo.shards.labels import EMOTIONS  # noqa: E402
 RATE = 16_000
 
 
+DEFAULT_RAVDESS = str(Path(os.environ.get("AVEMO_SHARED", REPO.parent / "shared")) / "data" / "ravdess")
+
+
+def ravdess_rows(root: Path, prog: str, splits: tuple[str, ...]) -> list[dict] | None:
+    """labels.csv's rows with a 7-class label in these splits; None (and a line on stderr) without RAVDESS."""
+    if not (root / "labels.csv").is_file():
+        print(f"{prog}: no RAVDESS at {root} (labels.csv)", file=sys.stderr)
+        return None
+    return [r for r in csv.DictReader(open(root / "labels.csv")) if r["label7"] and r["split"] in splits]
+
+
 def read_voice(path: Path) -> np.ndarray:
     """The whole file, mono at 16 kHz, as the build reads it."""
     from avemo.pipeline.readers import read_audio
@@ -125,20 +136,18 @@ def choose_decay(x, y, groups) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ravdess", default=str(Path(os.environ.get("AVEMO_SHARED", REPO.parent / "shared"))
-                                            / "data" / "ravdess"))
+    p.add_argument("--ravdess", default=DEFAULT_RAVDESS)
     p.add_argument("--name", default="prosody_probe")
     p.add_argument("--checkpoint", help="a trained avemo checkpoint: its voice-alone dev predictions, and their "
                                         "late fusion (equal-weight log-probabilities) with each linear probe")
     args = p.parse_args(argv)
     root = Path(args.ravdess)
-    if not (root / "labels.csv").is_file():
-        print(f"prosody_probe: no RAVDESS at {root} (labels.csv)", file=sys.stderr)
+    rows = ravdess_rows(root, "prosody_probe", ("train", "dev"))
+    if rows is None:
         return 2
     record = new_record(args)
     record.update(machine=machine(), load={"before": loadavg()})
     cfg = AudioConfig()
-    rows = [r for r in csv.DictReader(open(root / "labels.csv")) if r["label7"] and r["split"] in ("train", "dev")]
     feats: dict[str, list] = {"prosody": [], "mel": []}
     labels, split, actor, dev_audio = [], [], [], []
     wall = time.perf_counter()

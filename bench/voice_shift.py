@@ -20,16 +20,14 @@ recorded one's.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, loadavg, machine, new_record, table, write_results  # noqa: E402
-from prosody_probe import RATE, model_log_probs, read_voice  # noqa: E402
+from common import loadavg, machine, new_record, table, write_results  # noqa: E402
+from prosody_probe import DEFAULT_RAVDESS, RATE, model_log_probs, ravdess_rows, read_voice  # noqa: E402
 
 from avemo.pipeline.config import AudioConfig  # noqa: E402
 from avemo.shards.labels import EMOTIONS  # noqa: E402
@@ -65,17 +63,15 @@ WAYS = {"recorded": lambda a: a, "cut tight": cut_tight, "more room tone": more_
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", action="append", required=True, metavar="NAME=PATH")
-    p.add_argument("--ravdess", default=str(Path(os.environ.get("AVEMO_SHARED", REPO.parent / "shared"))
-                                            / "data" / "ravdess"))
+    p.add_argument("--ravdess", default=DEFAULT_RAVDESS)
     p.add_argument("--name", default="voice_shift")
     args = p.parse_args(argv)
     root = Path(args.ravdess)
-    if not (root / "labels.csv").is_file():
-        print(f"voice_shift: no RAVDESS at {root} (labels.csv)", file=sys.stderr)
+    rows = ravdess_rows(root, "voice_shift", ("dev",))
+    if rows is None:
         return 2
     record = new_record(args)
     record.update(machine=machine(), load={"before": loadavg()})
-    rows = [r for r in csv.DictReader(open(root / "labels.csv")) if r["label7"] and r["split"] == "dev"]
     voices = [read_voice(root / r["path"]) for r in rows]
     y = np.array([EMOTIONS.index(r["label7"]) for r in rows])
     from avemo.model.checkpoint import load_checkpoint

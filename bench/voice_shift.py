@@ -35,12 +35,16 @@ from avemo.shards.labels import EMOTIONS  # noqa: E402
 FRAME = RATE // 100          # 10 ms
 
 
-def cut_tight(audio: np.ndarray, top_db: float = 30.0, margin_s: float = 0.05) -> np.ndarray:
-    """The file from its first to its last 10 ms frame within top_db of its loudest frame, margin_s each side."""
+def frame_db(audio: np.ndarray) -> np.ndarray:
+    """Each whole 10 ms frame's power in dB below the loudest frame's (0 at the loudest)."""
     n = len(audio) // FRAME
     power = (audio[: n * FRAME].reshape(n, FRAME).astype(np.float64) ** 2).mean(1) + 1e-12
-    db = 10 * np.log10(power / power.max())
-    loud = np.flatnonzero(db >= -top_db)
+    return 10 * np.log10(power / power.max())
+
+
+def cut_tight(audio: np.ndarray, top_db: float = 30.0, margin_s: float = 0.05) -> np.ndarray:
+    """The file from its first to its last 10 ms frame within top_db of its loudest frame, margin_s each side."""
+    loud = np.flatnonzero(frame_db(audio) >= -top_db)
     margin = int(margin_s * RATE)
     return audio[max(0, loud[0] * FRAME - margin): min(len(audio), (loud[-1] + 1) * FRAME + margin)]
 
@@ -52,9 +56,7 @@ def more_room_tone(audio: np.ndarray, before_s: float = 0.75, tone_s: float = 0.
 
 def silence_share(audio: np.ndarray, top_db: float = 30.0) -> float:
     """The share of 10 ms frames more than top_db below the loudest."""
-    n = len(audio) // FRAME
-    power = (audio[: n * FRAME].reshape(n, FRAME).astype(np.float64) ** 2).mean(1) + 1e-12
-    return float(np.mean(10 * np.log10(power / power.max()) < -top_db))
+    return float(np.mean(frame_db(audio) < -top_db))
 
 
 WAYS = {"recorded": lambda a: a, "cut tight": cut_tight, "more room tone": more_room_tone}

@@ -51,7 +51,7 @@ class AugmentConfig:
     speed: float = 0.0                 # speed perturbation of the log-mel: stretch by a factor in 1 +- speed
     noise_p: float = 0.0               # probability of adding stationary noise to a clip's log-mel ...
     noise_snr_db: float = 10.0         # ... at an SNR drawn from [noise_snr_db, noise_snr_db + 20] dB
-    mixup: float = 0.0                 # mixup of clips with the same modalities in a batch (with enabled): lam ~ Beta(mixup, mixup); 0 = off. train_acc counts each clip's own label
+    mixup: float = 0.0                 # mixup of clips with the same modalities in a batch: lam ~ Beta(mixup, mixup); 0 = off. train_acc counts each clip's own label
 
     def __post_init__(self):
         check((0 <= self.flip_p <= 1, "flip_p must be in [0, 1]"),

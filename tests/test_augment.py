@@ -175,3 +175,58 @@ def test_mask_band_wider_than_the_axis_and_zero_width_as_torchaudio():
     after = torch.rand(())
     torch.manual_seed(0)
     assert torch.equal(ours, mel) and torch.equal(torch.rand(()), after)   # nothing drawn, nothing masked
+
+
+def _tones(hz: list[float], sample_rate: int = 16000):
+    import numpy as np
+    t = np.arange(sample_rate) / sample_rate
+    return (0.2 * sum(np.sin(2 * np.pi * f * t) for f in hz)).astype(np.float32)
+
+
+def test_frequency_warp_reads_as_the_tones_moved_by_its_factor():
+    """A log-mel of three tones warped by alpha is the log-mel of the tones at alpha times their frequency
+    (the build's own log_mel on real samples), up to the filterbank's resolution; alpha 1 is exact."""
+    import pytest
+
+    from avemo.core.errors import ConfigError
+    from avemo.pipeline.audio import log_mel
+    from avemo.pipeline.config import AudioConfig
+    from avemo.train.augment import warp_frequency
+
+    cfg = AudioConfig()
+    tones = [300.0, 1200.0, 3000.0]
+    mel = torch.tensor(log_mel(_tones(tones), 16000, cfg)).float()
+    assert torch.equal(warp_frequency(mel, 1.0), mel)
+    for alpha in (0.9, 1.1):
+        want = torch.tensor(log_mel(_tones([f * alpha for f in tones]), 16000, cfg)).float().mean(1)
+        got = warp_frequency(mel, alpha).mean(1)
+        peaks = lambda p: sorted(torch.topk(p, 3).indices.tolist())   # noqa: E731
+        assert all(abs(a - b) <= 1 for a, b in zip(peaks(got), peaks(want)))
+        assert peaks(got) != peaks(mel.mean(1))                       # the peaks did move
+        # the whole profile: 1.5x or more closer to the moved tones than the unwarped mel is (measured 2.0x, 3.3x)
+        assert (got - want).abs().mean() * 1.5 < (mel.mean(1) - want).abs().mean()
+    with pytest.raises(ConfigError, match="freq_warp"):
+        AugmentConfig(freq_warp=0.6)
+
+
+def test_frequency_warp_in_augment_audio_moves_f0_on_voiced_frames_only():
+    from avemo.train.augment import augment_audio, warp_frequency
+
+    cfg = AugmentConfig(freq_warp=0.1, gain_db=0.0, freq_masks=0, time_masks=0)
+    mel = torch.randn(64, 20)
+    pitch = torch.stack([torch.linspace(-1, 1, 20), (torch.arange(20) % 3 != 0).float() * 0.8])
+    pitch[0, pitch[1] == 0] = 0.0
+    torch.manual_seed(3)
+    out, moved = augment_audio(mel.clone(), pitch.clone(), cfg)
+    torch.manual_seed(3)
+    alpha = 0.9 + 0.2 * float(torch.rand(()))                           # the one draw it made
+    assert torch.allclose(out, warp_frequency(mel, alpha))
+    voiced = pitch[1] > 0
+    assert torch.allclose(moved[0][voiced], pitch[0][voiced] + torch.log2(torch.tensor(alpha)))
+    assert torch.equal(moved[0][~voiced], torch.zeros(int((~voiced).sum())))
+    assert torch.equal(moved[1], pitch[1])
+    # off (0) draws nothing: every other augmentation's draws stay what they were
+    torch.manual_seed(3)
+    base = augment_audio(mel.clone(), None, AugmentConfig(gain_db=6.0))[0]
+    torch.manual_seed(3)
+    assert torch.equal(augment_audio(mel.clone(), None, AugmentConfig(gain_db=6.0, freq_warp=0.0))[0], base)

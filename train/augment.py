@@ -3,8 +3,8 @@
 faces (B, T, 3, 112, 112) uint8, a whole collated batch at once (augment_batch, after collation): one flip /
 colour jitter / small affine per clip, for all its frames, so time stays coherent.
 mel (n_mels, F) float32 log-power (natural log), per clip before collation (augment_sample): speed
-perturbation (a time stretch of the log-mel), random gain, stationary noise at a random SNR, then SpecAugment
-frequency and time masks.
+perturbation (a time stretch of the log-mel), a vocal tract length warp of its frequency axis, random gain,
+stationary noise at a random SNR, then SpecAugment frequency and time masks.
 Draws come from torch's global RNG, which train/data.py seeds in each worker from (seed, epoch, rank, worker)
 at every epoch, so a run resumed at an epoch draws the augmentations an uninterrupted one draws.
 """
@@ -158,13 +158,45 @@ def mixup(batch: dict, alpha: float) -> dict:
     return dict(batch, faces=faces, mel=mel, mix_index=index, mix_lam=torch.tensor(lam))
 
 
+WARP_SAMPLE_RATE = 16000   # the log-mel's rate (pipeline DecodeConfig.sample_rate's default): its top bin ends at 8 kHz
+
+
+def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
+    return 2595.0 * torch.log10(1.0 + hz / 700.0)         # HTK: torchaudio MelSpectrogram's default scale
+
+
+def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+def warp_frequency(mel: torch.Tensor, alpha: float, sample_rate: int = WARP_SAMPLE_RATE) -> torch.Tensor:
+    """Vocal tract length perturbation (Jaitly & Hinton 2013) of a log-mel (n_mels, F): the spectrum as a
+    speaker whose formants lie alpha times higher would give it, S'(f) = S(f / alpha). Each bin of the
+    build's mel filterbank (torchaudio MelSpectrogram: HTK scale, 0 Hz to sample_rate / 2, n_mels + 2 equally
+    spaced mel points, the bins centred on the inner ones) reads the log-power at its centre frequency /
+    alpha, interpolated linearly between the two nearest bins; below the first centre it reads the first bin,
+    above the last the last. alpha 1 gives the mel back exactly. Written here because torchaudio's
+    transforms warp a linear spectrogram (or stretch time), not a finished log-mel, and the shards keep only
+    the log-mel."""
+    n = mel.shape[0]
+    top = _hz_to_mel(torch.tensor(sample_rate / 2.0, dtype=torch.float64))
+    step = top / (n + 1)
+    centres = _mel_to_hz(torch.arange(1, n + 1, dtype=torch.float64) * step)
+    where = (_hz_to_mel(centres / alpha) / step - 1.0).clamp(0.0, n - 1.0)    # fractional bin index read
+    lo = where.floor().long()
+    hi = (lo + 1).clamp(max=n - 1)
+    w = (where - lo).to(mel.dtype)[:, None]
+    return mel[lo] * (1 - w) + mel[hi] * w
+
+
 def augment_mel(mel: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     return augment_audio(mel, None, cfg)[0]
 
 
 def augment_audio(mel: torch.Tensor, pitch: torch.Tensor | None, cfg: AugmentConfig):
     """(mel, pitch track or None) -> the same, augmented: the pitch track (2, F) is time-stretched with its
-    mel; gain, noise and the masks act on the mel alone (they are not in its F0 or periodicity)."""
+    mel, and its F0 moves by the frequency warp's factor on voiced frames; gain, noise and the masks act on
+    the mel alone (they are not in its F0 or periodicity)."""
     if mel.shape[-1] == 0:
         return mel, pitch
     if cfg.speed:
@@ -179,6 +211,11 @@ def augment_audio(mel: torch.Tensor, pitch: torch.Tensor | None, cfg: AugmentCon
             f0 = torch.where(periodicity > 0, weighted / periodicity.clamp(min=1e-6), torch.zeros_like(weighted))
             pitch = torch.stack([f0, periodicity])
         mel = stretched[: mel.shape[0]]
+    if cfg.freq_warp:
+        alpha = _uniform(1 - cfg.freq_warp, 1 + cfg.freq_warp)
+        mel = warp_frequency(mel, alpha)
+        if pitch is not None:
+            pitch = torch.stack([torch.where(pitch[1] > 0, pitch[0] + math.log2(alpha), pitch[0]), pitch[1]])
     mel = mel + _uniform(-cfg.gain_db, cfg.gain_db) / 10.0 * math.log(10.0)
     if cfg.noise_p and float(torch.rand(())) < cfg.noise_p:
         snr_db = _uniform(cfg.noise_snr_db, cfg.noise_snr_db + 20.0)

@@ -44,7 +44,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
               ["model.pitch=true"]),
     "trim": ("each clip's quiet ends (35 dB below its loudest frame) left out of the voice branch",
              ["model.voice_trim_db=35"]),
-    "warp": ("vocal tract length perturbation: each training clip's mel frequency axis warped by 0.9-1.1",
+    "warp": ("vocal tract length perturbation: each training clip's log-mel frequencies scaled by 0.9-1.1",
              ["augment.freq_warp=0.1"]),
 }
 # variants that need their own RAVDESS shards: build-shards settings on top of bench/real_data.py's

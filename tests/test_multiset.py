@@ -330,6 +330,17 @@ def test_sets_built_with_other_audio_settings_are_refused(built_shards, tmp_path
                              *TINY])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "other audio settings" in err[0] and "n_mels 64 vs 40" in err[0]
+    # the sample rate is decode:'s: a set of log-mels at 8 kHz is refused beside 16 kHz ones too ...
+    slow = build_list(tmp_path, ["a.wav,joy,train,a", "a.wav,joy,dev,b"], tmp_path / "shards8k", "decode.sample_rate=8000")
+    capsys.readouterr()
+    code = command("train")(["--shards", str(built_shards), "--shards", str(slow), "--run", str(tmp_path / "r2"),
+                             *TINY])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "sample_rate 16000 vs 8000" in err[0]
+    # ... and alone, the frequency warp (which reads the bins as a 16 kHz build's) refuses it in one line
+    code = command("train")(["--shards", str(slow), "--run", str(tmp_path / "r8"), *TINY, "augment.freq_warp=0.1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "augment.freq_warp" in err[0] and "8000 Hz" in err[0]
 
 
 @pytest.mark.unit

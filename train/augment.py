@@ -175,7 +175,8 @@ def warp_frequency(mel: torch.Tensor, alpha: float, sample_rate: int = WARP_SAMP
     build's mel filterbank (torchaudio MelSpectrogram: HTK scale, 0 Hz to sample_rate / 2, n_mels + 2 equally
     spaced mel points, the bins centred on the inner ones) reads the log-power at its centre frequency /
     alpha, interpolated linearly between the two nearest bins; below the first centre it reads the first bin,
-    above the last the last. alpha 1 gives the mel back exactly. Written here because torchaudio's
+    above the last the last. A pure scaling, without Jaitly & Hinton's bend near the top: at alpha 0.9 the
+    top 3-4 of 64 bins repeat the last one. alpha 1 gives the mel back exactly. Written here because torchaudio's
     transforms warp a linear spectrogram (or stretch time), not a finished log-mel, and the shards keep only
     the log-mel."""
     n = mel.shape[0]

@@ -49,7 +49,7 @@ class AugmentConfig:
     gain_db: float = 6.0               # random loudness change, +-
     grey_p: float = 0.0                # probability of turning a clip's faces grey (mixing grey and colour sets)
     speed: float = 0.0                 # speed perturbation of the log-mel: stretch by a factor in 1 +- speed
-    freq_warp: float = 0.0             # vocal tract length perturbation: the log-mel's frequency axis warped by a factor in 1 +- freq_warp (a speaker with formants that much higher or lower; F0 moves with it); 0 = off
+    freq_warp: float = 0.0             # vocal tract length perturbation: the log-mel's frequencies scaled by a factor in 1 +- freq_warp (a speaker with formants that much higher or lower; F0 moves with it; below 1 the top bins repeat the last one). Reads the bins as a 16 kHz build's (decode.sample_rate; other rates are refused); 0 = off
     noise_p: float = 0.0               # probability of adding stationary noise to a clip's log-mel ...
     noise_snr_db: float = 10.0         # ... at an SNR drawn from [noise_snr_db, noise_snr_db + 20] dB
     mixup: float = 0.0                 # mixup of clips with the same modalities in a batch: lam ~ Beta(mixup, mixup); 0 = off. train_acc counts each clip's own label
@@ -60,7 +60,7 @@ class AugmentConfig:
                    self.gain_db) >= 0, "jitter amounts must be >= 0"),
               (0 <= self.grey_p <= 1 and 0 <= self.noise_p <= 1, "grey_p and noise_p must be in [0, 1]"),
               (0 <= self.speed < 1, "speed must be in [0, 1)"),
-              (0 <= self.freq_warp < 0.5, "freq_warp must be in [0, 0.5)"),
+              (0 <= self.freq_warp <= 0.3, "freq_warp must be in [0, 0.3]"),
               (self.mixup >= 0, "mixup (the Beta distribution's alpha) must be >= 0; 0 = off"),
               (self.scale < 1, "scale must be in [0, 1): a zoom of 1 - scale must stay above 0"),
               (min(self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width) >= 0,

@@ -9,6 +9,7 @@ import torch
 
 from avemo.core.errors import ConfigError
 from avemo.shards.manifest import read_build_config
+from avemo.train.augment import WARP_SAMPLE_RATE
 from avemo.train.config import TrainConfig
 from avemo.train.data import EmptySplitError, SplitShards, eval_loader, split_shards
 
@@ -45,13 +46,19 @@ def prepare_data(cfg: TrainConfig, log) -> tuple[list, list, dict]:
             log(f"note: {shards} has no {cfg.eval_split} samples: it is trained on, not scored")
             evals.append(None)
         builds.append(read_build_config(shards, options))   # the first travels in every checkpoint (predict)
-    audio = [{k: (b.get("audio") or {}).get(k) for k in AUDIO_KEYS} for b in builds]
+    # sample_rate is the decode: section's, the rest the audio: section's
+    audio = [{k: (b.get("decode" if k == "sample_rate" else "audio") or {}).get(k) for k in AUDIO_KEYS}
+             for b in builds]
     for shards, settings in zip(cfg.shards[1:], audio[1:]):
         differ = [f"{k} {audio[0][k]} vs {settings[k]}" for k in AUDIO_KEYS
                   if None not in (audio[0][k], settings[k]) and audio[0][k] != settings[k]]
         if differ:
             raise ConfigError(f"--shards {shards} was built with other audio settings than {cfg.shards[0]} "
-                              f"({', '.join(differ)}): rebuild it with the same audio: section")
+                              f"({', '.join(differ)}): rebuild it with the same audio: and decode.sample_rate")
+    rate = audio[0]["sample_rate"]
+    if cfg.augment.freq_warp and rate not in (None, WARP_SAMPLE_RATE):
+        raise ConfigError(f"augment.freq_warp reads the log-mel's bins as a {WARP_SAMPLE_RATE} Hz build's, and "
+                          f"--shards {cfg.shards[0]} was built at {rate} Hz: set augment.freq_warp=0")
     for shards, build in zip(cfg.shards, builds):
         require_pitch(shards, build, cfg.model.pitch)
     return trains, evals, builds[0]

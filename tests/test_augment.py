@@ -236,3 +236,53 @@ def test_frequency_warp_in_augment_audio_moves_f0_on_voiced_frames_only():
     out = augment_audio(mel.clone(), None, quiet)[0]
     assert torch.allclose(out, mel + gain / 10.0 * math.log(10.0))
     assert torch.equal(torch.rand(()), after)
+
+
+def test_random_erasing_blanks_one_rectangle_per_clip_on_all_its_frames():
+    """augment.erase_p: each erased clip loses one rectangle, the same on every frame, filled with the ImageNet
+    mean colour, of an area within [2 %, erase_area] of the crop; frames without a face stay empty."""
+    from avemo.train.augment import ERASE_FILL
+    torch.manual_seed(4)
+    n, t = 16, 3
+    faces = torch.stack([torch.stack([smooth_face(3 * i + k) for k in range(t)]) for i in range(n)])
+    mask = torch.ones(n, t, dtype=torch.bool)
+    mask[0, 2] = False
+    faces[0, 2] = 0
+    plain = AugmentConfig(flip_p=0, brightness=0, contrast=0, saturation=0, rotate_deg=0, translate=0, scale=0)
+    cfg = AugmentConfig(**{**plain.__dict__, "erase_p": 1.0, "erase_area": 0.2})
+    out = augment_faces(faces, cfg, mask)
+    fill = torch.tensor(ERASE_FILL, dtype=torch.uint8).view(3, 1, 1)
+    areas = []
+    for i in range(n):
+        changed = (out[i] != faces[i]).any(1)                    # (T, H, W): the pixels the eraser wrote
+        assert changed[0].any(), i
+        frames = [k for k in range(t) if mask[i, k]]
+        assert all(torch.equal(changed[frames[0]], changed[k]) for k in frames[1:]), i   # same place on all
+        rows, cols = changed[0].any(1).nonzero().flatten(), changed[0].any(0).nonzero().flatten()
+        box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+        assert (out[i][frames][:, :, box[0], box[1]] == fill).all(), i                   # one filled rectangle
+        assert torch.equal(out[i][frames][..., ~changed[0]], faces[i][frames][..., ~changed[0]])   # the rest kept
+        areas.append(len(rows) * len(cols) / SIZE ** 2)
+    assert not out[0, 2].any()                                    # a frame without a face stays empty
+    assert min(areas) >= 0.015 and max(areas) <= 0.21 and max(areas) - min(areas) > 0.05, areas
+    # erase_p 0 (the default) draws nothing: the other augmentations' stream is untouched, so older runs reproduce
+    torch.manual_seed(5)
+    off = augment_faces(faces, AugmentConfig(), mask)
+    after_off = torch.rand(3)
+    torch.manual_seed(5)
+    draws = face_draws(n, AugmentConfig())
+    assert torch.equal(off, transform_faces(faces, draws) * mask.view(n, t, 1, 1, 1))
+    assert torch.equal(torch.rand(3), after_off)
+    half = augment_faces(faces, AugmentConfig(**{**plain.__dict__, "erase_p": 0.5}), mask)
+    erased = [(half[i] != faces[i]).any() for i in range(n)]
+    assert 0 < sum(erased) < n                                    # erase_p is a probability per clip
+
+
+def test_erase_settings_are_checked():
+    import pytest
+
+    from avemo.core.errors import ConfigError
+    with pytest.raises(ConfigError, match="erase_p"):
+        AugmentConfig(erase_p=1.5)
+    with pytest.raises(ConfigError, match="erase_area"):
+        AugmentConfig(erase_area=0.01)

@@ -1,7 +1,7 @@
 """Training augmentation on tensors, in the DataLoader workers (train split only), one draw per clip.
 
 faces (B, T, 3, 112, 112) uint8, a whole collated batch at once (augment_batch, after collation): one flip /
-colour jitter / small affine per clip, for all its frames, so time stays coherent.
+colour jitter / small affine / erased rectangle per clip, for all its frames, so time stays coherent.
 mel (n_mels, F) float32 log-power (natural log), per clip before collation (augment_sample): speed
 perturbation (a time stretch of the log-mel), a vocal tract length warp of its frequency axis, random gain,
 stationary noise at a random SNR, then SpecAugment frequency and time masks.
@@ -14,7 +14,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import RandomErasing
 
+from avemo.model.net import FACE_MEAN
 from avemo.train.config import AugmentConfig
 
 
@@ -86,7 +88,8 @@ def transform_faces(faces: torch.Tensor, draws: dict[str, torch.Tensor]) -> torc
 def augment_faces(faces: torch.Tensor, cfg: AugmentConfig, face_mask: torch.Tensor | None = None) -> torch.Tensor:
     """faces (B, T, 3, H, W) or one clip's (T, 3, H, W) uint8 -> the same, augmented: per clip one horizontal
     flip, grey, brightness/contrast/saturation and affine (rotation, shift, zoom; nearest, zero fill) draw,
-    applied to all its frames so time stays coherent. face_mask (B, T): only clips with a face are drawn and
+    then, when augment.erase_p > 0, one erased rectangle (face_eraser), each applied to all its frames so
+    time stays coherent. face_mask (B, T): only clips with a face are drawn and
     computed, and frames without one stay zero.
 
     The whole batch at once (transform_faces): broadcast colour factors and one nearest sampling grid per
@@ -104,13 +107,31 @@ def augment_faces(faces: torch.Tensor, cfg: AugmentConfig, face_mask: torch.Tens
     if n == 0 or t == 0:
         return faces
     draws = face_draws(n, cfg)               # all clips' draws first: the chunking below does not change them
+    eraser = face_eraser(cfg)
     out = faces.clone()
     step = max(1, CHUNK_FRAMES // t)         # clips per chunk: a bounded float working set at any clip length
     for lo in range(0, n, step):
         part = rows[lo: lo + step]
         x = transform_faces(faces[part], {k: v[lo: lo + len(part)] for k, v in draws.items()})
+        if eraser is not None:
+            for k in range(len(part)):
+                x[k] = eraser(x[k])          # (T, 3, H, W): one rectangle on all the clip's frames
         out[part] = x * mask[part].view(len(part), t, 1, 1, 1)       # frames without a face stay empty
     return out
+
+
+ERASE_FILL = tuple(round(255 * m) for m in FACE_MEAN)   # the ImageNet mean colour: 0 after the model's normalisation
+
+
+def face_eraser(cfg: AugmentConfig) -> RandomErasing | None:
+    """torchvision's RandomErasing for augment.erase_p (None when off, so it draws nothing and a run without
+    it reproduces older ones): called on one clip's (T, 3, H, W) uint8 faces, with probability erase_p it
+    fills one rectangle of area 2 %-erase_area of the crop and aspect ratio 0.3-3.3 at the same place on
+    every frame with ERASE_FILL, which the model's ImageNet normalisation maps to 0 (torchvision's default
+    fill on normalised images). Its draws come from torch's global RNG, like the rest of this module."""
+    if cfg.erase_p <= 0:
+        return None
+    return RandomErasing(p=cfg.erase_p, scale=(0.02, cfg.erase_area), ratio=(0.3, 3.3), value=list(ERASE_FILL))
 
 
 def augment_batch(batch: dict, cfg: AugmentConfig) -> dict:

@@ -115,23 +115,25 @@ def augment_faces(faces: torch.Tensor, cfg: AugmentConfig, face_mask: torch.Tens
         x = transform_faces(faces[part], {k: v[lo: lo + len(part)] for k, v in draws.items()})
         if eraser is not None:
             for k in range(len(part)):
-                x[k] = eraser(x[k])          # (T, 3, H, W): one rectangle on all the clip's frames
+                eraser(x[k])                 # (T, 3, H, W), in place: one rectangle on all the clip's frames
         out[part] = x * mask[part].view(len(part), t, 1, 1, 1)       # frames without a face stay empty
     return out
 
 
-ERASE_FILL = tuple(round(255 * m) for m in FACE_MEAN)   # the ImageNet mean colour: 0 after the model's normalisation
+ERASE_FILL = tuple(round(255 * m) for m in FACE_MEAN)   # the ImageNet mean colour: ~0 after the model's normalisation
 
 
 def face_eraser(cfg: AugmentConfig) -> RandomErasing | None:
     """torchvision's RandomErasing for augment.erase_p (None when off, so it draws nothing and a run without
     it reproduces older ones): called on one clip's (T, 3, H, W) uint8 faces, with probability erase_p it
-    fills one rectangle of area 2 %-erase_area of the crop and aspect ratio 0.3-3.3 at the same place on
-    every frame with ERASE_FILL, which the model's ImageNet normalisation maps to 0 (torchvision's default
-    fill on normalised images). Its draws come from torch's global RNG, like the rest of this module."""
+    fills one rectangle of area 2 %-erase_area of the crop and aspect ratio 0.3-3.3 (torchvision redraws one
+    that does not fit, up to 10 times) at the same place on every frame, in place, with ERASE_FILL, which the
+    model's ImageNet normalisation maps to ~0 (within 0.01; torchvision's default fill on normalised
+    images). Its draws come from torch's global RNG, like the rest of this module."""
     if cfg.erase_p <= 0:
         return None
-    return RandomErasing(p=cfg.erase_p, scale=(0.02, cfg.erase_area), ratio=(0.3, 3.3), value=list(ERASE_FILL))
+    return RandomErasing(p=cfg.erase_p, scale=(0.02, cfg.erase_area), ratio=(0.3, 3.3), value=list(ERASE_FILL),
+                         inplace=True)
 
 
 def augment_batch(batch: dict, cfg: AugmentConfig) -> dict:

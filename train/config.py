@@ -48,8 +48,8 @@ class AugmentConfig:
     time_mask_width: int = 25          # ... each at most this many mel frames long
     gain_db: float = 6.0               # random loudness change, +-
     grey_p: float = 0.0                # probability of turning a clip's faces grey (mixing grey and colour sets)
-    erase_p: float = 0.0               # random erasing (Zhong et al. 2020; torchvision's RandomErasing): probability that a clip's faces lose one rectangle, the same on all its frames, filled with the ImageNet mean colour (what the model's normalisation maps to 0): a hand, a microphone or a shadow over part of the face; 0 = off ...
-    erase_area: float = 0.33           # ... the rectangle's area a fraction in [0.02, erase_area] of the crop, aspect ratio 0.3-3.3
+    erase_p: float = 0.0               # random erasing (Zhong et al. 2020; torchvision's RandomErasing): probability that a clip's faces lose one rectangle, the same on all its frames, filled with the ImageNet mean colour (what the model's normalisation maps to ~0): a hand, a microphone or a shadow over part of the face; 0 = off ...
+    erase_area: float = 0.33           # ... the rectangle's area a fraction in [0.02, erase_area] of the crop (at most 0.5), aspect ratio 0.3-3.3
     speed: float = 0.0                 # speed perturbation of the log-mel: stretch by a factor in 1 +- speed
     freq_warp: float = 0.0             # vocal tract length perturbation: the log-mel's frequencies scaled by a factor in 1 +- freq_warp (a speaker with formants that much higher or lower; F0 moves with it; below 1 the top bins repeat the last one). Reads the bins as a 16 kHz build's (decode.sample_rate; other rates are refused); 0 = off
     noise_p: float = 0.0               # probability of adding stationary noise to a clip's log-mel ...
@@ -62,7 +62,7 @@ class AugmentConfig:
                    self.gain_db) >= 0, "jitter amounts must be >= 0"),
               (0 <= self.grey_p <= 1 and 0 <= self.noise_p <= 1, "grey_p and noise_p must be in [0, 1]"),
               (0 <= self.erase_p <= 1, "erase_p must be in [0, 1]"),
-              (0.02 <= self.erase_area <= 1, "erase_area must be in [0.02, 1]: the rectangle's largest share of the crop"),
+              (0.02 <= self.erase_area <= 0.5, "erase_area must be in [0.02, 0.5]: the rectangle's largest share of the crop"),
               (0 <= self.speed < 1, "speed must be in [0, 1)"),
               (0 <= self.freq_warp <= 0.3, "freq_warp must be in [0, 0.3]"),
               (self.mixup >= 0, "mixup (the Beta distribution's alpha) must be >= 0; 0 = off"),

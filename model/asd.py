@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from avemo.core.errors import WeightsError
+from avemo.core.melscale import hz_to_mel, mel_to_hz
 from avemo.core.weights import load_state_dict, resolve_weights
 
 ASD_FPS = 25                  # face frames per second the model was trained on
@@ -292,9 +293,7 @@ N_FFT, N_FILT, N_CEP, PREEMPH, LIFTER = 512, 26, 13, 0.97, 22
 @functools.lru_cache(maxsize=1)
 def _mel_filters() -> np.ndarray:
     """(26, 257) triangular filters on FFT bins, with python_speech_features' integer bin edges."""
-    hz2mel = lambda hz: 2595 * np.log10(1 + hz / 700.0)  # noqa: E731
-    mel2hz = lambda mel: 700 * (10 ** (mel / 2595.0) - 1)  # noqa: E731
-    edges = np.floor((N_FFT + 1) * mel2hz(np.linspace(hz2mel(0), hz2mel(SAMPLE_RATE / 2), N_FILT + 2))
+    edges = np.floor((N_FFT + 1) * mel_to_hz(np.linspace(hz_to_mel(0), hz_to_mel(SAMPLE_RATE / 2), N_FILT + 2))
                      / SAMPLE_RATE)
     bins = np.arange(N_FFT // 2 + 1)
     fb = np.zeros((N_FILT, len(bins)))

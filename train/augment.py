@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import RandomErasing
 
+from avemo.core.melscale import hz_to_mel, mel_to_hz
 from avemo.model.net import FACE_MEAN
 from avemo.train.config import AugmentConfig
 
@@ -184,14 +186,6 @@ def mixup(batch: dict, alpha: float) -> dict:
 WARP_SAMPLE_RATE = 16000   # the log-mel's rate (pipeline DecodeConfig.sample_rate's default): its top bin ends at 8 kHz
 
 
-def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
-    return 2595.0 * torch.log10(1.0 + hz / 700.0)         # HTK: torchaudio MelSpectrogram's default scale
-
-
-def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-
-
 def warp_frequency(mel: torch.Tensor, alpha: float, sample_rate: int = WARP_SAMPLE_RATE) -> torch.Tensor:
     """Vocal tract length perturbation (Jaitly & Hinton 2013) of a log-mel (n_mels, F): the spectrum as a
     speaker whose formants lie alpha times higher would give it, S'(f) = S(f / alpha). Each bin of the
@@ -203,10 +197,9 @@ def warp_frequency(mel: torch.Tensor, alpha: float, sample_rate: int = WARP_SAMP
     transforms warp a linear spectrogram (or stretch time), not a finished log-mel, and the shards keep only
     the log-mel."""
     n = mel.shape[0]
-    top = _hz_to_mel(torch.tensor(sample_rate / 2.0, dtype=torch.float64))
-    step = top / (n + 1)
-    centres = _mel_to_hz(torch.arange(1, n + 1, dtype=torch.float64) * step)
-    where = (_hz_to_mel(centres / alpha) / step - 1.0).clamp(0.0, n - 1.0)    # fractional bin index read
+    step = hz_to_mel(sample_rate / 2.0) / (n + 1)
+    centres = mel_to_hz(np.arange(1, n + 1) * step)
+    where = torch.from_numpy(np.clip(hz_to_mel(centres / alpha) / step - 1.0, 0.0, n - 1.0))  # fractional bin read
     lo = where.floor().long()
     hi = (lo + 1).clamp(max=n - 1)
     w = (where - lo).to(mel.dtype)[:, None]

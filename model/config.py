@@ -20,6 +20,10 @@ class ModelConfig:
     #                                              (a model that learnt from grey FER2013 faces sees colour ones alike)
     face_flip_tta: bool = False                   # in use only: each face read as is and mirrored, embeddings averaged
     #                                              (test-time augmentation; 2x the face CNN's cost per frame)
+    voice_warp_tta: list[float] = field(default_factory=list)  # in use only: voices also read warped, averaged
+    #                                              ([0.9, 1.1]: each voice as is and with its frequencies scaled
+    #                                              by 0.9 and 1.1, augment.freq_warp's warp; voice embeddings
+    #                                              averaged; [] = off; (1 + len) x the audio CNN's cost)
     n_mels: int = 64                              # mel bins: must match the shards' audio.n_mels
     mel_norm: Literal["global", "utterance"] = "global"  # log-mel scaling: train set's or each clip's per-bin mean/std
     voice_trim_db: float = 0.0                    # > 0: the voice branch skips each clip's quiet ends (0 = off)
@@ -57,5 +61,7 @@ class ModelConfig:
               (self.audio_freq == "mean" or self.n_mels >= 2 ** len(self.audio_channels),
                "audio_freq=flatten needs n_mels >= 2 ** (audio CNN stages): each stage halves the bands"),
               (self.audio_time_stride in (1, 2), "audio_time_stride must be 1 or 2"),
+              (all(0.5 <= a <= 2.0 and a != 1.0 for a in self.voice_warp_tta),
+               "voice_warp_tta: factors in 0.5..2.0 other than 1 (the voice is always read as is too)"),
               (self.voice_trim_db >= 0, "voice_trim_db must be >= 0 (0 = off)"),
               (self.voice_stats >= 0 and self.voice_stats_l2 > 0, "voice_stats must be >= 0 and voice_stats_l2 > 0"))

@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avemo.core.melscale import warp_positions
 from avemo.model.config import PITCH_ROWS, ModelConfig
 from avemo.model.mobilefacenet import MobileFaceNet, fold_batchnorm
 from avemo.shards.labels import EMOTIONS
@@ -217,6 +219,14 @@ class AudioEncoder(nn.Module):
         self.hidden = cfg.hidden
         self.register_buffer("mel_mean", torch.zeros(cfg.n_mels))
         self.register_buffer("mel_std", torch.ones(cfg.n_mels))
+        # model.voice_warp_tta (in use only; not in the state dict): per factor, where each warped bin reads
+        self.warp_tta = [float(a) for a in cfg.voice_warp_tta]
+        reads = [warp_positions(cfg.n_mels, a) for a in self.warp_tta]
+        for name, i in (("warp_lo", 0), ("warp_hi", 1)):
+            self.register_buffer(name, torch.tensor(np.array([r[i] for r in reads]).reshape(-1, cfg.n_mels)),
+                                 persistent=False)
+        self.register_buffer("warp_w", torch.tensor(np.array([r[2] for r in reads]).reshape(-1, cfg.n_mels),
+                                                    dtype=torch.float32), persistent=False)
 
     def forward(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, F), (B, F) -> (B, hidden); clips without audio give zero rows. In eager mode only the
@@ -225,6 +235,28 @@ class AudioEncoder(nn.Module):
         model.voice_trim_db, each clip's quiet ends are cut off first (speech_span)."""
         if self.trim_ln > 0:
             mel, mel_mask = self.speech_span(mel, mel_mask)
+        if self.warp_tta and not self.training:                      # in use: as is and at each warp, averaged
+            b, k = mel.shape[0], 1 + len(self.warp_tta)
+            out = self._encode_present(self.warped(mel), mel_mask.repeat(k, 1))
+            return out.view(k, b, -1).mean(0)
+        return self._encode_present(mel, mel_mask)
+
+    def warped(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, rows, F) -> ((1 + len(voice_warp_tta)) x B, rows, F): the clips as they are, then warped by
+        each factor as augment.freq_warp warps a training voice (the mel bins by
+        avemo.core.melscale.warp_positions, the pitch track's F0 by the same factor on voiced frames)."""
+        out = [mel]
+        for i, alpha in enumerate(self.warp_tta):
+            w = self.warp_w[i].to(mel.dtype)[:, None]                # (n_mels, 1)
+            bins = mel[:, self.warp_lo[i]] * (1 - w) + mel[:, self.warp_hi[i]] * w
+            if mel.shape[1] > self.n_mels:                           # the pitch rows (model.pitch)
+                f0, periodicity = mel[:, self.n_mels], mel[:, self.n_mels + 1]
+                f0 = torch.where(periodicity > 0, f0 + math.log2(alpha), f0)
+                bins = torch.cat([bins, f0[:, None], periodicity[:, None]], dim=1)
+            out.append(bins)
+        return torch.cat(out)
+
+    def _encode_present(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
         if _dynamic_shapes_ok(mel):
             index = mel_mask.any(1).nonzero().squeeze(1)
             if index.numel() < mel.shape[0]:

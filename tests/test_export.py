@@ -185,3 +185,22 @@ def test_mirrored_faces_are_exported_with_the_network(tiny_checkpoint, real_batc
         #                                                             is near-uniform: float noise is ~1e-7)
         np.testing.assert_allclose(_probs(mirrored), _probs(ref), atol=ATOL)   # and a mirrored face reads alike
         exported_agree(b, ref)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_warped_voices_are_exported_with_the_network(tiny_checkpoint, real_batch, tmp_path):
+    """model.voice_warp_tta: the exported graphs read each voice as is and warped, as eager does in use."""
+    from avemo.model.checkpoint import save_checkpoint
+    ckpt = load_checkpoint(tiny_checkpoint)
+    path = tmp_path / "warp.pt"
+    save_checkpoint(path, **dict(ckpt, config=dict(ckpt["config"], model=dict(ckpt["config"]["model"],
+                                                                                 voice_warp_tta=[0.9, 1.1]))))
+    warp, plain = model_from_checkpoint(load_checkpoint(path)), model_from_checkpoint(ckpt)
+    exported_agree = _exported(path, tmp_path)
+    moved = 0.0
+    for b in _variants(real_batch):
+        with torch.inference_mode():
+            ref, without = warp(**b), plain(**b)
+        moved = max(moved, float(np.abs(_probs(ref) - _probs(without)).max()))
+        exported_agree(b, ref)
+    assert moved > 2e-4   # the warps move the answer of clips with a voice (the tiny model is near-uniform)

@@ -341,6 +341,11 @@ def test_sets_built_with_other_audio_settings_are_refused(built_shards, tmp_path
     code = command("train")(["--shards", str(slow), "--run", str(tmp_path / "r8"), *TINY, "augment.freq_warp=0.1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "augment.freq_warp" in err[0] and "8000 Hz" in err[0]
+    # ... as does the same warp in use (model.voice_warp_tta)
+    code = command("train")(["--shards", str(slow), "--run", str(tmp_path / "r9"), *TINY,
+                             "model.voice_warp_tta=[0.9,1.1]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "model.voice_warp_tta" in err[0] and "8000 Hz" in err[0]
 
 
 @pytest.mark.unit

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import RandomErasing
 
-from avemo.core.melscale import hz_to_mel, mel_to_hz
+from avemo.core.melscale import LOG_MEL_RATE, warp_positions
 from avemo.model.net import FACE_MEAN
 from avemo.train.config import AugmentConfig
 
@@ -183,27 +182,20 @@ def mixup(batch: dict, alpha: float) -> dict:
     return dict(batch, faces=faces, mel=mel, mix_index=index, mix_lam=torch.tensor(lam))
 
 
-WARP_SAMPLE_RATE = 16000   # the log-mel's rate (pipeline DecodeConfig.sample_rate's default): its top bin ends at 8 kHz
+WARP_SAMPLE_RATE = LOG_MEL_RATE   # the log-mel's rate (pipeline DecodeConfig.sample_rate's default): its top bin ends at 8 kHz
 
 
 def warp_frequency(mel: torch.Tensor, alpha: float, sample_rate: int = WARP_SAMPLE_RATE) -> torch.Tensor:
     """Vocal tract length perturbation (Jaitly & Hinton 2013) of a log-mel (n_mels, F): the spectrum as a
     speaker whose formants lie alpha times higher would give it, S'(f) = S(f / alpha). Each bin of the
-    build's mel filterbank (torchaudio MelSpectrogram: HTK scale, 0 Hz to sample_rate / 2, n_mels + 2 equally
-    spaced mel points, the bins centred on the inner ones) reads the log-power at its centre frequency /
-    alpha, interpolated linearly between the two nearest bins; below the first centre it reads the first bin,
-    above the last the last. A pure scaling, without Jaitly & Hinton's bend near the top: at alpha 0.9 the
-    top 3-4 of 64 bins repeat the last one. alpha 1 gives the mel back exactly. Written here because torchaudio's
-    transforms warp a linear spectrogram (or stretch time), not a finished log-mel, and the shards keep only
-    the log-mel."""
-    n = mel.shape[0]
-    step = hz_to_mel(sample_rate / 2.0) / (n + 1)
-    centres = mel_to_hz(np.arange(1, n + 1) * step)
-    where = torch.from_numpy(np.clip(hz_to_mel(centres / alpha) / step - 1.0, 0.0, n - 1.0))  # fractional bin read
-    lo = where.floor().long()
-    hi = (lo + 1).clamp(max=n - 1)
-    w = (where - lo).to(mel.dtype)[:, None]
-    return mel[lo] * (1 - w) + mel[hi] * w
+    build's mel filterbank reads the log-power at its centre frequency / alpha, interpolated linearly between
+    the two nearest bins (avemo.core.melscale.warp_positions, shared with the model's model.voice_warp_tta). A
+    pure scaling, without Jaitly & Hinton's bend near the top: at alpha 0.9 the top 3-4 of 64 bins repeat the
+    last one. alpha 1 gives the mel back exactly. Written here because torchaudio's transforms warp a linear
+    spectrogram (or stretch time), not a finished log-mel, and the shards keep only the log-mel."""
+    lo, hi, w = warp_positions(mel.shape[0], alpha, sample_rate)
+    weight = torch.from_numpy(w).to(mel.dtype)[:, None]
+    return mel[torch.from_numpy(lo)] * (1 - weight) + mel[torch.from_numpy(hi)] * weight
 
 
 def augment_mel(mel: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:

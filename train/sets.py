@@ -56,9 +56,11 @@ def prepare_data(cfg: TrainConfig, log) -> tuple[list, list, dict]:
             raise ConfigError(f"--shards {shards} was built with other audio settings than {cfg.shards[0]} "
                               f"({', '.join(differ)}): rebuild it with the same audio: and decode.sample_rate")
     rate = audio[0]["sample_rate"]
-    if cfg.augment.freq_warp and rate not in (None, WARP_SAMPLE_RATE):
-        raise ConfigError(f"augment.freq_warp reads the log-mel's bins as a {WARP_SAMPLE_RATE} Hz build's, and "
-                          f"--shards {cfg.shards[0]} was built at {rate} Hz: set augment.freq_warp=0")
+    for on, name, off in ((cfg.augment.freq_warp, "augment.freq_warp", "0"),
+                          (cfg.model.voice_warp_tta, "model.voice_warp_tta", "[]")):
+        if on and rate not in (None, WARP_SAMPLE_RATE):
+            raise ConfigError(f"{name} reads the log-mel's bins as a {WARP_SAMPLE_RATE} Hz build's, and "
+                              f"--shards {cfg.shards[0]} was built at {rate} Hz: set {name}={off}")
     for shards, build in zip(cfg.shards, builds):
         require_pitch(shards, build, cfg.model.pitch)
     return trains, evals, builds[0]

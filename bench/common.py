@@ -120,7 +120,8 @@ def command_line() -> str:
 
 
 def table(headers: list[str], rows: list[list]) -> str:
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    # floats to 3 significant digits, but whole from 1,000 up (2010 s, not 2.01e+03)
+    fmt = lambda v: (f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}") if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -51,10 +51,31 @@ def cpu_now() -> float:
 class Stages:
     """Wall and CPU seconds per stage, and the peak memory of this process tree during it (PSS: pages
     shared by the loader or Dask workers counted once; bench/train_memory.py). `log`: a train.log whose epoch
-    lines mark the memory per epoch."""
+    lines mark the memory per epoch.
 
-    def __init__(self):
+    `path` (OUT/stages.json): every stage is saved there as it finishes, beside the stages of earlier
+    invocations on the same folder. A rerun after a crash or a kill resumes their work (the data are checked,
+    a finished or interrupted training continues), so its own stage times are not the work's: the earlier
+    invocations' are kept (`earlier`) and reported, never overwritten."""
+
+    def __init__(self, path: Path | None = None):
         self.times: dict[str, dict] = {}
+        self.path = path
+        self.started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        self.earlier: list[dict] = []
+        if path is not None and path.is_file():
+            try:
+                self.earlier = list(json.loads(path.read_text())["invocations"])
+            except (ValueError, KeyError, TypeError) as exc:
+                print(f"[real_emotion] note: {path} unreadable ({type(exc).__name__}): earlier stage times not kept",
+                      flush=True)
+
+    def save(self) -> None:
+        from avemo.core.atomic import atomic_write_bytes
+        if self.path is not None:
+            mine = {"date": self.started, "stages": self.times}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.path, (json.dumps({"invocations": [*self.earlier, mine]}, indent=1) + "\n").encode())
 
     def run(self, name: str, fn, *args, log: Path | None = None, **kwargs):
         from train_memory import Sampler, per_epoch
@@ -73,6 +94,7 @@ class Stages:
                                               "n_procs": row["n_procs"]} for row in per_epoch(sampler)]
         print(f"[real_emotion] {name}: {self.times[name]['wall_s']} s wall, {self.times[name]['cpu_s']} s CPU, "
               f"peak {self.times[name]['tree_pss_gb']:.2f} GB", flush=True)
+        self.save()
         return result
 
 
@@ -176,6 +198,11 @@ def report(record: dict, name: str, quick: bool) -> Path:
             "", f"Training: `--config {record['config']}` {' '.join(record['overrides'])}; best.pt from epoch "
             f"{record['best_epoch']} of {record['epochs']}; {record['parameters'] / 1e6:.2f} M parameters; malloc: {record.get('malloc', 'glibc')}.",
             f"Samples per set (ok train / dev): {json.dumps(record['sets'])}."]
+    for run in record.get("earlier_invocations", []):
+        body += ["", f"**An earlier invocation on this folder** ({run['date']}; this one resumed its work, so "
+                 "where it did a stage, its times are the work's):", "",
+                 table(["stage", "wall s", "CPU s", "peak memory GB (PSS, all processes)"],
+                       [[k, v["wall_s"], v["cpu_s"], v.get("tree_pss_gb", "")] for k, v in run["stages"].items()])]
     if quick:
         body.insert(0, "**Quick mode** (CI): a few clips and 2 epochs, to keep the code path alive; these "
                        "numbers say nothing about accuracy.\n")
@@ -218,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [*(QUICK_TRAIN if args.quick else []), *overrides]
     record = new_record(args)
     record.update(machine=machine(), load={"before": loadavg()}, config=args.config, overrides=overrides)
-    stages = Stages()
+    stages = Stages(out / "stages.json")
     shards = stages.run("prepare (lists, paired clips, 3 shard builds)", real_data.prepare, shared, data,
                         quick=args.quick, seed=args.seed, overrides=[*build_overrides(args.config), *args.build],
                         timed=lambda name, fn, *a, **k: stages.run(f"  {name}", fn, *a, **k))
@@ -235,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                   epochs=state["epoch"], parameters=count_parameters(model_from_checkpoint(ckpt, best)),
                   checkpoint=str(best), sets={k: real_data.counts(v) for k, v in shards.items()})
     record["load"]["after"] = loadavg()
+    if stages.earlier:
+        record["earlier_invocations"] = stages.earlier
     atomic_write_bytes(out / "results.json", (json.dumps(record, indent=2, default=str) + "\n").encode())
     path = report(record, args.name or ("real_emotion_quick" if args.quick else "real_emotion"), args.quick)
     both = record["results"]["paired dev, both"]["accuracy"]

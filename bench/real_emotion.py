@@ -82,19 +82,22 @@ class Stages:
         wall, cpu = time.perf_counter(), cpu_now()
         sampler = Sampler(os.getpid(), log, 5.0)   # smaps of every process: ~0.1 s CPU a sample
         sampler.start()
+        finished = False
         try:
             result = fn(*args, **kwargs)
-        finally:
+            finished = True
+        finally:   # a stage stopped by an error is saved too, marked unfinished (a kill -9 saves nothing)
             sampler.stop.set()
             sampler.join()
-        self.times[name] = {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(cpu_now() - cpu, 1),
-                            **sampler.peak()}
-        if log is not None:
-            self.times[name]["per_epoch"] = [{"epoch": row["epoch"], "tree_pss": row["tree_pss"],
-                                              "n_procs": row["n_procs"]} for row in per_epoch(sampler)]
-        print(f"[real_emotion] {name}: {self.times[name]['wall_s']} s wall, {self.times[name]['cpu_s']} s CPU, "
-              f"peak {self.times[name]['tree_pss_gb']:.2f} GB", flush=True)
-        self.save()
+            self.times[name] = {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(cpu_now() - cpu, 1),
+                                **sampler.peak(), **({} if finished else {"finished": False})}
+            if log is not None:
+                self.times[name]["per_epoch"] = [{"epoch": row["epoch"], "tree_pss": row["tree_pss"],
+                                                  "n_procs": row["n_procs"]} for row in per_epoch(sampler)]
+            print(f"[real_emotion] {name}: {self.times[name]['wall_s']} s wall, {self.times[name]['cpu_s']} s CPU, "
+                  f"peak {self.times[name]['tree_pss_gb']:.2f} GB" + ("" if finished else " (stopped by an error)"),
+                  flush=True)
+            self.save()
         return result
 
 
@@ -177,6 +180,7 @@ def comparison_rows(before: dict, after: dict) -> list[list]:
 
 def report(record: dict, name: str, quick: bool) -> Path:
     rows = record["results"]
+    epochs = record["stages"].get("train", {}).get("per_epoch", [])
     body = ["Held-out speakers (RAVDESS actors 19-21) and faces (FER2013 PublicTest half B); trained on actors "
             "01-18 and the FER2013 Training set only. Paired dev = every dev utterance with a FER face of its class.", "",
             table(["dev set, modality", "clips", "accuracy", "weighted F1", "macro F1"],
@@ -193,16 +197,19 @@ def report(record: dict, name: str, quick: bool) -> Path:
             "", "`avemo train` and `avemo evaluate` run in their own processes, as a user runs the recipe (\"the "
             "command's processes\": the command and its loader workers); the lists, paired clips and builds run in "
             "this benchmark's process (bench/real_data.py), whose memory the first PSS column adds to every stage. "
-            "Training, PSS of all processes per epoch (GB): " + ", ".join(
-                f"{r['epoch']}: {r['tree_pss']:.2f}" for r in record["stages"].get("train", {}).get("per_epoch", [])) + ".",
+            + ("Training, PSS of all processes per epoch (GB): " + ", ".join(
+                f"{r['epoch']}: {r['tree_pss']:.2f}" for r in epochs) + "." if epochs else
+             "No training epoch ran in this invocation (a finished run, resumed)."),
             "", f"Training: `--config {record['config']}` {' '.join(record['overrides'])}; best.pt from epoch "
             f"{record['best_epoch']} of {record['epochs']}; {record['parameters'] / 1e6:.2f} M parameters; malloc: {record.get('malloc', 'glibc')}.",
             f"Samples per set (ok train / dev): {json.dumps(record['sets'])}."]
     for run in record.get("earlier_invocations", []):
-        body += ["", f"**An earlier invocation on this folder** ({run['date']}; this one resumed its work, so "
-                 "where it did a stage, its times are the work's):", "",
+        body += ["", f"**An earlier invocation on this folder** ({run['date']}), its stages as measured then. A "
+                 "rerun checks the data and continues a finished or interrupted training, so where this "
+                 "invocation only checked or resumed, these are the work's times:", "",
                  table(["stage", "wall s", "CPU s", "peak memory GB (PSS, all processes)"],
-                       [[k, v["wall_s"], v["cpu_s"], v.get("tree_pss_gb", "")] for k, v in run["stages"].items()])]
+                       [[k + ("" if v.get("finished", True) else " (stopped by an error)"), v["wall_s"], v["cpu_s"],
+                         v.get("tree_pss_gb", "")] for k, v in run["stages"].items()])]
     if quick:
         body.insert(0, "**Quick mode** (CI): a few clips and 2 epochs, to keep the code path alive; these "
                        "numbers say nothing about accuracy.\n")

@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     trained_run_arguments(p, "voice_tta")
     p.add_argument("--warps", type=factors, action="append", required=True,
-                   help="one variant's factors, comma-separated (repeat for more variants); the run's own "
-                        "setting (normally none) is always scored first")
+                   help="one variant's factors, comma-separated (repeat for more variants); each voice read "
+                        "once (model.voice_warp_tta=[]) is always scored first")
     args = p.parse_args(argv)
     run, data, out = trained_run_paths(args, "voice_tta")
     record = new_record(args)

@@ -222,11 +222,9 @@ class AudioEncoder(nn.Module):
         # model.voice_warp_tta (in use only; not in the state dict): per factor, where each warped bin reads
         self.warp_tta = [float(a) for a in cfg.voice_warp_tta]
         reads = [warp_positions(cfg.n_mels, a) for a in self.warp_tta]
-        for name, i in (("warp_lo", 0), ("warp_hi", 1)):
-            self.register_buffer(name, torch.tensor(np.array([r[i] for r in reads]).reshape(-1, cfg.n_mels)),
-                                 persistent=False)
-        self.register_buffer("warp_w", torch.tensor(np.array([r[2] for r in reads]).reshape(-1, cfg.n_mels),
-                                                    dtype=torch.float32), persistent=False)
+        for name, i, dtype in (("warp_lo", 0, torch.long), ("warp_hi", 1, torch.long), ("warp_w", 2, torch.float32)):
+            rows = np.array([r[i] for r in reads]).reshape(-1, cfg.n_mels)   # (factors, n_mels); (0, n_mels) when off
+            self.register_buffer(name, torch.tensor(rows, dtype=dtype), persistent=False)
 
     def forward(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, F), (B, F) -> (B, hidden); clips without audio give zero rows. In eager mode only the
@@ -244,17 +242,26 @@ class AudioEncoder(nn.Module):
     def warped(self, mel: torch.Tensor) -> torch.Tensor:
         """(B, rows, F) -> ((1 + len(voice_warp_tta)) x B, rows, F): the clips as they are, then warped by
         each factor as augment.freq_warp warps a training voice (the mel bins by
-        avemo.core.melscale.warp_positions, the pitch track's F0 by the same factor on voiced frames)."""
+        avemo.core.melscale.warp_positions, the pitch track's F0 by the same factor on voiced frames). In
+        use the warp acts after model.voice_trim_db's cut, in training before it (the loader warps, the model
+        cuts): the cut reads each frame's total power, which a warp barely moves."""
+        self.check_rows(mel)
         out = [mel]
         for i, alpha in enumerate(self.warp_tta):
             w = self.warp_w[i].to(mel.dtype)[:, None]                # (n_mels, 1)
             bins = mel[:, self.warp_lo[i]] * (1 - w) + mel[:, self.warp_hi[i]] * w
-            if mel.shape[1] > self.n_mels:                           # the pitch rows (model.pitch)
+            if self.prosody is not None:                             # the pitch rows (model.pitch)
                 f0, periodicity = mel[:, self.n_mels], mel[:, self.n_mels + 1]
                 f0 = torch.where(periodicity > 0, f0 + math.log2(alpha), f0)
                 bins = torch.cat([bins, f0[:, None], periodicity[:, None]], dim=1)
             out.append(bins)
         return torch.cat(out)
+
+    def check_rows(self, mel: torch.Tensor) -> None:
+        rows = self.n_mels + (PITCH_ROWS if self.prosody is not None else 0)
+        if mel.shape[1] != rows:                                     # a caller that left out (or added) the pitch rows
+            raise ValueError(f"the audio input has {mel.shape[1]} rows; this model reads {rows} "
+                             f"({self.n_mels} mel bins{' + the pitch track' if self.prosody is not None else ''})")
 
     def _encode_present(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
         if _dynamic_shapes_ok(mel):
@@ -293,10 +300,7 @@ class AudioEncoder(nn.Module):
 
     def encode(self, mel: torch.Tensor, mel_mask: torch.Tensor) -> torch.Tensor:
         """The dense path: every clip, padding zeroed before each convolution and left out of the norm."""
-        rows = self.n_mels + (PITCH_ROWS if self.prosody is not None else 0)
-        if mel.shape[1] != rows:                                     # a caller that left out (or added) the pitch rows
-            raise ValueError(f"the audio input has {mel.shape[1]} rows; this model reads {rows} "
-                             f"({self.n_mels} mel bins{' + the pitch track' if self.prosody is not None else ''})")
+        self.check_rows(mel)
         mel, pitch = (mel[:, : self.n_mels], mel[:, self.n_mels:]) if self.prosody is not None else (mel, None)
         if self.utterance_norm:   # per clip and bin, over its valid frames (cepstral mean/variance normalisation)
             w = mel_mask.unsqueeze(1).to(mel.dtype)                  # (B, 1, F)

@@ -182,10 +182,7 @@ def mixup(batch: dict, alpha: float) -> dict:
     return dict(batch, faces=faces, mel=mel, mix_index=index, mix_lam=torch.tensor(lam))
 
 
-WARP_SAMPLE_RATE = LOG_MEL_RATE   # the log-mel's rate (pipeline DecodeConfig.sample_rate's default): its top bin ends at 8 kHz
-
-
-def warp_frequency(mel: torch.Tensor, alpha: float, sample_rate: int = WARP_SAMPLE_RATE) -> torch.Tensor:
+def warp_frequency(mel: torch.Tensor, alpha: float, sample_rate: int = LOG_MEL_RATE) -> torch.Tensor:
     """Vocal tract length perturbation (Jaitly & Hinton 2013) of a log-mel (n_mels, F): the spectrum as a
     speaker whose formants lie alpha times higher would give it, S'(f) = S(f / alpha). Each bin of the
     build's mel filterbank reads the log-power at its centre frequency / alpha, interpolated linearly between

@@ -8,8 +8,8 @@ import re
 import torch
 
 from avemo.core.errors import ConfigError
+from avemo.core.melscale import LOG_MEL_RATE
 from avemo.shards.manifest import read_build_config
-from avemo.train.augment import WARP_SAMPLE_RATE
 from avemo.train.config import TrainConfig
 from avemo.train.data import EmptySplitError, SplitShards, eval_loader, split_shards
 
@@ -58,8 +58,8 @@ def prepare_data(cfg: TrainConfig, log) -> tuple[list, list, dict]:
     rate = audio[0]["sample_rate"]
     for on, name, off in ((cfg.augment.freq_warp, "augment.freq_warp", "0"),
                           (cfg.model.voice_warp_tta, "model.voice_warp_tta", "[]")):
-        if on and rate not in (None, WARP_SAMPLE_RATE):
-            raise ConfigError(f"{name} reads the log-mel's bins as a {WARP_SAMPLE_RATE} Hz build's, and "
+        if on and rate not in (None, LOG_MEL_RATE):
+            raise ConfigError(f"{name} reads the log-mel's bins as a {LOG_MEL_RATE} Hz build's, and "
                               f"--shards {cfg.shards[0]} was built at {rate} Hz: set {name}={off}")
     for shards, build in zip(cfg.shards, builds):
         require_pitch(shards, build, cfg.model.pitch)

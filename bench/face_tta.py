@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (loadavg, machine, new_record, table, trained_run_arguments, trained_run_paths,  # noqa: E402
                     write_results)
-from real_emotion import comparison_rows, score_dev_sets  # noqa: E402
+from real_emotion import comparison_rows, score_with_model_settings  # noqa: E402
 
-from avemo.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from avemo.model.checkpoint import load_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,18 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     record = new_record(args)
     record.update(machine=machine(), load={"before": loadavg()})
     ckpt = load_checkpoint(run / args.checkpoint)
-    variants = {}
-    for flip in (False, True):
-        copy = out / f"run_flip{int(flip)}" / args.checkpoint
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        config = dict(ckpt["config"], model=dict(ckpt["config"]["model"], face_flip_tta=flip))
-        save_checkpoint(copy, **dict(ckpt, config=config))
-        variants[flip] = copy
     results, seconds = {}, {}
-    for flip, path in variants.items():
-        start = time.perf_counter()
-        results[flip] = score_dev_sets(data, path, out / f"eval_flip{int(flip)}", args.config)
-        seconds[flip] = round(time.perf_counter() - start, 1)
+    for flip in (False, True):
+        results[flip], seconds[flip] = score_with_model_settings(ckpt, f"flip{int(flip)}", out, data, args.config,
+                                                                 args.checkpoint, face_flip_tta=flip)
     rows = comparison_rows(results[False], results[True])
     record.update(load=dict(record["load"], after=loadavg()),
                   results={f"flip={k}": v for k, v in results.items()},

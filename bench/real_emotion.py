@@ -170,6 +170,21 @@ def score_dev_sets(data: Path, checkpoint: Path, out: Path, config: str) -> dict
                      evaluate(shards / "ravdess", checkpoint, out / "ravdess", config, False))
 
 
+def score_with_model_settings(ckpt: dict, name: str, out: Path, data: Path, config: str, filename: str,
+                              **model) -> tuple[dict, float]:
+    """A copy of a loaded checkpoint (ckpt, the weights untouched) with these model: settings changed, saved as
+    OUT/run_NAME/FILENAME (the checkpoint's own name, best.pt or last.pt), scored by score_dev_sets into
+    OUT/eval_NAME -> (its rows, wall seconds). For the settings that act in use only (model.face_flip_tta,
+    model.voice_warp_tta): bench/face_tta.py, bench/voice_tta.py."""
+    from avemo.model.checkpoint import save_checkpoint
+    copy = out / f"run_{name}" / filename
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(copy, **dict(ckpt, config=dict(ckpt["config"], model=dict(ckpt["config"]["model"], **model))))
+    start = time.perf_counter()
+    rows = score_dev_sets(data, copy, out / f"eval_{name}", config)
+    return rows, round(time.perf_counter() - start, 1)
+
+
 def comparison_rows(before: dict, after: dict) -> list[list]:
     """Two score_dev_sets results of the same sets -> table rows: set, clips, accuracy before / after /
     change, weighted F1 before / after."""

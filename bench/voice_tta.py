@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import loadavg, machine, new_record, table, trained_run_arguments, trained_run_paths, write_results  # noqa: E402
-from real_emotion import score_dev_sets  # noqa: E402
+from real_emotion import score_with_model_settings  # noqa: E402
 
-from avemo.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from avemo.model.checkpoint import load_checkpoint  # noqa: E402
 
 
 def factors(text: str) -> list[float]:
@@ -47,13 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"none": []} | {",".join(f"{a:g}" for a in w): w for w in args.warps}
     results, seconds = {}, {}
     for name, warps in variants.items():
-        copy = out / f"run_{name.replace(',', '_') or 'none'}" / args.checkpoint
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        config = dict(ckpt["config"], model=dict(ckpt["config"]["model"], voice_warp_tta=warps))
-        save_checkpoint(copy, **dict(ckpt, config=config))
-        start = time.perf_counter()
-        results[name] = score_dev_sets(data, copy, out / f"eval_{copy.parent.name}", args.config)
-        seconds[name] = round(time.perf_counter() - start, 1)
+        results[name], seconds[name] = score_with_model_settings(ckpt, name.replace(",", "_"), out, data, args.config,
+                                                                 args.checkpoint, voice_warp_tta=warps)
         print(name, {k: round(v["accuracy"], 3) for k, v in results[name].items()}, f"{seconds[name]} s", flush=True)
     base = results["none"]
     rows = [[set_name, m["n"]] + [f"{results[v][set_name]['accuracy']:.3f}" + (
